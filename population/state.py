@@ -1,0 +1,277 @@
+"""The population's state, rebuilt from the journal (pure: no files, no Ray, no git).
+
+The driver appends every event to `events.jsonl` before acting on it and applies the same event
+to a `PopulationState`; `PopulationState.replay(events, ...)` on resume therefore yields exactly the
+state the live driver had. Rules that make replay safe:
+- an experiment counts once: a second `experiment_finished` for an id, or one for an id already
+  lost, is ignored (with a warning kept in `state.warnings`);
+- a lost experiment never counts (its work is re-queued under a new id);
+- in flight = started, neither finished nor lost.
+A finished child with status ok becomes a living member; a finished re-run (or another baseline
+run) with status ok adds a run to its member. Selection uses the mean of a member's runs.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from population.selection import Candidate
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FLOAT_COLUMNS = ("training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
+                         "total_tokens_M", "num_steps", "num_params_M", "depth")
+METRIC_PLACEHOLDER = "<metric>"
+# The columns of lineage.parquet (docs/ARCHITECTURE.md), in order, with their kind.
+_LINEAGE_SCHEMA: tuple[tuple[str, str], ...] = (
+    ("id", "int"), ("kind", "str"), ("member", "str"), ("parent_id", "int"),
+    ("commit", "str"), ("parent_commit", "str"), ("branch", "str"),
+    ("status", "str"), ("reason", "str"),
+    (METRIC_PLACEHOLDER, "float"), ("metric_mean", "float"),
+    *((name, "float") for name in SUMMARY_FLOAT_COLUMNS),
+    ("alive", "bool"), ("champion", "bool"), ("culled_at", "float"), ("generation", "int"),
+    ("gpu", "str"), ("node", "str"), ("worker", "str"), ("agent", "str"),
+    ("agent_seconds", "float"), ("agent_cost_usd", "float"), ("agent_tokens", "int"),
+    ("train_seconds", "float"), ("description", "str"),
+    ("seed", "int"), ("budget_s", "float"), ("started_at", "float"), ("finished_at", "float"),
+)
+# Fields of `experiment_started` copied into the lineage row ("time" becomes started_at).
+_STARTED_FIELDS = ("kind", "member", "parent_id", "parent_commit", "worker", "agent", "seed", "budget_s")
+
+IN_FLIGHT, FINISHED, LOST = "in_flight", "finished", "lost"
+
+
+def lineage_columns(metric: str) -> list[tuple[str, str]]:
+    """(column, kind) of lineage.parquet in order; kind is "int", "float", "str" or "bool"."""
+    return [(metric if name == METRIC_PLACEHOLDER else name, kind) for name, kind in _LINEAGE_SCHEMA]
+
+
+@dataclass
+class Experiment:
+    """One training of one commit, as the journal knows it."""
+    id: int
+    kind: str                      # baseline | child | rerun
+    member: str
+    parent_id: int | None
+    started: dict[str, Any]        # the experiment_started event
+    generation: int
+    phase: str = IN_FLIGHT         # in_flight | finished | lost
+    row: dict[str, Any] = field(default_factory=dict)   # the experiment_finished row
+    lost_reason: str = ""
+    lost_at: float | None = None
+
+
+@dataclass
+class Member:
+    """A commit that trained ok at least once: a branch of the population."""
+    name: str
+    first_id: int                  # the experiment that made it a member
+    commit: str
+    branch: str
+    runs: list[float]              # every ok metric value of this commit
+    alive: bool = True
+    born: int = 0                  # birth order among members (0 = oldest)
+    culled_at: float | None = None
+    generation: int = 0
+    parent: str | None = None      # parent member's name (None for the baseline)
+    run_ids: list[int] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.runs)
+
+
+class PopulationState:
+    def __init__(self, metric: str, lower_is_better: bool = True):
+        self.metric = metric
+        self.lower_is_better = lower_is_better
+        self.experiments: dict[int, Experiment] = {}
+        self.members: dict[str, Member] = {}
+        self.champion: str | None = None
+        self.noise_std: float | None = None
+        self.run_state: str | None = None
+        self.warnings: list[str] = []
+
+    @classmethod
+    def replay(cls, events: Iterable[dict], metric: str, lower_is_better: bool = True) -> "PopulationState":
+        """The state after applying `events` in order (what the live driver had)."""
+        state = cls(metric, lower_is_better)
+        for event in events:
+            state.apply(event)
+        return state
+
+    # ---- applying events -------------------------------------------------------------------
+
+    def apply(self, event: dict) -> None:
+        """Apply one journal event. Unknown or inconsistent events are ignored with a warning."""
+        handler = getattr(self, f"_on_{event.get('type')}", None)
+        if handler is None:
+            self._warn(f"ignored event of unknown type {event.get('type')!r}")
+            return
+        handler(event)
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        log.warning(message)
+
+    def _on_experiment_started(self, event: dict) -> None:
+        exp_id = int(event["id"])
+        if exp_id in self.experiments:
+            self._warn(f"experiment {exp_id} started twice; the second start is ignored")
+            return
+        parent_id = event.get("parent_id")
+        self.experiments[exp_id] = Experiment(
+            id=exp_id, kind=event["kind"], member=event["member"],
+            parent_id=None if parent_id is None else int(parent_id),
+            started=dict(event), generation=self._generation_of(event))
+
+    def _generation_of(self, event: dict) -> int:
+        """0 for a baseline, the member's generation for a re-run, the parent's + 1 for a child."""
+        if event["kind"] == "baseline":
+            return 0
+        if event["kind"] == "rerun" and event["member"] in self.members:
+            return self.members[event["member"]].generation
+        parent = self.experiments.get(event.get("parent_id"))
+        if parent is None:
+            return 1 if event.get("parent_id") is not None else 0
+        if event["kind"] == "rerun" and parent.member == event["member"]:
+            return parent.generation
+        return parent.generation + 1
+
+    def _on_experiment_finished(self, event: dict) -> None:
+        exp = self.experiments.get(int(event["id"]))
+        if exp is None:
+            self._warn(f"finished event for unknown experiment {event['id']} ignored")
+            return
+        if exp.phase != IN_FLIGHT:
+            self._warn(f"experiment {exp.id} already {exp.phase}; its finished event is ignored")
+            return
+        exp.phase, exp.row = FINISHED, dict(event.get("row") or {})
+        value = _as_float(exp.row.get(self.metric))
+        if exp.row.get("status") != "ok" or not math.isfinite(value):
+            return
+        member = self.members.get(exp.member)
+        if member is None:
+            if exp.kind == "rerun":
+                self._warn(f"re-run {exp.id} of unknown member {exp.member} does not count")
+                return
+            parent = self.experiments.get(exp.parent_id)
+            self.members[exp.member] = Member(
+                name=exp.member, first_id=exp.id, commit=str(exp.row.get("commit") or ""),
+                branch=str(exp.row.get("branch") or ""), runs=[value], born=len(self.members),
+                generation=exp.generation, parent=parent.member if parent else None, run_ids=[exp.id])
+            return
+        if exp.row.get("commit") and member.commit and exp.row["commit"] != member.commit:
+            self._warn(f"experiment {exp.id} ran commit {exp.row['commit']} but member "
+                       f"{member.name} is {member.commit}; the run does not count")
+            return
+        member.runs.append(value)
+        member.run_ids.append(exp.id)
+
+    def _on_experiment_lost(self, event: dict) -> None:
+        exp = self.experiments.get(int(event["id"]))
+        if exp is None:
+            self._warn(f"lost event for unknown experiment {event['id']} ignored")
+            return
+        if exp.phase != IN_FLIGHT:
+            self._warn(f"experiment {exp.id} already {exp.phase}; its lost event is ignored")
+            return
+        exp.phase, exp.lost_reason, exp.lost_at = LOST, str(event.get("reason", "")), event.get("time")
+
+    def _on_member_culled(self, event: dict) -> None:
+        member = self.members.get(event["member"])
+        if member is None:
+            self._warn(f"cull of unknown member {event['member']} ignored")
+            return
+        if member.alive:
+            member.alive, member.culled_at = False, event.get("time")
+
+    def _on_champion(self, event: dict) -> None:
+        if event["member"] not in self.members:
+            self._warn(f"champion event for unknown member {event['member']} ignored")
+            return
+        self.champion = event["member"]
+
+    def _on_noise(self, event: dict) -> None:
+        self.noise_std = float(event["std"])
+
+    def _on_run_state(self, event: dict) -> None:
+        self.run_state = event["state"]
+
+    # ---- queries ---------------------------------------------------------------------------
+
+    def next_id(self) -> int:
+        """The id of the next experiment (ids are never reused, not even those of lost ones)."""
+        return max(self.experiments, default=-1) + 1
+
+    def in_flight(self) -> list[Experiment]:
+        """Started, neither finished nor lost, in id order."""
+        return [e for e in self.experiments.values() if e.phase == IN_FLIGHT]
+
+    def living(self) -> list[Member]:
+        """The living members, oldest first."""
+        return sorted((m for m in self.members.values() if m.alive), key=lambda m: m.born)
+
+    def score(self, member: str) -> float:
+        """The member's mean oriented lower-is-better (what selection compares)."""
+        mean = self.members[member].mean
+        return mean if self.lower_is_better else -mean
+
+    def candidates(self) -> list[Candidate]:
+        """The living members as selection records."""
+        return [Candidate(m.name, self.score(m.name), m.born) for m in self.living()]
+
+    def best_member(self) -> str | None:
+        """The living member with the best mean (ties: the older), None when there is none."""
+        living = self.candidates()
+        return min(living, key=lambda c: (c.score, c.born)).member if living else None
+
+    def in_flight_rows(self) -> list[dict]:
+        """The started events of the experiments in flight (context for agents, the app)."""
+        return [dict(e.started) for e in self.in_flight()]
+
+    def lineage_rows(self) -> list[dict]:
+        """One dict per finished or lost experiment, in id order, with exactly the columns of
+        lineage.parquet; member state (metric_mean, alive, champion, culled_at) is the current one."""
+        columns = lineage_columns(self.metric)
+        return [self._row(exp, columns) for exp in sorted(self.experiments.values(), key=lambda e: e.id)
+                if exp.phase != IN_FLIGHT]
+
+    def _row(self, exp: Experiment, columns: list[tuple[str, str]]) -> dict:
+        values: dict[str, Any] = {name: exp.started.get(name) for name in _STARTED_FIELDS}
+        values["started_at"] = exp.started.get("time")
+        values.update({k: v for k, v in exp.row.items() if v is not None})
+        values.update(id=exp.id, kind=exp.kind, member=exp.member, parent_id=exp.parent_id,
+                      generation=exp.generation)
+        if exp.phase == LOST:
+            values.update(status="lost", reason=exp.lost_reason, finished_at=exp.lost_at)
+        member = self.members.get(exp.member)
+        values["metric_mean"] = member.mean if member else math.nan
+        values["alive"] = bool(member and member.alive)
+        values["champion"] = exp.member == self.champion
+        values["culled_at"] = member.culled_at if member else None
+        return {name: _coerce(values.get(name), kind) for name, kind in columns}
+
+
+def _as_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _coerce(value: Any, kind: str) -> Any:
+    """A value in its column's type; missing is NaN for floats, None for the others."""
+    if kind == "float":
+        return _as_float(value)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False if kind == "bool" else None
+    if kind == "int":
+        return int(value)
+    if kind == "bool":
+        return bool(value)
+    return str(value)

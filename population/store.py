@@ -1,0 +1,283 @@
+"""The lineage store of one run: the directory `runs/<tag>/` (docs/ARCHITECTURE.md).
+
+- `events.jsonl`, the journal, is the source of truth: one JSON event a line, appended and
+  fsynced before the driver acts. A torn last line (a crash mid-append) is dropped on read and cut
+  off before the next append; a corrupt earlier line is an error naming the line.
+- `run.json`, `lineage.parquet`, `results.tsv` and the files of `experiments/<id>/` are written
+  atomically (temp file + fsync + os.replace), so a reader never sees half a file; the two tables
+  are derived from the journal and can always be rebuilt from it.
+- `.lock`: one driver per run (fcntl.flock, released by the OS when the process dies).
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from population.state import lineage_columns
+
+RUN_JSON, JOURNAL, LINEAGE, RESULTS, LOCK = "run.json", "events.jsonl", "lineage.parquet", "results.tsv", ".lock"
+_ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "bool": pa.bool_()}
+
+
+class StoreError(Exception):
+    """A run directory that cannot be used; the message is one line for the user."""
+
+
+class StoreLockedError(StoreError):
+    pass
+
+
+class CorruptJournalError(StoreError):
+    pass
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunStore:
+    """A run directory. Use `RunStore.create` for a new run, `RunStore.open` to resume or read."""
+
+    def __init__(self, run_dir: Path | str):
+        self.dir = Path(run_dir)
+        self._lock_fd: int | None = None
+        self._journal_checked = False
+
+    # ---- paths -------------------------------------------------------------------------------
+
+    @property
+    def journal_path(self) -> Path:
+        return self.dir / JOURNAL
+
+    @property
+    def members_dir(self) -> Path:
+        return self.dir / "members"
+
+    def experiment_dir(self, exp_id: int) -> Path:
+        return self.dir / "experiments" / str(int(exp_id))
+
+    # ---- creating and opening ----------------------------------------------------------------
+
+    @classmethod
+    def create(cls, run_dir: Path | str, meta: Mapping[str, Any]) -> "RunStore":
+        """A new run: `run_dir` with run.json = `meta` and an empty journal. Refuses an existing run."""
+        store = cls(run_dir)
+        if (store.dir / RUN_JSON).exists():
+            raise StoreError(f"run directory {store.dir} already holds a run; "
+                             "use --resume to continue it or pick another --tag")
+        store.dir.mkdir(parents=True, exist_ok=True)
+        store.journal_path.touch()
+        store._write_meta(dict(meta))
+        return store
+
+    @classmethod
+    def open(cls, run_dir: Path | str) -> "RunStore":
+        """An existing run (to resume it, or read-only for the app)."""
+        store = cls(run_dir)
+        if not (store.dir / RUN_JSON).is_file():
+            raise StoreError(f"no run at {store.dir} (missing {RUN_JSON}); start one without --resume")
+        store.meta  # fail early on a broken run.json
+        return store
+
+    # ---- run.json ----------------------------------------------------------------------------
+
+    @property
+    def meta(self) -> dict:
+        path = self.dir / RUN_JSON
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise StoreError(f"cannot read {path}: {e}") from None
+
+    def update_meta(self, **changes: Any) -> dict:
+        """Merge `changes` into run.json (atomically) and return the new meta."""
+        meta = self.meta | changes
+        self._write_meta(meta)
+        return meta
+
+    def _write_meta(self, meta: dict) -> None:
+        atomic_write(self.dir / RUN_JSON, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+
+    # ---- the journal -------------------------------------------------------------------------
+
+    def append(self, event: Mapping[str, Any]) -> None:
+        """Append one event and fsync it: once this returns, the event survives a crash."""
+        line = json.dumps(event, separators=(",", ":"), allow_nan=True) + "\n"
+        if not self._journal_checked:
+            self._cut_torn_tail()
+            self._journal_checked = True
+        with open(self.journal_path, "ab") as f:
+            f.write(line.encode())
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _cut_torn_tail(self) -> None:
+        """Drop a half-written last line so the next event starts on a line of its own."""
+        path = self.journal_path
+        if not path.exists():
+            return
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+                os.fsync(f.fileno())
+
+    def events(self) -> list[dict]:
+        """Every complete event in order. A last line without its newline was torn by a crash
+        and is dropped; an unreadable complete line is a CorruptJournalError naming it."""
+        try:
+            data = self.journal_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        lines = data.split(b"\n")  # the last piece is b"" or a torn line
+        events = []
+        for number, line in enumerate(lines[:-1], start=1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise CorruptJournalError(f"{self.journal_path} line {number} is corrupt ({e}); "
+                                          "repair or remove that line to resume") from None
+            if not isinstance(event, dict) or "type" not in event:
+                raise CorruptJournalError(f"{self.journal_path} line {number} is not an event object")
+            events.append(event)
+        return events
+
+    # ---- per-experiment files ----------------------------------------------------------------
+
+    def write_experiment_files(self, exp_id: int, files: Mapping[str, str | bytes]) -> Path:
+        """Write `experiments/<id>/<name>` for each entry (each atomically); returns the folder."""
+        folder = self.experiment_dir(exp_id)
+        for name, content in files.items():
+            if Path(name).name != name or name.startswith("."):
+                raise ValueError(f"experiment file name must be a plain file name, got {name!r}")
+            atomic_write(folder / name, content if content is not None else "")
+        return folder
+
+    # ---- derived tables ----------------------------------------------------------------------
+
+    def write_tables(self, rows: list[dict], metric: str, lower_is_better: bool | None = None) -> None:
+        """Rewrite lineage.parquet and results.tsv from lineage rows (state.lineage_rows())."""
+        if lower_is_better is None:
+            lower_is_better = bool(self.meta.get("lower_is_better", True))
+        atomic_write(self.dir / LINEAGE, lineage_parquet_bytes(rows, metric))
+        atomic_write(self.dir / RESULTS, results_tsv(rows, metric, lower_is_better))
+
+    def read_lineage(self):
+        """lineage.parquet as a pandas DataFrame (None when not written yet)."""
+        path = self.dir / LINEAGE
+        return pq.read_table(path).to_pandas() if path.exists() else None
+
+    # ---- one driver per run ------------------------------------------------------------------
+
+    def lock(self) -> "RunStore":
+        """Take the run's exclusive lock (held until `unlock` or the process ends)."""
+        if self._lock_fd is not None:
+            return self
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreLockedError(f"run {self.dir.name} is in use by another driver (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+        return self
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "RunStore":
+        return self.lock()
+
+    def __exit__(self, *exc) -> None:
+        self.unlock()
+
+
+# ---- table formats (pure) --------------------------------------------------------------------
+
+def lineage_table(rows: Iterable[dict], metric: str) -> pa.Table:
+    """The lineage rows as an Arrow table with the documented column types."""
+    rows = list(rows)
+    columns = lineage_columns(metric)
+    arrays = {name: pa.array([row.get(name) for row in rows], type=_ARROW_TYPES[kind])
+              for name, kind in columns}
+    return pa.table(arrays)
+
+
+def lineage_parquet_bytes(rows: Iterable[dict], metric: str) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(lineage_table(rows, metric), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def results_tsv(rows: Iterable[dict], metric: str, lower_is_better: bool = True) -> str:
+    """autoresearch's results.tsv: `commit <metric> memory_gb status description`, one line a row.
+
+    status: keep (ok and better than its parent member's mean, or a baseline), discard (ok, not
+    better), crash (anything else). A re-run is judged, like its member, against the member's parent.
+    """
+    rows = list(rows)
+    mean_by_id = {row["id"]: row.get("metric_mean") for row in rows}
+    member_parent = {row["member"]: row.get("parent_id") for row in rows
+                     if row.get("kind") in ("baseline", "child") and row.get("status") == "ok"}
+    lines = [f"commit\t{metric}\tmemory_gb\tstatus\tdescription"]
+    for row in rows:
+        value = _finite(row.get(metric))
+        parent_id = member_parent.get(row.get("member"), row.get("parent_id")) if row.get("kind") == "rerun" \
+            else row.get("parent_id")
+        status = tsv_status(row, value, _finite(mean_by_id.get(parent_id)), lower_is_better)
+        memory = _finite(row.get("peak_vram_mb"))
+        memory_gb = 0.0 if status == "crash" or math.isnan(memory) else memory / 1024
+        commit = (row.get("commit") or "")[:7]
+        description = " ".join(str(row.get("description") or "").replace("\t", " ").splitlines())
+        lines.append(f"{commit}\t{value if status != 'crash' else 0.0:.6f}\t"
+                     f"{memory_gb:.1f}\t{status}\t{description}")
+    return "\n".join(lines) + "\n"
+
+
+def tsv_status(row: dict, value: float, parent_mean: float, lower_is_better: bool) -> str:
+    """keep / discard / crash for one row (see results_tsv)."""
+    if row.get("status") != "ok" or math.isnan(value):
+        return "crash"
+    if row.get("kind") == "baseline" or math.isnan(parent_mean):
+        return "keep"
+    mean = _finite(row.get("metric_mean"))
+    mean = value if math.isnan(mean) else mean
+    better = mean < parent_mean if lower_is_better else mean > parent_mean
+    return "keep" if better else "discard"
+
+
+def _finite(value: Any) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return value if math.isfinite(value) else math.nan
