@@ -1,0 +1,181 @@
+"""What every agent shares: the Proposal it returns, the description protocol, and running an
+agent process under a wall-clock limit with its output captured and bounded."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from population.agents.env import scrub, secret_values
+
+AGENT_DIR = ".agent"                     # scratch space in the worktree, never committed
+DESCRIPTION_FILE = f"{AGENT_DIR}/description"
+DESCRIPTION_PREFIX = "DESCRIPTION:"
+MAX_TRANSCRIPT_CHARS = 200_000
+MAX_DESCRIPTION_CHARS = 200
+
+
+class AgentSpecError(ValueError):
+    """A bad agent spec or a missing agent program; its message is one line for the user."""
+
+
+@dataclass
+class Proposal:
+    description: str
+    transcript: str
+    seconds: float
+    tokens: int | None = None
+    cost_usd: float | None = None
+    error: str | None = None
+
+
+class Agent:
+    """Edits the task's train file in a worktree; never commits. Subclasses implement `_propose`."""
+
+    spec: str = ""
+
+    def __init__(self, *, max_transcript_chars: int = MAX_TRANSCRIPT_CHARS, api_key: str | None = None):
+        self.max_transcript_chars = max_transcript_chars
+        self._extra_secrets = [api_key] if api_key else []
+
+    def propose(self, worktree: Path, prompt: str, *, timeout: float) -> Proposal:
+        worktree = Path(worktree)
+        clear_agent_dir(worktree)
+        start = time.monotonic()
+        try:
+            proposal = self._propose(worktree, prompt, timeout=timeout)
+        except Exception as exc:  # an agent's failure is a result to record, not a driver crash
+            proposal = Proposal("", "", 0.0, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            file_description = read_description_file(worktree)
+            clear_agent_dir(worktree)
+        proposal.seconds = proposal.seconds or time.monotonic() - start
+        proposal.description = clean_description(file_description or proposal.description)
+        secrets = secret_values(extra=self._extra_secrets)
+        proposal.transcript = bound_text(scrub(proposal.transcript, secrets), self.max_transcript_chars)
+        proposal.description = scrub(proposal.description, secrets)
+        if proposal.error:
+            proposal.error = scrub(proposal.error, secrets)
+        return proposal
+
+    def _propose(self, worktree: Path, prompt: str, *, timeout: float) -> Proposal:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.spec}>"
+
+
+# ---------------------------------------------------------------- the description protocol
+
+def clear_agent_dir(worktree: Path) -> None:
+    shutil.rmtree(worktree / AGENT_DIR, ignore_errors=True)
+
+
+def read_description_file(worktree: Path) -> str:
+    path = worktree / DESCRIPTION_FILE
+    try:
+        return path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def description_from_text(text: str) -> str:
+    """The last `DESCRIPTION: ...` line of an answer, or ''."""
+    for line in reversed(text.splitlines()):
+        stripped = line.strip().strip("*`").strip()
+        if stripped.upper().startswith(DESCRIPTION_PREFIX):
+            return stripped[len(DESCRIPTION_PREFIX):].strip()
+    return ""
+
+
+def clean_description(text: str) -> str:
+    """One line, tabs and newlines flattened (results.tsv is tab-separated), bounded."""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = " ".join(first.split())
+    return first[:MAX_DESCRIPTION_CHARS]
+
+
+def bound_text(text: str, max_chars: int) -> str:
+    """Keep the head and the tail of an over-long text (the end usually says how it went)."""
+    if len(text) <= max_chars:
+        return text
+    half = max_chars // 2
+    dropped = len(text) - 2 * half
+    return f"{text[:half]}\n[... {dropped} characters cut ...]\n{text[-half:]}"
+
+
+# ---------------------------------------------------------------- running an agent process
+
+@dataclass
+class ProcessResult:
+    returncode: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+    timed_out: bool
+
+    def transcript(self) -> str:
+        if not self.stderr.strip():
+            return self.stdout
+        return f"{self.stdout}\n--- stderr ---\n{self.stderr}"
+
+
+def run_agent_process(argv: list[str], *, cwd: Path, env: dict[str, str], stdin_text: str | None,
+                      timeout: float, max_chars: int = MAX_TRANSCRIPT_CHARS) -> ProcessResult:
+    """Run `argv` in its own process group; at `timeout` kill the whole group (agents spawn
+    shells and tools). Output goes to temporary files so a chatty agent cannot exhaust memory."""
+    start = time.monotonic()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.TemporaryFile() as stdin:
+        stdin.write((stdin_text or "").encode())
+        stdin.seek(0)
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=err,
+                                start_new_session=True)
+        timed_out = False
+        try:
+            proc.wait(timeout=max(timeout, 0.001))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc)
+        else:
+            _kill_group(proc, grace=0)   # leftover children of a finished agent
+        seconds = time.monotonic() - start
+        return ProcessResult(proc.returncode, _read_bounded(out, max_chars), _read_bounded(err, max_chars),
+                             seconds, timed_out)
+
+
+def _kill_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
+    """SIGTERM the group, give it `grace` seconds, then SIGKILL whatever is left of it."""
+    if grace:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _read_bounded(handle, max_chars: int) -> str:
+    size = handle.seek(0, os.SEEK_END)
+    half = max_chars // 2
+    if size <= max_chars:
+        handle.seek(0)
+        return handle.read().decode(errors="replace")
+    handle.seek(0)
+    head = handle.read(half).decode(errors="replace")
+    handle.seek(size - half)
+    tail = handle.read().decode(errors="replace")
+    return f"{head}\n[... {size - 2 * half} bytes cut ...]\n{tail}"
