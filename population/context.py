@@ -14,7 +14,7 @@ from prepare.tasks import Task, get_task
 
 DEFAULT_MAX_CHARS = 24_000
 TRAIN_FILE_LINE = "The one file you may edit: `{train_file}`"
-_TRAIN_FILE_PATTERN = re.compile(r"^The one file you may edit: `([^`]+)`", re.MULTILINE)
+_TRAIN_FILE_PATTERN = re.compile(r"The one file you may edit: `([^`]+)`")
 _MAX_BEST = 5
 _MAX_FAILURES = 8
 _MAX_IN_FLIGHT = 8
