@@ -15,7 +15,8 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ class RunStore:
         self.dir = Path(run_dir)
         self._lock_fd: int | None = None
         self._journal_checked = False
+        self._tables_written_at: float | None = None
 
     # ---- paths -------------------------------------------------------------------------------
 
@@ -133,14 +135,24 @@ class RunStore:
 
     def _cut_torn_tail(self) -> None:
         """Drop a half-written last line so the next event starts on a line of its own."""
-        path = self.journal_path
-        if not path.exists():
+        if not self.journal_path.exists():
             return
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
-                os.fsync(f.fileno())
+        with open(self.journal_path, "r+b") as f:
+            end = f.seek(0, os.SEEK_END)
+            if end == 0 or (f.seek(end - 1), f.read(1))[1] == b"\n":
+                return
+            # a torn line is short: search backwards for the last newline, block by block
+            position = end
+            while position > 0:
+                start = max(0, position - 65536)
+                f.seek(start)
+                cut = f.read(position - start).rfind(b"\n")
+                if cut >= 0:
+                    position = start + cut + 1
+                    break
+                position = start
+            f.truncate(position)
+            os.fsync(f.fileno())
 
     def events(self) -> list[dict]:
         """Every complete event in order. A last line without its newline was torn by a crash
@@ -183,6 +195,22 @@ class RunStore:
             lower_is_better = bool(self.meta.get("lower_is_better", True))
         atomic_write(self.dir / LINEAGE, lineage_parquet_bytes(rows, metric))
         atomic_write(self.dir / RESULTS, results_tsv(rows, metric, lower_is_better))
+
+    def write_tables_if_due(self, rows: Callable[[], list[dict]], metric: str, *,
+                            min_interval_s: float = 30.0, force: bool = False) -> bool:
+        """Rewrite the tables unless they were rewritten less than `min_interval_s` ago.
+
+        At 100,000 experiments a rewrite costs seconds, so the driver calls this after every
+        event and with `force=True` on stop; the journal stays the per-event source of truth.
+        `rows` is called only when a rewrite is due. Returns whether it wrote.
+        """
+        now = time.monotonic()
+        if not force and self._tables_written_at is not None \
+                and now - self._tables_written_at < min_interval_s:
+            return False
+        self.write_tables(rows(), metric)
+        self._tables_written_at = time.monotonic()
+        return True
 
     def read_lineage(self):
         """lineage.parquet as a pandas DataFrame (None when not written yet)."""

@@ -1,0 +1,134 @@
+import random
+import statistics
+
+import pytest
+
+from population.selection import (Candidate, choose_culls, estimate_noise, noise_margin,
+                                  promotion_decision, tournament_select)
+
+
+def population(scores):
+    return [Candidate(f"m{i}", score, born=i) for i, score in enumerate(scores)]
+
+
+def test_tournament_picks_the_best_of_its_sample():
+    cands = population([5.0, 1.0, 3.0, 4.0, 2.0, 6.0])
+    for seed in range(50):
+        rng = random.Random(seed)
+        drawn = random.Random(seed).sample(cands, 3)  # the same draw the function makes
+        winner = tournament_select(cands, 3, rng)
+        assert winner == min(drawn, key=lambda c: c.score)
+
+
+def test_tournament_of_everyone_returns_the_global_best():
+    cands = population([0.9, 0.7, 0.8])
+    assert tournament_select(cands, 10, random.Random(0)).member == "m1"
+
+
+def test_tournament_size_one_is_uniform_random():
+    cands = population([1.0, 2.0, 3.0, 4.0])
+    rng = random.Random(1)
+    picks = {tournament_select(cands, 1, rng).member for _ in range(200)}
+    assert picks == {"m0", "m1", "m2", "m3"}
+
+
+def test_tournament_larger_k_favours_better_members():
+    cands = population(list(range(20)))
+    rng = random.Random(2)
+    mean_k2 = statistics.fmean(tournament_select(cands, 2, rng).score for _ in range(2000))
+    mean_k8 = statistics.fmean(tournament_select(cands, 8, rng).score for _ in range(2000))
+    assert mean_k8 < mean_k2 < 9.5
+
+
+def test_tournament_rejects_empty_and_bad_k():
+    with pytest.raises(ValueError):
+        tournament_select([], 2, random.Random(0))
+    with pytest.raises(ValueError):
+        tournament_select(population([1.0]), 0, random.Random(0))
+
+
+def test_aging_culls_the_oldest_whatever_their_score():
+    cands = population([0.1, 0.2, 9.0, 9.0, 9.0])  # the oldest two are the best
+    assert choose_culls(cands, 3, policy="age") == ["m0", "m1"]
+
+
+def test_no_culls_within_the_population_size():
+    assert choose_culls(population([1.0, 2.0]), 2) == []
+    assert choose_culls(population([1.0, 2.0]), 5, policy="tournament", rng=random.Random(0)) == []
+
+
+def test_culls_never_hit_the_champion():
+    cands = population([0.1, 5.0, 6.0, 7.0])
+    assert "m0" not in choose_culls(cands, 2, policy="age", protect=frozenset({"m0"}))
+    assert choose_culls(cands, 2, policy="age", protect=frozenset({"m0"})) == ["m1", "m2"]
+    for seed in range(30):
+        culled = choose_culls(cands, 1, policy="tournament", k=4, rng=random.Random(seed),
+                              protect=frozenset({"m3"}))
+        assert "m3" not in culled and len(culled) == 3
+
+
+def test_only_protected_left_means_no_cull():
+    assert choose_culls(population([1.0, 2.0]), 1, protect=frozenset({"m0", "m1"})) == []
+
+
+def test_tournament_cull_removes_the_worst_of_the_sample():
+    cands = population([1.0, 2.0, 3.0, 4.0, 5.0])
+    culled = choose_culls(cands, 4, policy="tournament", k=5, rng=random.Random(0))
+    assert culled == ["m4"]
+
+
+def test_unknown_cull_policy_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown cull policy"):
+        choose_culls(population([1.0, 2.0]), 1, policy="random")
+
+
+def test_noise_margin_shrinks_with_more_runs():
+    one = noise_margin(0.001, 1, 1)
+    assert one == pytest.approx(2 * 0.001 * 2 ** 0.5)
+    assert noise_margin(0.001, 3, 3) < one
+    assert noise_margin(0.001, 1, 1, z=3.0) > one
+
+
+def test_noise_margin_blocks_a_lucky_promotion():
+    # champion at 1.0000, noise 0.0004: a child 0.0003 lower is within the noise
+    decision = promotion_decision([0.9997], [1.0], 0.0004, max_runs=3)
+    assert decision == "rerun"
+    # after its re-runs it regressed to the mean: not promoted
+    assert promotion_decision([0.9997, 1.0002, 1.0001], [1.0], 0.0004, max_runs=3) == "keep"
+
+
+def test_a_small_gain_is_not_promoted_once_its_reruns_are_spent():
+    assert promotion_decision([0.9995, 0.9996, 0.9995], [1.0], 0.0004, max_runs=3) == "keep"
+
+
+def test_a_clear_gain_promotes_at_once():
+    assert promotion_decision([0.990], [1.0], 0.0004) == "promote"
+
+
+def test_a_confirmed_gain_promotes_after_reruns():
+    runs = [0.9992, 0.9993, 0.9991]
+    assert promotion_decision(runs[:1], [1.0, 1.0001], 0.0004) == "rerun"
+    assert promotion_decision(runs, [1.0, 1.0001], 0.0004) == "promote"
+
+
+def test_a_worse_child_is_kept_without_rerun():
+    assert promotion_decision([1.01], [1.0], 0.0004) == "keep"
+
+
+def test_promotion_respects_higher_is_better():
+    assert promotion_decision([0.90], [0.80], 0.001, lower_is_better=False) == "promote"
+    assert promotion_decision([0.70], [0.80], 0.001, lower_is_better=False) == "keep"
+
+
+def test_no_champion_promotes_and_no_runs_keeps():
+    assert promotion_decision([1.0], [], 0.001) == "promote"
+    assert promotion_decision([], [1.0], 0.001) == "keep"
+
+
+def test_estimate_noise_is_the_sample_std_with_a_floor():
+    runs = [0.4381, 0.4367, 0.4365, 0.4363, 0.4358]
+    assert estimate_noise(runs) == pytest.approx(statistics.stdev(runs))
+    assert estimate_noise([1.0, 1.0, 1.0]) == pytest.approx(1e-4)
+    assert estimate_noise([2.0]) == pytest.approx(8e-4)
+    with pytest.raises(ValueError):
+        estimate_noise([])
