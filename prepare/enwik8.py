@@ -114,10 +114,15 @@ def read_source(path: Path) -> bytes:
 
 
 def expand_files(patterns: list[str]) -> list[Path]:
-    """Paths and globs, in the order given (each glob sorted); a pattern matching nothing is an error."""
+    """Paths, globs (`**` recurses) and directories (every file below), in the order given, each
+    pattern's matches sorted; a pattern matching nothing is an error."""
     paths = []
     for pattern in patterns:
-        matches = sorted(glob.glob(os.path.expanduser(pattern)))
+        pattern = os.path.expanduser(pattern)
+        if os.path.isdir(pattern):
+            matches = sorted(str(p) for p in Path(pattern).rglob("*"))
+        else:
+            matches = sorted(glob.glob(pattern, recursive=True))
         files = [Path(m) for m in matches if os.path.isfile(m)]
         if not files:
             raise PrepareError(f"--from-files: no file matches {pattern!r}")
@@ -135,9 +140,9 @@ def _retryable(error: Exception) -> bool:
     return response.status_code >= 500 or response.status_code in (408, 429)
 
 
-def download(url: str, dest: Path) -> None:
+def download(url: str, dest: Path, attempts: int = DOWNLOAD_ATTEMPTS) -> None:
     tmp = dest.with_name(dest.name + ".part")
-    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+    for attempt in range(1, attempts + 1):
         try:
             with requests.get(url, stream=True, timeout=30) as response:
                 response.raise_for_status()
@@ -154,10 +159,10 @@ def download(url: str, dest: Path) -> None:
             return
         except requests.RequestException as e:
             tmp.unlink(missing_ok=True)
-            if attempt == DOWNLOAD_ATTEMPTS or not _retryable(e):
+            if attempt >= attempts or not _retryable(e):
                 raise PrepareError(f"download of {url} failed after {attempt} attempt(s): {e}") from None
             wait = DOWNLOAD_BACKOFF_S * 2 ** (attempt - 1)
-            print(f"download attempt {attempt}/{DOWNLOAD_ATTEMPTS} failed ({e}); retrying in {wait:.0f} s")
+            print(f"download attempt {attempt}/{attempts} failed ({e}); retrying in {wait:.0f} s")
             time.sleep(wait)
 
 
@@ -213,7 +218,8 @@ def already_prepared(out: Path, source: dict) -> bool:
         for name, size in meta.get("splits", {}).items())
 
 
-def prepare(from_files: list[str] | None = None, force: bool = False) -> dict:
+def prepare(from_files: list[str] | None = None, force: bool = False,
+            attempts: int = DOWNLOAD_ATTEMPTS) -> dict:
     """Fetch (or read) the source, check it and write the three splits. Returns meta.json's content."""
     out = data_dir()
     out.mkdir(parents=True, exist_ok=True)
@@ -233,7 +239,7 @@ def prepare(from_files: list[str] | None = None, force: bool = False) -> dict:
         info = check_source(data, must_be_enwik8=False)
     else:
         archive = out / "download"
-        download(source["url"], archive)
+        download(source["url"], archive, attempts)
         try:
             data = read_source(archive)
         finally:
@@ -247,9 +253,10 @@ def prepare(from_files: list[str] | None = None, force: bool = False) -> dict:
 
 
 def prepare_enwik8(args) -> None:
-    """Entry point of `python -m prepare --task enwik8` (args: from_files, optional force)."""
+    """Entry point of `python -m prepare --task enwik8` (args: from_files; optional force, retries)."""
     try:
-        prepare(getattr(args, "from_files", None), getattr(args, "force", False))
+        prepare(getattr(args, "from_files", None), getattr(args, "force", False),
+                getattr(args, "retries", None) or DOWNLOAD_ATTEMPTS)
     except PrepareError as e:
         raise SystemExit(f"error: {e}") from None
 
@@ -284,8 +291,7 @@ def random_windows(split: str, batch_size: int, seq_len: int, device, seed: int 
 # ---------------------------------------------------------------------------------------------
 # The fixed metric
 
-def eval_plan(n_val: int, n_chars: int = EVAL_CHARS, seq_len: int = EVAL_SEQ_LEN,
-              stride: int = EVAL_STRIDE) -> tuple[list[tuple[int, int]], int]:
+def eval_plan(n_val: int, n_chars: int, seq_len: int, stride: int) -> tuple[list[tuple[int, int]], int]:
     """Windows that score targets val[1 .. n] exactly once each, n = min(n_chars, n_val - 1).
 
     Returns ([(start, first_scored), ...], n): the window's input is val[start : start + seq_len],
@@ -312,7 +318,7 @@ def _target_log_probs(model_fn, x: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits.float(), dim=-1)
 
 
-def check_causality(model_fn, val: torch.Tensor, device, seq_len: int = EVAL_SEQ_LEN) -> None:
+def check_causality(model_fn, val: torch.Tensor, device, seq_len: int) -> None:
     """Refuse a model whose predictions before position p move when characters from p on change,
     or when another sequence of the same batch changes (windows overlap, so a batch mix leaks too).
     The model must be deterministic (eval mode, no dropout)."""
@@ -339,8 +345,8 @@ def evaluate_bpc(model_fn, batch_size: int, device, check_causal: bool = True) -
     changes how many windows go through at once, never which characters are scored or how."""
     val = torch.from_numpy(np.array(load_split("val"))).to(device)
     if check_causal:
-        check_causality(model_fn, val, device)
-    plan, n_chars = eval_plan(len(val))
+        check_causality(model_fn, val, device, EVAL_SEQ_LEN)
+    plan, n_chars = eval_plan(len(val), EVAL_CHARS, EVAL_SEQ_LEN, EVAL_STRIDE)
     offsets = torch.arange(EVAL_SEQ_LEN + 1, device=device)
     positions = torch.arange(EVAL_SEQ_LEN, device=device)
     total_nats = torch.zeros((), dtype=torch.float64, device=device)
