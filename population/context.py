@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from prepare.tasks import Task, get_task
 
@@ -46,7 +46,6 @@ class _Section:
     keep: int = 0                   # entries that are never dropped (at the other end)
     dropped: int = 0
     empty_note: str = ""
-    lines: list[str] = field(default_factory=list)
 
     def droppable(self) -> bool:
         return len(self.items) > self.keep

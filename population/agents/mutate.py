@@ -60,7 +60,7 @@ def _assignment(node: ast.stmt) -> tuple[str | None, ast.expr | None]:
 
 
 def _literal(value: ast.expr) -> tuple[ast.Constant | None, bool]:
-    if _is_number(value) and value.value != 0:
+    if _is_number(value):
         return value, False
     if (isinstance(value, ast.BinOp) and isinstance(value.op, ast.Pow) and _is_number(value.left)
             and value.left.value == 2 and _is_number(value.right) and isinstance(value.right.value, int)
@@ -70,6 +70,7 @@ def _literal(value: ast.expr) -> tuple[ast.Constant | None, bool]:
 
 
 def _is_number(node: ast.expr) -> bool:
+    """A positive int or float literal (zero cannot be scaled; bools are not numbers here)."""
     return (isinstance(node, ast.Constant) and isinstance(node.value, (int, float))
             and not isinstance(node.value, bool) and node.value > 0)
 

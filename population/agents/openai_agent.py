@@ -23,6 +23,7 @@ KEY_VARIABLE = "OPENAI_API_KEY"
 BASE_URL_VARIABLE = "OPENAI_BASE_URL"
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 _MAX_ATTEMPTS = 3
+_FIRST_RETRY_PAUSE_S = 2.0   # doubled after each retry
 
 SEARCH_MARKER, DIVIDER, REPLACE_MARKER = "<<<<<<< SEARCH", "=======", ">>>>>>> REPLACE"
 
@@ -179,7 +180,7 @@ class OpenAIAgent(Agent):
                 outcome["error"] = f"HTTP {reply.status_code} from {url}: {reply.text[:300]}"
                 if reply.status_code not in _RETRY_STATUS:
                     return
-            pause = 2.0 ** attempt
+            pause = _FIRST_RETRY_PAUSE_S * 2 ** (attempt - 1)
             if attempt == _MAX_ATTEMPTS or time.monotonic() + pause >= deadline:
                 return
             time.sleep(pause)
