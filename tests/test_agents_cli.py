@@ -122,6 +122,27 @@ def test_edit_of_prepare_is_reverted_and_reported_by_the_guard(home, worktree):
     assert "# tuned by claude" in (worktree / "engine" / "train.py").read_text()
 
 
+def test_agent_commits_are_undone_so_the_guard_still_sees_them(home, worktree):
+    head = subprocess.run(["git", "-C", str(worktree), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    proposal = make_agent("command:generic-agent").propose(worktree, prompt("commit"), timeout=30)
+    assert proposal.error is None and "the agent committed" in proposal.transcript
+    assert subprocess.run(["git", "-C", str(worktree), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip() == head
+    assert enforce_train_file_only(worktree, "engine/train.py") == ["prepare/tasks.py", "stray/new_file.txt"]
+    assert "# tuned by generic" in (worktree / "engine" / "train.py").read_text()
+
+
+def test_a_directory_inside_another_repository_is_left_alone(home, worktree):
+    inner = worktree / "engine"          # not a repository's top level: no git reset there
+    (worktree / "prepare" / "tasks.py").write_text("staged = True\n")
+    subprocess.run(["git", "-C", str(worktree), "add", "prepare/tasks.py"], check=True)
+    make_agent("mutate", train_file="train.py").propose(inner, "", timeout=10)
+    staged = subprocess.run(["git", "-C", str(worktree), "diff", "--cached", "--name-only"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert staged == ["prepare/tasks.py"]
+
+
 def test_hanging_agent_is_killed_with_its_children_at_the_limit(home, worktree):
     start = time.monotonic()
     proposal = make_agent("codex").propose(worktree, prompt("hang"), timeout=1.5)

@@ -46,6 +46,7 @@ class Agent:
     def propose(self, worktree: Path, prompt: str, *, timeout: float) -> Proposal:
         worktree = Path(worktree)
         clear_agent_dir(worktree)
+        head_before = git_head(worktree)
         start = time.monotonic()
         try:
             proposal = self._propose(worktree, prompt, timeout=timeout)
@@ -54,6 +55,9 @@ class Agent:
         finally:
             file_description = read_description_file(worktree)
             clear_agent_dir(worktree)
+            undone = undo_agent_commits(worktree, head_before)
+        if undone:
+            proposal.transcript += f"\n[driver] the agent committed: {undone}\n"
         proposal.seconds = proposal.seconds or time.monotonic() - start
         proposal.description = clean_description(file_description or proposal.description)
         secrets = secret_values(extra=self._extra_secrets)
@@ -107,6 +111,27 @@ def bound_text(text: str, max_chars: int) -> str:
     half = max_chars // 2
     dropped = len(text) - 2 * half
     return f"{text[:half]}\n[... {dropped} characters cut ...]\n{text[-half:]}"
+
+
+def git_head(worktree: Path) -> str | None:
+    """HEAD of the repository whose top level is `worktree` (None for anything else, so that we
+    never touch an enclosing repository)."""
+    result = subprocess.run(["git", "-C", str(worktree), "rev-parse", "--show-toplevel", "HEAD"],
+                            capture_output=True, text=True)
+    lines = result.stdout.split()
+    if result.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != worktree.resolve():
+        return None
+    return lines[1]
+
+
+def undo_agent_commits(worktree: Path, head_before: str | None) -> str:
+    """Agents must not commit or stage. Put HEAD and the index back where they were (a mixed
+    reset), leaving every change in the working files, where the guard sees and judges it."""
+    if head_before is None:
+        return ""
+    moved = git_head(worktree) != head_before
+    subprocess.run(["git", "-C", str(worktree), "reset", "-q", head_before], capture_output=True)
+    return f"its commits were undone (HEAD back at {head_before[:12]}, changes kept)" if moved else ""
 
 
 # ---------------------------------------------------------------- running an agent process

@@ -18,9 +18,14 @@ _CONSTANT_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 # Part of the fixed experiment (metric, budget, data), never hyperparameters.
 _FIXED_NAMES = {"MAX_SEQ_LEN", "TIME_BUDGET", "EVAL_TOKENS", "VOCAB_SIZE"}
 _FIXED_COMMENT = re.compile(r"#.*\b(fixed|do not (modify|change|edit))\b", re.IGNORECASE)
+# Logging and validation cadence: not hyperparameters of the result.
+_BOOKKEEPING = re.compile(r"EVERY|^LOG_|^VAL_|^EVAL_")
 # Names whose values are fractions: they stay in (0, 1].
 _FRACTION_WORDS = ("RATIO", "FRAC", "DROPOUT")
+# Averaging coefficients just below 1: perturbed through 1 - value (0.95 -> 0.9 .. 0.975).
+_MOMENTUM_WORDS = ("MOMENTUM", "BETA")
 _MAX_FACTOR = 2.0
+_SMALL_INT = 16   # above this, a step of one is too small to measure: step by 20-25 % instead
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,8 @@ def find_candidates(source: str) -> list[Candidate]:
     found = []
     for node in ast.parse(source).body:
         target, value = _assignment(node)
-        if target is None or not _CONSTANT_NAME.match(target) or target in _FIXED_NAMES or "SEED" in target:
+        if (target is None or not _CONSTANT_NAME.match(target) or target in _FIXED_NAMES
+                or "SEED" in target or _BOOKKEEPING.search(target)):
             continue
         if _FIXED_COMMENT.search(lines[node.lineno - 1]):
             continue
@@ -76,8 +82,9 @@ def _is_number(node: ast.expr) -> bool:
 
 
 def new_value(candidate: Candidate, rng: random.Random) -> int | float:
-    """A different value: floats scaled by a log-uniform factor in [1/2, 2] (3 significant digits),
-    powers of two doubled or halved, other ints stepped by one or doubled/halved; never below 1."""
+    """A different value: floats scaled by a log-uniform factor in [1/2, 2] (3 significant digits;
+    momenta through 1 - value), powers of two doubled or halved, other ints stepped by one (by
+    -20 %/+25 % when large) or doubled/halved; never below 1."""
     old = candidate.value
     if candidate.power_of_two_exponent:
         return old + 1 if old == 1 else old + rng.choice((-1, 1))
@@ -85,11 +92,14 @@ def new_value(candidate: Candidate, rng: random.Random) -> int | float:
         return _new_float(candidate.name, old, rng)
     if old >= 2 and old & (old - 1) == 0:
         return rng.choice((old // 2, old * 2))
-    options = sorted({v for v in (old - 1, old + 1, old // 2, old * 2) if v >= 1 and v != old})
+    steps = (old - 1, old + 1) if old <= _SMALL_INT else (round(old * 0.8), round(old * 1.25))
+    options = sorted({v for v in (*steps, old // 2, old * 2) if v >= 1 and v != old})
     return rng.choice(options)
 
 
 def _new_float(name: str, old: float, rng: random.Random) -> float:
+    if any(word in name for word in _MOMENTUM_WORDS) and old < 1.0:
+        return float(f"{1.0 - _new_float('', 1.0 - old, rng):.6g}")
     is_fraction = any(word in name for word in _FRACTION_WORDS) and old <= 1.0
     for _ in range(20):
         value = float(f"{old * math.exp(rng.uniform(-1, 1) * math.log(_MAX_FACTOR)):.3g}")

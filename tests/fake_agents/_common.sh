@@ -2,6 +2,7 @@
 # prompt (the agents get a minimal environment, so the prompt is the one channel the test owns).
 #   edit          append a line to the train file, write .agent/description
 #   edit-prepare  as edit, plus tamper with prepare/tasks.py and create a stray file
+#   commit        as edit-prepare, then `git commit -a` (agents must not commit)
 #   hang          start a background sleeper (its pid goes to $HOME/hang_pid) and wait forever
 #   fail          print to stderr and exit 3
 #   leak          print every key the agent was given (tests that transcripts are scrubbed)
@@ -14,13 +15,16 @@ fake_act() {
     mode=$(printf '%s\n' "$prompt" | sed -n 's/^FAKE_MODE: //p' | head -n 1)
     train=$(printf '%s\n' "$prompt" | sed -n 's/.*The one file you may edit: `\([^`]*\)`.*/\1/p' | head -n 1)
     case "$mode" in
-        edit|edit-prepare)
+        edit|edit-prepare|commit)
             printf '\n# tuned by %s\n' "$name" >> "$train"
             mkdir -p .agent
             echo "$name: append a comment" > .agent/description
-            if [ "$mode" = edit-prepare ]; then
+            if [ "$mode" != edit ]; then
                 echo "# tampered" >> prepare/tasks.py
                 mkdir -p stray && echo "stray" > stray/new_file.txt
+            fi
+            if [ "$mode" = commit ]; then
+                git add -A && git -c user.name=fake -c user.email=fake@example.com commit -q -m "agent commit"
             fi ;;
         hang)
             sleep 300 &
