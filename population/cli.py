@@ -1,0 +1,151 @@
+"""`python -m population`: the command line. Flags -> RunConfig -> driver.run_population.
+
+Bad input is one line and exit 2; problems found while starting (a dirty seed, an existing run, an
+unreachable cluster) one line and exit 1; Ctrl-C leaves the store consistent and exits 130.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from population import config as C
+from population.config import ConfigError, RunConfig, validate
+from population.selection import CULL_POLICIES
+from prepare.tasks import DEFAULT_TASK, TASKS
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line, not the usage block: `population: error: <what> (see --help)`."""
+        print(f"population: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m population",
+        description="Evolve a population of train.py variants: one agent and one GPU per worker, "
+                    "the same training budget for all, tournament selection on the task's metric. "
+                    "Run it inside the project's git repository (its HEAD is the seed).",
+    )
+    run = p.add_argument_group("the run")
+    run.add_argument("--run", dest="tag", metavar="TAG", default=None,
+                     help="run tag: the store is RUNS_DIR/TAG, branches population/TAG/*; "
+                          "letters, digits, '.', '_', '-' (default: a date-based tag such as nov21-140501)")
+    run.add_argument("--runs-dir", default="runs", help="directory holding the run stores (default: %(default)s)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run TAG: replay its journal, re-queue work lost in flight")
+    run.add_argument("--task", choices=sorted(TASKS), default=None,
+                     help=f"what to search over (default: {DEFAULT_TASK}; a resumed run keeps its task)")
+    run.add_argument("--repo", default=None,
+                     help="the run repository (default: the git root of the current directory)")
+    run.add_argument("--budget", type=_number, default=None, metavar="SECONDS",
+                     help=f"training seconds per experiment, uniform for the run "
+                          f"(default: {C.DEFAULT_BUDGET_S:g}; a resumed run keeps its budget)")
+    run.add_argument("--train-timeout", type=_number, default=None, metavar="SECONDS",
+                     help="hard wall-clock limit of one training; the process group is killed "
+                          "(default: 2 * budget + 300)")
+    run.add_argument("--max-experiments", type=_integer, default=None, metavar="N",
+                     help="stop after N experiments, baselines and re-runs included (default: run until Ctrl-C)")
+    run.add_argument("--seed", type=_integer, default=C.DEFAULT_SEED,
+                     help="training seed of first runs (re-runs use SEED+1, SEED+2...) and selection's random seed "
+                          "(default: %(default)s)")
+
+    pop = p.add_argument_group("selection")
+    pop.add_argument("--population-size", type=_integer, default=C.DEFAULT_POPULATION_SIZE, metavar="N",
+                     help="living members kept; beyond it members are culled (default: %(default)s)")
+    pop.add_argument("--tournament-size", type=_integer, default=C.DEFAULT_TOURNAMENT_SIZE, metavar="K",
+                     help="members drawn per tournament (parent = best of K); must be <= population size "
+                          "(default: %(default)s)")
+    pop.add_argument("--cull", choices=CULL_POLICIES, default="age",
+                     help="who dies when the population is full: the oldest (age) or the worst of a tournament "
+                          "(default: %(default)s)")
+    pop.add_argument("--noise-runs", type=_integer, default=None, metavar="N",
+                     help="baseline trainings of the seed that measure the noise (default: min(workers, 3))")
+
+    work = p.add_argument_group("workers and agents")
+    work.add_argument("--workers", type=_integer, default=None, metavar="N",
+                      help="workers (one agent each); more workers than GPUs queue trainings for the GPUs "
+                           "(default: one per GPU of the cluster; 1 with --device cpu)")
+    work.add_argument("--agent", dest="agents", action="append", default=None, metavar="SPEC",
+                      help="agent spec, repeatable (workers take them in turn): mutate, claude, codex, "
+                           f"command:TEMPLATE, openai:MODEL (default: {C.DEFAULT_AGENT}, the offline mutator)")
+    work.add_argument("--agent-base-url", default=None, metavar="URL",
+                      help="base URL of the chat-completions API for openai:MODEL agents (default: the API's own)")
+    work.add_argument("--agent-timeout", type=_number, default=C.DEFAULT_AGENT_TIMEOUT_S, metavar="SECONDS",
+                      help="wall-clock limit of one agent proposal (default: %(default)g)")
+
+    where = p.add_argument_group("where it runs")
+    where.add_argument("--device", choices=C.DEVICES, default=None,
+                       help="cuda: one GPU per training; cpu: the engine's tiny smoke config, no GPU needed "
+                            "(default: cuda; a resumed run keeps its device)")
+    where.add_argument("--address", default=None,
+                       help="join this Ray cluster (HOST:PORT, ray://HOST:PORT or auto) "
+                            "(default: start a local Ray on this machine)")
+    where.add_argument("--accelerator", default=None, metavar="TYPE",
+                       help="use only nodes of this Ray accelerator_type (H100, H200...): results compare "
+                            "only within one GPU type (default: any)")
+    # Hidden, for tests and laptops: a local Ray with fake GPUs / a set CPU count.
+    p.add_argument("--ray-num-gpus", type=_integer, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ray-num-cpus", type=_integer, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--status-every", type=_number, default=60.0, help=argparse.SUPPRESS)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    cfg = RunConfig(
+        workers=args.workers, budget_s=args.budget,
+        agents=args.agents or [C.DEFAULT_AGENT], agent_base_url=args.agent_base_url,
+        agent_timeout_s=args.agent_timeout, task=args.task, tag=args.tag,
+        runs_dir=args.runs_dir, population_size=args.population_size, tournament_size=args.tournament_size,
+        cull=args.cull, max_experiments=args.max_experiments, noise_runs=args.noise_runs,
+        train_timeout_s=args.train_timeout, device=args.device, resume=args.resume, address=args.address,
+        accelerator=args.accelerator, repo=args.repo, seed=args.seed, workdir=args.workdir,
+        status_every_s=args.status_every)
+    validate(cfg)
+    return cfg
+
+
+def ray_init_kwargs(args: argparse.Namespace) -> dict:
+    kwargs = {}
+    if args.ray_num_gpus is not None:
+        kwargs["num_gpus"] = args.ray_num_gpus
+    if args.ray_num_cpus is not None:
+        kwargs["num_cpus"] = args.ray_num_cpus
+    if kwargs and args.address:
+        raise ConfigError("--ray-num-gpus/--ray-num-cpus describe a local Ray; they do not go with --address")
+    return kwargs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        init_kwargs = ray_init_kwargs(args)
+    except ConfigError as e:
+        print(f"population: error: {e}", file=sys.stderr)
+        return 2
+    if not args.agents:
+        print(f"population: no --agent given: using the offline '{C.DEFAULT_AGENT}' agent "
+              "(random changes to the train file's constants)", flush=True)
+    from population.driver import run_population   # Ray is imported only for a real run
+    return run_population(cfg, ray_init_kwargs=init_kwargs)

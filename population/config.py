@@ -1,0 +1,141 @@
+"""A run's settings: one dataclass, its defaults, and the checks that make bad input one clear line.
+
+Pure: no Ray, no git, no files. The CLI builds a RunConfig from its flags; tests and the bench build
+one directly. `validate` raises ConfigError naming the bad setting; `resolve` fills the defaults that
+depend on other settings (noise runs, train timeout, tag).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from dataclasses import dataclass, field
+
+from population.selection import CULL_POLICIES
+from prepare.tasks import TASKS, DEFAULT_TASK
+
+DEFAULT_BUDGET_S = 300.0
+DEFAULT_AGENT = "mutate"
+DEFAULT_AGENT_TIMEOUT_S = 1800.0
+DEFAULT_POPULATION_SIZE = 8
+DEFAULT_TOURNAMENT_SIZE = 3
+DEFAULT_SEED = 42
+MAX_NOISE_RUNS_DEFAULT = 3
+DEVICES = ("cuda", "cpu")
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A setting out of range; the message is one line for the user."""
+
+
+@dataclass
+class RunConfig:
+    workers: int | None = None              # None: one per GPU (cuda) or 1 (cpu)
+    budget_s: float | None = None           # None: 300, or the resumed run's
+    agents: list[str] = field(default_factory=lambda: [DEFAULT_AGENT])
+    agent_base_url: str | None = None
+    agent_timeout_s: float = DEFAULT_AGENT_TIMEOUT_S
+    task: str | None = None                 # None: climbmix, or the resumed run's
+    tag: str | None = None                  # None: a date-based tag
+    runs_dir: str = "runs"
+    population_size: int = DEFAULT_POPULATION_SIZE
+    tournament_size: int = DEFAULT_TOURNAMENT_SIZE
+    cull: str = "age"
+    max_experiments: int | None = None      # None: until stopped
+    noise_runs: int | None = None           # None: min(workers, 3)
+    train_timeout_s: float | None = None    # None: 2 * budget + 300
+    device: str | None = None               # None: cuda, or the resumed run's
+    resume: bool = False
+    address: str | None = None
+    accelerator: str | None = None
+    repo: str | None = None                 # None: the git root of the current directory
+    seed: int = DEFAULT_SEED
+    workdir: str | None = None              # workers' clones; None: $AUTORESEARCH_WORKDIR or the temp dir
+    status_every_s: float = 60.0
+    max_runs_per_member: int = 3            # promotion: at most this many runs before "keep"
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def default_tag(now: float | None = None) -> str:
+    """A date-based tag like autoresearch's `mar5`, with the time so two runs a day do not clash."""
+    return time.strftime("%b%d-%H%M%S", time.localtime(now)).lower()
+
+
+def default_train_timeout(budget_s: float) -> float:
+    return 2 * budget_s + 300
+
+
+def default_noise_runs(workers: int) -> int:
+    return max(1, min(workers, MAX_NOISE_RUNS_DEFAULT))
+
+
+def validate(config: RunConfig) -> None:
+    """Raise ConfigError (one line) for the first setting out of range."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(config.workers is None or config.workers >= 1, f"--workers must be >= 1, got {config.workers}")
+    need(config.budget_s is None or config.budget_s > 0, f"--budget must be > 0 seconds, got {config.budget_s}")
+    need(bool(config.agents), "--agent needs at least one agent spec")
+    need(all(spec.strip() for spec in config.agents), "--agent must not be empty")
+    need(config.agent_timeout_s > 0, f"--agent-timeout must be > 0 seconds, got {config.agent_timeout_s:g}")
+    need(config.task is None or config.task in TASKS, f"--task must be one of {', '.join(TASKS)}, got {config.task!r}")
+    need(config.tag is None or bool(_TAG.match(config.tag)),
+         f"--run {config.tag!r} is not a valid tag: use letters, digits, '.', '_' or '-' "
+         "(no '/', no spaces, at most 64 characters)")
+    need(config.tag is None or ".." not in config.tag, f"--run {config.tag!r} must not contain '..'")
+    need(not config.resume or config.tag is not None, "--resume needs --run TAG (the run to continue)")
+    need(bool(config.runs_dir.strip()), "--runs-dir must not be empty")
+    need(config.population_size >= 1, f"--population-size must be >= 1, got {config.population_size}")
+    need(config.tournament_size >= 1, f"--tournament-size must be >= 1, got {config.tournament_size}")
+    need(config.tournament_size <= config.population_size,
+         f"--tournament-size ({config.tournament_size}) must be <= --population-size ({config.population_size})")
+    need(config.cull in CULL_POLICIES, f"--cull must be one of {', '.join(CULL_POLICIES)}, got {config.cull!r}")
+    need(config.max_experiments is None or config.max_experiments >= 1,
+         f"--max-experiments must be >= 1, got {config.max_experiments}")
+    need(config.noise_runs is None or config.noise_runs >= 1, f"--noise-runs must be >= 1, got {config.noise_runs}")
+    need(config.noise_runs is None or config.max_experiments is None or config.noise_runs <= config.max_experiments,
+         f"--noise-runs ({config.noise_runs}) must be <= --max-experiments ({config.max_experiments})")
+    budget = config.budget_s or DEFAULT_BUDGET_S
+    need(config.train_timeout_s is None or config.train_timeout_s > budget,
+         f"--train-timeout ({config.train_timeout_s} s) must be longer than the budget ({budget:g} s)")
+    need(config.device is None or config.device in DEVICES,
+         f"--device must be one of {', '.join(DEVICES)}, got {config.device!r}")
+    need(config.address is None or bool(config.address.strip()), "--address must not be empty")
+    need(config.accelerator is None or bool(re.match(r"^[A-Za-z0-9_.-]+$", config.accelerator)),
+         f"--accelerator {config.accelerator!r} is not an accelerator type (e.g. H100, H200, A100)")
+    need(config.accelerator is None or config.device != "cpu", "--accelerator needs --device cuda")
+    need(config.seed >= 0, f"--seed must be >= 0, got {config.seed}")
+    need(config.status_every_s > 0, "status interval must be > 0")
+    need(config.max_runs_per_member >= 1, "max runs per member must be >= 1")
+
+
+def with_run_settings(config: RunConfig, meta: dict | None = None) -> RunConfig:
+    """Task, budget and device: what the user gave, else the resumed run's (`meta`), else the
+    defaults. A resumed run keeps them (the budget is uniform for a whole run): a different
+    explicit value is a ConfigError."""
+    meta = meta or {}
+    settings = {"task": ("--task", DEFAULT_TASK), "budget_s": ("--budget", DEFAULT_BUDGET_S),
+                "device": ("--device", "cuda")}
+    changes = {}
+    for name, (flag, default) in settings.items():
+        given, stored = getattr(config, name), meta.get(name)
+        if given is not None and stored is not None and given != stored:
+            raise ConfigError(f"run {config.tag!r} was started with {flag} {stored}; "
+                              f"a resumed run keeps it (got {given})")
+        changes[name] = given if given is not None else stored if stored is not None else default
+    return config.replace(**changes)
+
+
+def resolve(config: RunConfig, workers: int) -> RunConfig:
+    """The config with every default filled in, once the number of workers is known."""
+    return config.replace(
+        workers=workers,
+        tag=config.tag or default_tag(),
+        noise_runs=config.noise_runs or default_noise_runs(workers),
+        train_timeout_s=config.train_timeout_s or default_train_timeout(config.budget_s),
+    )

@@ -1,0 +1,68 @@
+"""The live console view: one line per event and a status line every minute (pure formatting,
+plus a tiny writer that stamps the time)."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import TextIO
+
+_DESCRIPTION_CHARS = 80
+
+
+def _value(value) -> str:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
+
+
+def _short(text: str, limit: int = _DESCRIPTION_CHARS) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def experiment_line(*, exp_id: int, kind: str, member: str, parent: str | None, worker: str, status: str,
+                    metric: str, value, best, mean=None, description: str = "", reason: str = "") -> str:
+    """`e0012 m0007<-m0003 w2 ok val_bpb 0.9921 (best 0.9903) 'raise MATRIX_LR to 0.05'`."""
+    who = f"{member}<-{parent}" if kind == "child" and parent else f"{member} {kind}"
+    line = f"e{exp_id:04d} {who} {worker} {status}"
+    if status == "ok":
+        extra = [f"mean {_value(mean)}"] if kind == "rerun" and mean is not None else []
+        if best is not None:
+            extra.append(f"best {_value(best)}")
+        line += f" {metric} {_value(value)}" + (f" ({', '.join(extra)})" if extra else "")
+    elif reason:
+        last = [part for part in str(reason).strip().splitlines() if part.strip()]
+        line += f" [{_short(last[-1] if last else reason, 100)}]"
+    if description:
+        line += f" '{_short(description)}'"
+    return line
+
+
+def status_line(*, finished: int, ok: int, in_flight: int, training: int, workers: int, alive: int,
+                champion: str | None, metric: str, best, elapsed_s: float, max_experiments: int | None) -> str:
+    total = f"/{max_experiments}" if max_experiments else ""
+    best_text = f"{champion} {metric} {_value(best)}" if champion else "none yet"
+    hours, rest = divmod(int(elapsed_s), 3600)
+    return (f"status: {finished}{total} finished ({ok} ok), {in_flight} in flight, "
+            f"{training}/{workers} training, {alive} alive, best {best_text}, "
+            f"elapsed {hours:d}:{rest // 60:02d}:{rest % 60:02d}")
+
+
+class Console:
+    """Writes stamped lines to a stream (stdout by default); silent when `out` is None."""
+
+    def __init__(self, out: TextIO | None = sys.stdout, clock=time.time):
+        self.out = out
+        self.clock = clock
+
+    def line(self, text: str) -> None:
+        if self.out is None:
+            return
+        stamp = time.strftime("%H:%M:%S", time.localtime(self.clock()))
+        print(f"[{stamp}] {text}", file=self.out, flush=True)
+
+    def error(self, text: str) -> None:
+        print(f"population: error: {text}", file=sys.stderr, flush=True)

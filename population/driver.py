@@ -1,0 +1,886 @@
+"""The Ray driver: hands out work to the workers, records every result, culls and promotes.
+
+There is no generation barrier. Each worker has a two-stage pipeline: while its current experiment
+trains (a Ray task holding one GPU, pinned to the worker's node), the worker's actor already
+prepares the next one (the agent proposes a child), at most one ahead. Whenever anything finishes,
+the driver journals it (store.append) BEFORE acting on it, then updates the population, culls,
+promotes, refreshes the tables and hands out new work.
+
+    start -> noise phase (the seed trained --noise-runs times; mean = m0000's score, spread = noise)
+          -> children: parent by tournament, propose, train, record, cull, promote (or re-run)
+
+`run_population(config, ray_init_kwargs=...)` is the API; `python -m population` the CLI.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from population import gitops
+from population.config import ConfigError, RunConfig, default_tag, resolve, validate, with_run_settings
+from population.console import Console, experiment_line, status_line
+from population.selection import choose_culls, estimate_noise, promotion_decision, tournament_select
+from population.state import PopulationState
+from population.store import RunStore, StoreError
+from population.summary import parse_summary, tail
+from population.worker import PrepareJob, Prepared, TrainJob, TrainResult, WorkerActor, train_task
+from prepare.tasks import Task, get_task
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+BASELINE_MEMBER = "m0000"
+PROGRAM_FILE = "program.md"
+LOG_TAIL_LINES = 40
+MAX_ATTEMPTS = 3               # a piece of work lost this often (node loss...) is given up
+WORKER_START_TIMEOUT_S = 180.0
+CONNECT_TIMEOUT_S = 5.0
+_BUNDLE_CACHE = 64
+TABLES_EVERY_S = 5.0
+
+
+class DriverError(Exception):
+    """Something the user must fix; the message is one line."""
+
+
+# ---------------------------------------------------------------- pure helpers
+
+def training_outcome(result: TrainResult, metric: str, keys, timeout_s: float) -> tuple[str, str, dict]:
+    """(status, reason, summary) of one training: ok, crash or timeout."""
+    summary = parse_summary(result.log, keys)
+    log_tail = tail(result.log, LOG_TAIL_LINES)
+    if result.timed_out:
+        return "timeout", f"killed at the {timeout_s:g} s wall-clock limit\n{log_tail}", summary
+    if result.returncode != 0:
+        return "crash", f"exit code {result.returncode}\n{log_tail}", summary
+    value = summary.get(metric)
+    if value is None or not math.isfinite(value):
+        return "crash", f"no finite {metric} in the summary block\n{log_tail}", summary
+    return "ok", "", summary
+
+
+def train_env(config: RunConfig, seed: int, source: dict[str, str]) -> dict[str, str]:
+    """AUTORESEARCH_* for a training: the run's uniform budget, the seed, CPU mode, and the user's
+    own AUTORESEARCH_* settings (cache, eval tokens) from the driver's environment."""
+    env = {name: value for name, value in source.items()
+           if name.startswith("AUTORESEARCH_") and name != "AUTORESEARCH_WORKDIR"}
+    env["AUTORESEARCH_TIME_BUDGET"] = f"{config.budget_s:g}"
+    env["AUTORESEARCH_SEED"] = str(seed)
+    if config.device == "cpu":
+        env["AUTORESEARCH_SMOKE"] = "1"
+        env["AUTORESEARCH_DEVICE"] = "cpu"
+    return env
+
+
+def check_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast, with one line, when a Ray cluster address does not answer."""
+    if address == "auto":
+        return
+    host_port = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise DriverError(f"--address {address!r} is not HOST:PORT (or ray://HOST:PORT, or auto)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise DriverError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); "
+                          "is `ray start --head` running there?") from None
+
+
+def node_slots(nodes: list[dict], device: str, accelerator: str | None) -> list[tuple[str, str]]:
+    """(node id, accelerator type) once per GPU (cuda) or CPU (cpu) of the usable alive nodes;
+    worker i goes to slot i modulo the count."""
+    slots = []
+    for node in nodes:
+        if not node.get("Alive", node.get("alive", False)):
+            continue
+        resources = node.get("Resources", {})
+        types = [key.split(":", 1)[1] for key in resources if key.startswith("accelerator_type:")]
+        if accelerator and accelerator not in types:
+            continue
+        count = int(resources.get("GPU" if device == "cuda" else "CPU", 0))
+        slots += [(node["NodeID"], types[0] if types else "")] * count
+    return slots
+
+
+@dataclass
+class Work:
+    """A piece of work to hand out: train a member's commit (baseline, rerun) or make a child."""
+    kind: str                      # baseline | child | rerun
+    member: str | None = None      # baseline/rerun: the member; child: None = a new name
+    parent: str | None = None      # child: the parent member (None = tournament when handed out)
+    seed: int = 0
+    attempts: int = 0
+
+
+@dataclass
+class Flight:
+    """An experiment in flight, as the driver knows it."""
+    exp_id: int
+    work: Work
+    worker: str
+    member: str
+    parent: str | None
+    parent_commit: str
+    commit: str                    # what trains (the parent until the child is committed)
+    agent: str
+    started_at: float
+    prompt: str = ""
+    prepared: Prepared | None = None
+    train_blob: str | None = None
+
+
+@dataclass
+class Slot:
+    """One worker: its actor, node, and two-stage pipeline (prepare, then train)."""
+    name: str
+    actor: object
+    node_id: str
+    accelerator: str
+    agent: str
+    hostname: str = ""
+    prep: tuple | None = None      # (ObjectRef, exp_id)
+    ready: int | None = None       # exp_id prepared, waiting for the GPU
+    train: tuple | None = None     # (ObjectRef, exp_id)
+    dead: bool = False
+
+
+class Driver:
+    def __init__(self, config: RunConfig, ray_init_kwargs: dict | None = None, out: TextIO | None = None,
+                 console: Console | None = None):
+        self.config = config
+        self.ray_init_kwargs = dict(ray_init_kwargs or {})
+        self.console = console or Console(out)
+        self.task: Task | None = None
+        self.rng = random.Random(config.seed)
+        self.stop_reason: str | None = None
+        self.slots: list[Slot] = []
+        self.flights: dict[int, Flight] = {}
+        self.pending: deque[Work] = deque()
+        self.refs: dict = {}                 # ObjectRef -> (slot, stage, exp_id)
+        self.bundles: OrderedDict[str, tuple] = OrderedDict()
+        self.blobs: dict[str, str] = {}      # train file blob -> member that has it
+        self.started_ray = False
+        self.store: RunStore | None = None
+        self.state: PopulationState | None = None
+        self.locked = False
+        self.failed = False
+        self.started_at = time.time()
+        self.last_status = time.time()
+        self.member_counter = 0
+
+    # ================================================================ set-up
+
+    def setup(self) -> None:
+        self.config = cfg = self.config.replace(tag=self.config.tag or default_tag())
+        self.tag = cfg.tag
+        self.repo = gitops.open_run_repo(cfg.repo)
+        run_dir = Path(cfg.runs_dir) / cfg.tag
+        if cfg.resume:
+            self.store = RunStore.open(run_dir)
+            meta = self.store.meta
+            self.config = cfg = with_run_settings(cfg, meta)
+            self.task = get_task(cfg.task)
+            self.seed_commit = meta["seed_commit"]
+            if not gitops.has_commit(self.repo, self.seed_commit):
+                raise DriverError(f"the run's seed commit {self.seed_commit[:9]} is not in {self.repo.working_tree_dir}")
+        else:
+            self.config = cfg = with_run_settings(cfg)
+            self.task = get_task(cfg.task)
+            self.seed_commit = gitops.check_seed(self.repo, self.task.train_file)
+            if (run_dir / "run.json").exists():
+                raise DriverError(f"run {cfg.tag!r} already exists in {cfg.runs_dir}; "
+                                  "pass --resume to continue it or pick another --run")
+        self.program_md = self._program_md()
+        self._check_agents()
+        self._init_ray()
+        slots = self._node_slots()
+        workers = cfg.workers or (len(slots) if cfg.device == "cuda" else 1)
+        self.config = cfg = resolve(cfg, workers)
+        if not cfg.resume:
+            self.store = RunStore.create(run_dir, self._meta())
+        self.store.lock()
+        self.locked = True
+        self.fingerprint = self._seed_fingerprint()
+        gitops.set_ref(self.repo, gitops.member_branch(self.tag, BASELINE_MEMBER), self.seed_commit)
+        self.state = PopulationState.replay(self.store.events(), self.task.metric, self.task.lower_is_better)
+        self.member_counter = 1 + max((int(e.member[1:]) for e in self.state.experiments.values()
+                                       if e.member[1:].isdigit()), default=0)
+        self._start_workers(slots)
+
+    def _program_md(self) -> str:
+        try:
+            return self.repo.git.show(f"{self.seed_commit}:{PROGRAM_FILE}")
+        except gitops.git.GitCommandError:
+            raise DriverError(f"the seed commit {self.seed_commit[:9]} has no {PROGRAM_FILE}; "
+                              "commit the agents' instructions first") from None
+
+    def _agent_options(self, index: int) -> dict:
+        # each worker's mutator draws its own sequence (same seed = same proposals = duplicates)
+        return {"seed": self.config.seed + 1000 * (index + 1), "train_file": self.task.train_file,
+                "base_url": self.config.agent_base_url}
+
+    def _check_agents(self) -> None:
+        from population.agents import make_agent   # raises AgentSpecError (one line) for a bad spec
+        for index, spec in enumerate(self.config.agents):
+            make_agent(spec, **self._agent_options(index))
+
+    def _meta(self) -> dict:
+        cfg = self.config
+        return {"tag": cfg.tag, "task": cfg.task, "metric": self.task.metric,
+                "lower_is_better": self.task.lower_is_better, "budget_s": cfg.budget_s,
+                "workers": cfg.workers, "noise_std": None, "champion_id": None, "state": "running",
+                "created_at": time.time(), "seed_commit": self.seed_commit, "device": cfg.device,
+                "repo": str(self.repo.working_tree_dir),
+                "args": {k: v for k, v in vars(cfg).items() if k not in ("workdir",)}}
+
+    def _seed_fingerprint(self) -> str:
+        """prepare/'s fingerprint in a fresh checkout of the seed (what every worktree must match)."""
+        from population import guards
+        path = self.store.dir / ".seed-check"
+        gitops.add_detached_worktree(self.repo, path, self.seed_commit)
+        try:
+            return guards.tree_fingerprint(path, "prepare")
+        finally:
+            gitops.remove_worktree(self.repo, path)
+
+    # ---------------------------------------------------------------- Ray
+
+    def _init_ray(self) -> None:
+        cfg = self.config
+        if ray.is_initialized():
+            return
+        kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        if cfg.address:
+            check_address(cfg.address)
+            kwargs["address"] = cfg.address
+        # Workers import population/prepare from the project even when run outside its directory.
+        project = str(Path(__file__).resolve().parent.parent)
+        kwargs["job_config"] = ray.job_config.JobConfig(code_search_path=[project])
+        kwargs.update(self.ray_init_kwargs)
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DriverError(f"cannot start or join Ray: {first}") from None
+        self.started_ray = True
+
+    def _node_slots(self) -> list[tuple[str, str]]:
+        cfg = self.config
+        slots = node_slots(ray.nodes(), cfg.device, cfg.accelerator)
+        if not slots:
+            if cfg.accelerator:
+                raise DriverError(f"no alive Ray node has accelerator type {cfg.accelerator}")
+            if cfg.device == "cuda":
+                raise DriverError("no GPU in the Ray cluster; use --device cpu for a CPU run")
+            raise DriverError("no CPU in the Ray cluster")
+        return slots
+
+    def _start_workers(self, slots: list[tuple[str, str]]) -> None:
+        cfg = self.config
+        pending = []
+        for index in range(cfg.workers):
+            node_id, accelerator = slots[index % len(slots)]
+            agent = cfg.agents[index % len(cfg.agents)]
+            name = f"w{index}"
+            actor = WorkerActor.options(
+                num_cpus=0, max_restarts=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            ).remote(name, self.tag, agent, self._agent_options(index), cfg.workdir)
+            self.slots.append(Slot(name, actor, node_id, accelerator, agent))
+            pending.append(actor.info.remote())
+        try:
+            infos = ray.get(pending, timeout=WORKER_START_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            raise DriverError(f"workers did not start within {WORKER_START_TIMEOUT_S:g} s") from None
+        except ray.exceptions.RayError as e:
+            raise DriverError(f"a worker failed to start: {_first_line(e)}") from None
+        for slot, info in zip(self.slots, infos):
+            slot.hostname = info["hostname"]
+
+    # ================================================================ recording
+
+    def record(self, event: dict) -> None:
+        """Journal first, then apply: what the driver acts on is always on disk."""
+        event.setdefault("time", time.time())
+        self.store.append(event)
+        self.state.apply(event)
+
+    def refresh_tables(self, force: bool = False) -> None:
+        """The derived tables (throttled: the journal is the per-event truth) and run.json."""
+        self.store.write_tables_if_due(self.state.lineage_rows, self.task.metric,
+                                       min_interval_s=TABLES_EVERY_S, force=force)
+        champion = self.state.members.get(self.state.champion) if self.state.champion else None
+        self.store.update_meta(noise_std=self.state.noise_std, champion_id=champion.first_id if champion else None,
+                               workers=self.config.workers)
+
+    # ================================================================ the run
+
+    def run(self) -> int:
+        """Set up, run until done or stopped, and always leave the store consistent."""
+        try:
+            self.setup()
+            self._install_signal_handlers()
+            self.record({"type": "run_state", "state": "running"})
+            self.store.update_meta(state="running")
+            self._recover()
+            self.refresh_tables(force=True)
+            self.console.line(f"run {self.tag}: task {self.task.name}, {len(self.slots)} workers "
+                              f"({', '.join(sorted(set(self.config.agents)))}), budget {self.config.budget_s:g} s, "
+                              f"device {self.config.device}, store {self.store.dir}")
+            self._loop()
+        except BaseException:
+            self.failed = True
+            raise
+        finally:
+            outcome = self._finish()
+        return outcome
+
+    def _loop(self) -> None:
+        self.started_at = self.last_status = time.time()
+        while self.stop_reason is None:
+            self._dispatch()
+            if not self.refs:
+                if all(s.dead for s in self.slots):
+                    raise DriverError("every worker died; see the Ray logs")
+                if any(s.ready is not None for s in self.slots if not s.dead):
+                    raise DriverError("no work can proceed (children wait for a noise phase that cannot finish)")
+                break   # nothing in flight and nothing left to hand out
+            refs = list(self.refs)
+            if refs:
+                done, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+                if done:
+                    done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                for ref in done:
+                    self._complete(ref)
+            if time.time() - self.last_status >= self.config.status_every_s:
+                self.last_status = time.time()
+                self.console.line(self._status())
+
+    def _finish(self) -> int:
+        """Leave the store consistent whatever happened: trainings killed, in-flight work lost,
+        the final state written."""
+        self._restore_signal_handlers()
+        finished = self.stop_reason is None and not self.failed and not self.flights
+        for ref in list(self.refs):   # a cancelled training kills its process group
+            try:
+                ray.cancel(ref)
+            except Exception:
+                pass
+        if self.locked and self.state is not None:
+            for exp_id in sorted(self.flights):
+                self.record({"type": "experiment_lost", "id": exp_id,
+                             "reason": f"driver stopped ({self.stop_reason or 'error'})"})
+            state = "finished" if finished else "stopped"
+            self.record({"type": "run_state", "state": state})
+            self.refresh_tables(force=True)
+            self.store.update_meta(state=state)
+            self.console.line(f"run {self.tag} {state}: " + self._status())
+        self._shutdown_ray()
+        if self.locked:
+            self.store.unlock()
+        if self.stop_reason == "interrupted":
+            return EXIT_INTERRUPTED
+        return EXIT_OK if finished else EXIT_ERROR
+
+    def _shutdown_ray(self) -> None:
+        train_refs = [slot.train[0] for slot in self.slots if slot.train]
+        if train_refs:   # give cancelled trainings a moment to kill their process groups
+            try:
+                ray.wait(train_refs, num_returns=len(train_refs), timeout=15)
+            except Exception:
+                pass
+        for slot in self.slots:
+            try:
+                ray.kill(slot.actor)
+            except Exception:
+                pass
+        if self.started_ray:
+            ray.shutdown()
+
+    # ---------------------------------------------------------------- signals
+
+    def _install_signal_handlers(self) -> None:
+        self._old_handlers = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in getattr(self, "_old_handlers", {}).items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = "interrupted"
+            self.console.line(f"{signal.Signals(signum).name}: stopping; in-flight experiments will be marked lost")
+
+    def request_stop(self, reason: str = "interrupted") -> None:
+        self.stop_reason = reason
+
+    # ---------------------------------------------------------------- resume
+
+    def _recover(self) -> None:
+        """Lost in-flight work is re-queued; refs, worktrees and pending work match the journal."""
+        for exp in self.state.in_flight():
+            self.record({"type": "experiment_lost", "id": exp.id, "reason": "in flight when the driver stopped"})
+            started = exp.started
+            parent = None
+            if exp.kind == "child":
+                parent_exp = self.state.experiments.get(exp.parent_id)
+                parent = parent_exp.member if parent_exp else None
+            self.pending.append(Work(exp.kind, exp.member if exp.kind != "child" else None, parent,
+                                     int(started.get("seed", self.config.seed))))
+            if exp.kind == "child":
+                self.console.line(f"e{exp.id:04d} lost; its work is queued again")
+        for exp in self.state.experiments.values():
+            commit = exp.row.get("commit") if exp.phase == "finished" else None
+            if commit:
+                blob = gitops.file_blob(self.repo, commit, self.task.train_file)
+                if blob:
+                    self.blobs.setdefault(blob, exp.member)
+        for member in self.state.members.values():
+            path = self.store.members_dir / member.name
+            if member.alive:
+                gitops.add_worktree(self.repo, path, gitops.member_branch(self.tag, member.name))
+            else:
+                gitops.remove_worktree(self.repo, path)
+        if self.state.noise_std is None:
+            counted = sum(1 for e in self.state.experiments.values() if e.kind == "baseline" and e.phase == "finished")
+            queued = sum(1 for w in self.pending if w.kind == "baseline")
+            seeds = {int(e.started.get("seed", 0)) for e in self.state.experiments.values() if e.kind == "baseline"}
+            baselines = []
+            for i in range(max(0, self.config.noise_runs - counted - queued)):
+                seed = self.config.seed + i
+                while seed in seeds:
+                    seed += 1
+                seeds.add(seed)
+                baselines.append(Work("baseline", BASELINE_MEMBER, None, seed))
+            self.pending.extendleft(reversed(baselines))   # the noise phase goes first
+            self._maybe_finish_noise()
+        elif self.state.champion is None and self.state.members:
+            self._promote(self.state.best_member())
+        if self.state.champion:
+            champion = self.state.members[self.state.champion]
+            gitops.set_ref(self.repo, gitops.best_branch(self.tag), champion.commit)
+        self._requeue_undecided_reruns()
+
+    def _requeue_undecided_reruns(self) -> None:
+        """A "rerun" decision is not journaled: re-derive it for members whose latest run came
+        after the last promotion (the decision an uninterrupted driver would have made)."""
+        last_champion, last_run = -1, {}
+        for index, event in enumerate(self.store.events()):
+            if event["type"] == "champion":
+                last_champion = index
+            elif event["type"] == "experiment_finished":
+                exp = self.state.experiments.get(int(event["id"]))
+                if exp is not None:
+                    last_run[exp.member] = index
+        queued = {w.member for w in self.pending if w.kind == "rerun"}
+        for member in self.state.living():
+            if member.name in queued or last_run.get(member.name, -1) < last_champion:
+                continue
+            if self._decision(member.name) == "rerun":
+                self._queue_rerun(member.name)
+
+    # ================================================================ handing out work
+
+    def _active_count(self) -> int:
+        return sum(1 for e in self.state.experiments.values() if e.phase != "lost")
+
+    def _can_hand_out(self) -> bool:
+        if self.stop_reason is not None:
+            return False
+        limit = self.config.max_experiments
+        return limit is None or self._active_count() < limit
+
+    def _noise_done(self) -> bool:
+        return self.state.noise_std is not None
+
+    def _dispatch(self) -> None:
+        for slot in self.slots:
+            if slot.dead:
+                continue
+            if slot.train is None and slot.ready is not None:
+                flight = self.flights[slot.ready]
+                if flight.work.kind != "child" or self._noise_done():
+                    self._start_training(slot, flight)
+            if slot.prep is None and slot.ready is None and self._can_hand_out():
+                work = self._next_work()
+                if work is not None:
+                    self._start_prepare(slot, work)
+
+    def _next_work(self) -> Work | None:
+        if self.pending:
+            return self.pending.popleft()
+        if self._noise_done() and not self.state.living():
+            return None
+        return Work("child", seed=self.config.seed)
+
+    def _choose_parent(self) -> str:
+        if not self._noise_done() or not self.state.living():
+            return BASELINE_MEMBER
+        return tournament_select(self.state.candidates(), self.config.tournament_size, self.rng).member
+
+    def _member_commit(self, member: str) -> str:
+        if member in self.state.members:
+            return self.state.members[member].commit
+        if member == BASELINE_MEMBER:
+            return self.seed_commit
+        commit = gitops.ref_commit(self.repo, gitops.member_branch(self.tag, member))
+        if not commit:
+            raise DriverError(f"member {member} has no branch {gitops.member_branch(self.tag, member)}")
+        return commit
+
+    def _first_id(self, member: str) -> int | None:
+        if member in self.state.members:
+            return self.state.members[member].first_id
+        ids = [e.id for e in self.state.experiments.values() if e.member == member and e.kind != "rerun"]
+        return min(ids) if ids else None
+
+    def _member_parent(self, member: str) -> tuple[str | None, int | None, str]:
+        """(parent member, parent_id, parent commit) of an existing member (for its re-runs)."""
+        first = self.state.experiments.get(self._first_id(member) if member != BASELINE_MEMBER else -1)
+        if first is None or first.parent_id is None:
+            return None, None, self._member_commit(member)
+        parent_exp = self.state.experiments.get(first.parent_id)
+        return (parent_exp.member if parent_exp else None, first.parent_id,
+                str(first.started.get("parent_commit") or ""))
+
+    def _start_prepare(self, slot: Slot, work: Work) -> None:
+        exp_id = self.state.next_id()
+        if work.kind == "child":
+            parent = work.parent or self._choose_parent()
+            member = gitops.member_name(self.member_counter)
+            self.member_counter += 1
+            parent_id, parent_commit = self._first_id(parent), self._member_commit(parent)
+            commit, agent = parent_commit, slot.agent
+        else:
+            member = work.member
+            commit = self._member_commit(member)
+            if work.kind == "baseline":
+                parent, parent_id, parent_commit = None, None, commit
+            else:
+                parent, parent_id, parent_commit = self._member_parent(member)
+            agent = "none"
+        self.record({"type": "experiment_started", "id": exp_id, "kind": work.kind, "member": member,
+                     "parent_id": parent_id, "parent_commit": parent_commit, "worker": slot.name,
+                     "agent": agent, "seed": work.seed, "budget_s": self.config.budget_s})
+        flight = Flight(exp_id, work, slot.name, member, parent, parent_commit, commit, agent, time.time())
+        self.flights[exp_id] = flight
+        job = PrepareJob(exp_id=exp_id, commit=commit, bundle_ref="", prepare_fingerprint=self.fingerprint,
+                         train_file=self.task.train_file, member=member,
+                         agent_timeout_s=self.config.agent_timeout_s)
+        if work.kind == "child":
+            flight.prompt = self._prompt(parent_id)
+            job.prompt = flight.prompt
+            job.branch = gitops.member_branch(self.tag, member)
+        bundle_ref, job.bundle_ref = self._bundle(commit)
+        ref = slot.actor.prepare.remote(job, [bundle_ref])
+        slot.prep = (ref, exp_id)
+        self.refs[ref] = (slot, "prep", exp_id)
+
+    def _prompt(self, parent_id: int | None) -> str:
+        from population.context import build_prompt
+        in_flight = []
+        for exp in self.state.in_flight():
+            record = dict(exp.started)
+            flight = self.flights.get(exp.id)
+            if flight and flight.prepared and flight.prepared.description:
+                record["description"] = flight.prepared.description
+            in_flight.append(record)
+        return build_prompt(self.program_md, self.task, self.state.lineage_rows(),
+                            parent_id if parent_id is not None else 0, in_flight)
+
+    def _bundle(self, commit: str) -> tuple:
+        """(ObjectRef of the bundle bytes, ref inside it) for `commit`, cached: parents recur."""
+        if commit in self.bundles:
+            self.bundles.move_to_end(commit)
+            return self.bundles[commit]
+        data, ref_name = gitops.bundle_bytes(self.repo, commit)
+        self.bundles[commit] = (ray.put(data), ref_name)
+        while len(self.bundles) > _BUNDLE_CACHE:
+            self.bundles.popitem(last=False)
+        return self.bundles[commit]
+
+    def _start_training(self, slot: Slot, flight: Flight) -> None:
+        cfg = self.config
+        prepared = flight.prepared
+        job = TrainJob(exp_id=flight.exp_id, worktree=prepared.worktree, train_file=self.task.train_file,
+                       env=train_env(cfg, flight.work.seed, dict(os.environ)), timeout_s=cfg.train_timeout_s,
+                       log_path=prepared.log_path,
+                       device=cfg.device, accelerator=slot.accelerator)
+        resources = {"num_gpus": 1, "num_cpus": 0} if cfg.device == "cuda" else {"num_gpus": 0, "num_cpus": 1}
+        ref = train_task.options(
+            **resources, scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False),
+        ).remote(job)
+        slot.ready = None
+        slot.train = (ref, flight.exp_id)
+        self.refs[ref] = (slot, "train", flight.exp_id)
+
+    # ================================================================ completions
+
+    def _complete(self, ref) -> None:
+        slot, stage, exp_id = self.refs.pop(ref)
+        flight = self.flights[exp_id]
+        if stage == "prep":
+            slot.prep = None
+        else:
+            slot.train = None
+        try:
+            value = ray.get(ref)
+        except ray.exceptions.RayTaskError as e:
+            if self.stop_reason is not None:
+                return
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, ray.exceptions.RayError) or isinstance(cause, KeyboardInterrupt):
+                self._lose(slot, flight, f"{stage} failed: {_first_line(e)}")
+            else:
+                what = "training task" if stage == "train" else "worker, preparing the worktree,"
+                self._finish_failed(flight, "crash", f"the {what} failed: {_error_tail(e)}")
+            return
+        except ray.exceptions.RayError as e:
+            if isinstance(e, ray.exceptions.RayActorError):
+                slot.dead = True
+                self.console.line(f"worker {slot.name} died: {_first_line(e)}")
+            if self.stop_reason is None:
+                self._lose(slot, flight, f"{stage} failed: {_first_line(e)}")
+            return
+        if stage == "prep":
+            self._prepared(slot, flight, value)
+        else:
+            self._trained(slot, flight, value)
+
+    def _lose(self, slot: Slot, flight: Flight, reason: str) -> None:
+        """Ray lost the work (node or worker died): journal it lost, queue it again."""
+        self.record({"type": "experiment_lost", "id": flight.exp_id, "reason": reason})
+        self.flights.pop(flight.exp_id, None)
+        if slot.ready == flight.exp_id:
+            slot.ready = None
+        work = flight.work
+        if work.kind == "child":
+            work.parent = flight.parent
+        work.attempts += 1
+        if work.attempts < MAX_ATTEMPTS:
+            self.pending.appendleft(work)
+        self.console.line(f"e{flight.exp_id:04d} lost ({reason})" + ("; queued again" if work.attempts < MAX_ATTEMPTS else ""))
+
+    def _prepared(self, slot: Slot, flight: Flight, prepared: Prepared) -> None:
+        flight.prepared = prepared
+        if prepared.status != "ready":
+            self._finish_untrained(slot, flight, prepared.status, prepared.reason)
+            return
+        if flight.work.kind != "child":
+            slot.ready = flight.exp_id
+            return
+        branch = gitops.member_branch(self.tag, flight.member)
+        flight.commit = gitops.fetch_bundle(self.repo, prepared.bundle, prepared.bundle_ref, f"refs/heads/{branch}")
+        prepared.bundle = None
+        flight.train_blob = gitops.file_blob(self.repo, flight.commit, self.task.train_file)
+        parent_blob = gitops.file_blob(self.repo, flight.parent_commit, self.task.train_file)
+        if flight.train_blob == parent_blob:
+            self._finish_untrained(slot, flight, "duplicate", f"{self.task.train_file} is identical to its parent's ({flight.parent})")
+            return
+        twin = self.blobs.get(flight.train_blob)
+        if twin is not None:
+            self._finish_untrained(slot, flight, "duplicate", f"{self.task.train_file} is identical to {twin}'s")
+            return
+        self.blobs[flight.train_blob] = flight.member
+        slot.ready = flight.exp_id
+
+    def _base_row(self, flight: Flight, status: str, reason: str) -> dict:
+        prepared = flight.prepared
+        kind = flight.work.kind
+        row = {"commit": flight.commit if (kind != "child" or flight.commit != flight.parent_commit) else "",
+               "branch": "", "status": status, "reason": reason, "worker": flight.worker, "agent": flight.agent,
+               "seed": flight.work.seed, "budget_s": self.config.budget_s, "finished_at": None}
+        if row["commit"]:
+            row["branch"] = gitops.member_branch(self.tag, flight.member)
+        if prepared is not None and kind == "child":
+            row.update(description=prepared.description, agent_seconds=prepared.agent_seconds,
+                       agent_tokens=prepared.agent_tokens, agent_cost_usd=prepared.agent_cost_usd)
+        elif kind == "baseline":
+            row["description"] = "baseline (the seed, unmodified)"
+        elif kind == "rerun":
+            first = self.state.experiments.get(self._first_id(flight.member))
+            row["description"] = f"re-run of {flight.member}: " + str(first.row.get("description", "") if first else "")
+        return row
+
+    def _files(self, flight: Flight, log: str | None) -> dict:
+        prepared = flight.prepared
+        files = {}
+        if log is not None:
+            files["run.log"] = log
+        if flight.work.kind != "baseline":
+            if flight.commit and flight.commit != flight.parent_commit and flight.parent_commit:
+                files["diff.patch"] = gitops.diff(self.repo, flight.parent_commit, flight.commit)
+            elif prepared is not None and prepared.diff:
+                files["diff.patch"] = prepared.diff
+        if flight.work.kind == "child":
+            files["prompt.md"] = flight.prompt
+            files["transcript.txt"] = prepared.transcript if prepared else ""
+        return files
+
+    def _finish_untrained(self, slot: Slot, flight: Flight, status: str, reason: str) -> None:
+        row = self._base_row(flight, status, reason)
+        row["finished_at"] = time.time()
+        self.store.write_experiment_files(flight.exp_id, self._files(flight, None))
+        self._record_finished(flight, row)
+        slot.actor.cleanup.remote(flight.exp_id)
+
+    def _finish_failed(self, flight: Flight, status: str, reason: str) -> None:
+        row = self._base_row(flight, status, reason)
+        row["finished_at"] = time.time()
+        self.store.write_experiment_files(flight.exp_id, self._files(flight, None))
+        self._record_finished(flight, row)
+
+    def _trained(self, slot: Slot, flight: Flight, result: TrainResult) -> None:
+        status, reason, summary = training_outcome(result, self.task.metric, self.task.summary_keys,
+                                                   self.config.train_timeout_s)
+        row = self._base_row(flight, status, reason)
+        row.update(summary)
+        row.update(gpu=result.gpu, node=result.node, train_seconds=result.seconds,
+                   finished_at=time.time(), cuda_visible_devices=result.cuda_visible_devices,
+                   node_id=result.extra.get("node_id", ""), train_started_at=result.started_at)
+        self.store.write_experiment_files(flight.exp_id, self._files(flight, result.log))
+        self._record_finished(flight, row)
+        slot.actor.cleanup.remote(flight.exp_id)
+
+    def _record_finished(self, flight: Flight, row: dict) -> None:
+        self.record({"type": "experiment_finished", "id": flight.exp_id, "row": row})
+        self.flights.pop(flight.exp_id, None)
+        member = self.state.members.get(flight.member)
+        counted = member is not None and flight.exp_id in member.run_ids
+        if counted and member.first_id == flight.exp_id and member.alive:
+            gitops.add_worktree(self.repo, self.store.members_dir / member.name,
+                                gitops.member_branch(self.tag, member.name))
+        self._announce(flight, row)
+        if flight.work.kind == "baseline":
+            self._maybe_finish_noise()
+        elif counted and member.alive and self._noise_done():
+            decision = self._decision(member.name)
+            if decision == "promote":
+                self._promote(member.name)
+            elif decision == "rerun":
+                self._queue_rerun(member.name)
+            if flight.work.kind == "child":
+                self._cull()
+        self.refresh_tables()
+
+    def _announce(self, flight: Flight, row: dict) -> None:
+        member = self.state.members.get(flight.member)
+        champion = self.state.members.get(self.state.champion) if self.state.champion else None
+        self.console.line(experiment_line(
+            exp_id=flight.exp_id, kind=flight.work.kind, member=flight.member, parent=flight.parent,
+            worker=flight.worker, status=row["status"], metric=self.task.metric, value=row.get(self.task.metric),
+            best=champion.mean if champion else None, mean=member.mean if member else None,
+            description=row.get("description", "") if flight.work.kind == "child" else "", reason=row.get("reason", "")))
+
+    # ---------------------------------------------------------------- population decisions
+
+    def _maybe_finish_noise(self) -> None:
+        """After the last baseline run: the seed's spread is the noise, m0000 the first champion."""
+        if self._noise_done():
+            return
+        if any(w.kind == "baseline" for w in self.pending) or any(
+                f.work.kind == "baseline" for f in self.flights.values()):
+            return
+        member = self.state.members.get(BASELINE_MEMBER)
+        if member is None:
+            raise DriverError(f"the unmodified seed failed in every baseline run; see "
+                              f"{self.store.dir / 'experiments'}/*/run.log")
+        std = estimate_noise(member.runs)
+        self.record({"type": "noise", "std": std})
+        self.console.line(f"noise: {self.task.metric} std {std:.6f} from {len(member.runs)} baseline run(s), "
+                          f"mean {member.mean:.6f}")
+        self._promote(BASELINE_MEMBER)
+
+    def _decision(self, member: str) -> str:
+        if member == self.state.champion:
+            return "keep"
+        champion = self.state.members.get(self.state.champion) if self.state.champion else None
+        return promotion_decision(self.state.members[member].runs, champion.runs if champion else [],
+                                  self.state.noise_std or 0.0, max_runs=self.config.max_runs_per_member,
+                                  lower_is_better=self.task.lower_is_better)
+
+    def _promote(self, member: str) -> None:
+        previous = self.state.champion
+        self.record({"type": "champion", "member": member})
+        gitops.set_ref(self.repo, gitops.best_branch(self.tag), self.state.members[member].commit)
+        mean = self.state.members[member].mean
+        self.console.line(f"champion: {member} {self.task.metric} {mean:.6f}"
+                          + (f" (was {previous})" if previous else ""))
+
+    def _queue_rerun(self, member: str) -> None:
+        if any(w.kind == "rerun" and w.member == member for w in self.pending) or any(
+                f.work.kind == "rerun" and f.member == member for f in self.flights.values()):
+            return
+        runs = len(self.state.members[member].runs)
+        self.pending.append(Work("rerun", member, None, self.config.seed + runs))
+        self.console.line(f"{member} beats the champion by less than the noise margin: re-run on seed "
+                          f"{self.config.seed + runs}")
+
+    def _cull(self) -> None:
+        protect = {self.state.champion} if self.state.champion else set()
+        protect |= {w.member for w in self.pending if w.kind == "rerun"}
+        protect |= {f.member for f in self.flights.values() if f.work.kind == "rerun"}
+        culls = choose_culls(self.state.candidates(), self.config.population_size, self.config.cull,
+                             self.config.tournament_size, self.rng, frozenset(protect))
+        for member in culls:
+            self.record({"type": "member_culled", "member": member})
+            gitops.remove_worktree(self.repo, self.store.members_dir / member)
+            self.console.line(f"culled {member} ({self.config.cull})")
+
+    # ---------------------------------------------------------------- status
+
+    def _status(self) -> str:
+        exps = self.state.experiments.values()
+        champion = self.state.members.get(self.state.champion) if self.state.champion else None
+        return status_line(
+            finished=sum(1 for e in exps if e.phase == "finished"),
+            ok=sum(1 for e in exps if e.phase == "finished" and e.row.get("status") == "ok"),
+            in_flight=len(self.flights), training=sum(1 for s in self.slots if s.train),
+            workers=len(self.slots), alive=len(self.state.living()), champion=self.state.champion,
+            metric=self.task.metric, best=champion.mean if champion else None,
+            elapsed_s=time.time() - self.started_at, max_experiments=self.config.max_experiments)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _error_tail(error: BaseException, lines: int = 12) -> str:
+    return tail(str(error).strip(), lines) or type(error).__name__
+
+
+def run_population(config: RunConfig, ray_init_kwargs: dict | None = None, out: TextIO | None = None) -> int:
+    """Run (or resume) a population; returns the exit code. Errors the user must fix print one line."""
+    from population.agents import AgentSpecError
+
+    console = Console(out if out is not None else __import__("sys").stdout)
+    try:
+        validate(config)
+    except ConfigError as e:
+        console.error(str(e))
+        return EXIT_USAGE
+    driver = Driver(config, ray_init_kwargs, console=console)
+    try:
+        return driver.run()
+    except ConfigError as e:
+        console.error(str(e))
+        return EXIT_USAGE
+    except (DriverError, gitops.GitOpsError, StoreError, AgentSpecError) as e:
+        console.error(str(e))
+        return EXIT_ERROR

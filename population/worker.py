@@ -1,0 +1,296 @@
+"""The worker side: one Ray actor per worker (agent + node-local clone) and the training task.
+
+A worker never sees the driver's filesystem. The driver sends it a commit as git bundle bytes; the
+worker fetches them into its own clone (a temp directory of its node), makes a worktree, runs its
+agent there, applies the guards, commits, and sends the child back as a bundle. Training is a
+separate Ray task that needs one GPU (or one CPU in CPU mode) and is pinned to the worker's node,
+because the worktree lives there; Ray sets CUDA_VISIBLE_DEVICES for it, the subprocess inherits it.
+
+`WorkerCore` and `run_training` are plain Python (testable without Ray); `WorkerActor` and
+`train_task` are their Ray wrappers.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+
+from population import gitops
+from population.agents.env import is_secret_name
+
+PREPARE_DIR = "prepare"
+MAX_LOG_BYTES = 4_000_000
+KILL_GRACE_S = 10.0
+# What the training subprocess inherits from its node besides AUTORESEARCH_* (no agent keys).
+TRAIN_ENV_BASE = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LD_LIBRARY_PATH", "CUDA_HOME",
+                  "CUDA_PATH", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TORCH_HOME", "HF_HOME",
+                  "HF_HUB_OFFLINE", "XDG_CACHE_HOME", "VIRTUAL_ENV", "CONDA_PREFIX")
+# not OMP_NUM_THREADS: Ray sets it to 1 in its workers, which would throttle the training
+
+
+def worker_root(workdir: str | None, tag: str, worker: str) -> Path:
+    """Where a worker keeps its clone on its own node."""
+    base = workdir or os.environ.get("AUTORESEARCH_WORKDIR") or os.path.join(tempfile.gettempdir(),
+                                                                             "autoresearch-population")
+    return Path(base) / tag / worker
+
+
+@dataclass
+class PrepareJob:
+    """Get an experiment's worktree ready: train `commit` as is (baseline, re-run) or, with a
+    `prompt`, let the agent make a child of it (child)."""
+    exp_id: int
+    commit: str                    # the commit to train (baseline/rerun) or the parent (child)
+    bundle_ref: str                # the ref inside the bundle bytes sent with the job
+    prepare_fingerprint: str       # the seed's prepare/ fingerprint, checked before training
+    train_file: str
+    prompt: str | None = None      # a child when set
+    branch: str | None = None      # the child's branch name (also used in the worker's clone)
+    member: str = ""
+    agent_timeout_s: float = 0.0
+
+
+@dataclass
+class Prepared:
+    """What the worker sends back: a worktree ready to train, or why there is none."""
+    exp_id: int
+    status: str                    # ready | agent_error | violation
+    worktree: str = ""
+    commit: str = ""
+    reason: str = ""
+    bundle: bytes | None = None    # the child commit (thin bundle: the parent is excluded)
+    bundle_ref: str = ""
+    description: str = ""
+    transcript: str = ""
+    diff: str = ""                 # only when there is no commit to diff (violations, agent errors)
+    log_path: str = ""             # where the training's run.log goes on the worker's node
+    agent_seconds: float | None = None
+    agent_tokens: int | None = None
+    agent_cost_usd: float | None = None
+
+
+@dataclass
+class TrainJob:
+    exp_id: int
+    worktree: str
+    train_file: str
+    env: dict[str, str]            # AUTORESEARCH_* set by the driver (budget, seed, device, ...)
+    timeout_s: float
+    log_path: str
+    device: str                    # cuda | cpu
+    accelerator: str = ""          # the node's accelerator_type, a fallback GPU name
+
+
+@dataclass
+class TrainResult:
+    exp_id: int
+    returncode: int | None
+    timed_out: bool
+    seconds: float
+    log: str
+    gpu: str
+    node: str
+    cuda_visible_devices: str
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class WorkerCore:
+    """One worker: its agent and its node-local clone."""
+
+    def __init__(self, name: str, tag: str, agent_spec: str, agent_options: dict, workdir: str | None = None):
+        from population.agents import make_agent
+
+        self.name = name
+        self.agent = make_agent(agent_spec, **agent_options)
+        self.root = worker_root(workdir, tag, name)
+        shutil.rmtree(self.root, ignore_errors=True)   # leftovers of an earlier driver: bundles refill it
+        self.clone = gitops.init_clone(self.root / "clone")
+        self.worktrees = self.root / "worktrees"
+        self.logs = self.root / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    def info(self) -> dict:
+        return {"worker": self.name, "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
+                "hostname": socket.gethostname(), "clone": str(self.clone.working_tree_dir),
+                "agent": self.agent.spec}
+
+    def log_path(self, exp_id: int) -> str:
+        return str(self.logs / f"{exp_id}.log")
+
+    def prepare(self, job: PrepareJob, bundle: list) -> Prepared:
+        """Fetch the commit, make the worktree, and (for a child) run the agent and commit.
+        `bundle` is [ObjectRef of the bundle bytes] (or [bytes]): fetched only when the clone
+        lacks the commit, so a parent already here costs no transfer."""
+        from population import guards
+
+        if not gitops.has_commit(self.clone, job.commit):
+            data = bundle[0] if isinstance(bundle[0], bytes) else ray.get(bundle[0])
+            gitops.fetch_bundle(self.clone, data, job.bundle_ref)
+        worktree = self.worktrees / str(job.exp_id)
+        gitops.add_detached_worktree(self.clone, worktree, job.commit, job.branch)
+        if job.prompt is None:
+            ready = Prepared(job.exp_id, "ready", str(worktree), job.commit, log_path=self.log_path(job.exp_id))
+            return self._checked(job, ready, guards)
+
+        proposal = self.agent.propose(worktree, job.prompt, timeout=job.agent_timeout_s)
+        result = Prepared(job.exp_id, "ready", str(worktree), description=proposal.description,
+                          transcript=proposal.transcript, agent_seconds=proposal.seconds,
+                          agent_tokens=proposal.tokens, agent_cost_usd=proposal.cost_usd,
+                          log_path=self.log_path(job.exp_id))
+        if proposal.error:
+            result.status, result.reason = "agent_error", proposal.error
+            result.diff = gitops.full_diff(worktree, job.commit)
+            return result
+        changed = guards.enforce_train_file_only(worktree, job.train_file)
+        if changed:
+            result.diff = gitops.full_diff(worktree, job.commit)   # what is left: the train file
+            result.status = "violation"
+            result.reason = f"changed files other than {job.train_file}: {', '.join(changed)}"
+            return result
+        message = gitops.commit_message(proposal.description, exp_id=job.exp_id, parent_commit=job.commit,
+                                        member=job.member, agent=self.agent.spec)
+        result.commit = gitops.commit_worktree(worktree, message, [job.train_file])
+        result.bundle, result.bundle_ref = gitops.bundle_bytes(self.clone, result.commit, exclude=[job.commit])
+        return self._checked(job, result, guards)
+
+    def _checked(self, job: PrepareJob, result: Prepared, guards) -> Prepared:
+        """The fixed side must be byte-identical to the seed's before anything trains."""
+        fingerprint = guards.tree_fingerprint(Path(result.worktree), PREPARE_DIR)
+        if fingerprint != job.prepare_fingerprint:
+            result.status = "violation"
+            result.reason = f"{PREPARE_DIR}/ differs from the seed's (fingerprint {fingerprint[:12]})"
+        return result
+
+    def cleanup(self, exp_id: int) -> None:
+        """Drop an experiment's worktree (the commit stays in the clone)."""
+        gitops.remove_worktree(self.clone, self.worktrees / str(exp_id))
+
+
+WorkerActor = ray.remote(WorkerCore)
+
+
+# ---------------------------------------------------------------- training
+
+def _load_libc():
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()          # loaded before any fork: the child only makes one call
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the training child: die when the Ray worker that started it dies (no orphans on GPUs)."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def training_env(job: TrainJob, node_env: dict[str, str]) -> dict[str, str]:
+    """The training subprocess's environment: the node's basics, the driver's AUTORESEARCH_*, the
+    worktree on PYTHONPATH, Ray's CUDA_VISIBLE_DEVICES; never anything that looks like a secret."""
+    env = {name: node_env[name] for name in TRAIN_ENV_BASE if name in node_env}
+    env.update(job.env)
+    env["PYTHONPATH"] = job.worktree
+    env["PYTHONUNBUFFERED"] = "1"
+    env["CUDA_VISIBLE_DEVICES"] = "" if job.device == "cpu" else node_env.get("CUDA_VISIBLE_DEVICES", "")
+    return {name: value for name, value in env.items() if not is_secret_name(name)}
+
+
+def gpu_name(job: TrainJob, cuda_visible_devices: str) -> str:
+    """The GPU's name from nvidia-smi (no CUDA context in this long-lived process)."""
+    if job.device == "cpu":
+        return "cpu"
+    first = cuda_visible_devices.split(",")[0].strip()
+    if first and shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader", "-i", first],
+                                 capture_output=True, text=True, timeout=20)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return job.accelerator or "unknown"
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM the training's process group, then SIGKILL what is left after `grace` seconds."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def read_log(path: Path, limit: int = MAX_LOG_BYTES) -> str:
+    """The log, its head and tail kept when it is over `limit` bytes (the summary is at the end)."""
+    size = path.stat().st_size if path.exists() else 0
+    with open(path, "rb") as f:
+        if size <= limit:
+            return f.read().decode(errors="replace")
+        head = f.read(limit // 4).decode(errors="replace")
+        f.seek(size - 3 * limit // 4)
+        return f"{head}\n[... {size - limit} bytes cut ...]\n" + f.read().decode(errors="replace")
+
+
+def run_training(job: TrainJob) -> TrainResult:
+    """`python <train_file>` in the worktree under a hard wall-clock limit; the whole process group
+    is killed at the limit or when this task is cancelled."""
+    node_env = dict(os.environ)
+    env = training_env(job, node_env)
+    log_path = Path(job.log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    timed_out = False
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, job.train_file], cwd=job.worktree, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+        try:
+            deadline = time.monotonic() + job.timeout_s
+            while proc.poll() is None:       # short waits keep the task responsive to cancellation
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    timed_out = True
+                    _stop(proc, KILL_GRACE_S)
+                    break
+                try:
+                    proc.wait(timeout=min(remaining, 0.5))
+                except subprocess.TimeoutExpired:
+                    pass
+        except BaseException:                # cancelled (KeyboardInterrupt) or dying: no orphans
+            _stop(proc, 2.0)
+            raise
+    finished = time.time()
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    return TrainResult(exp_id=job.exp_id, returncode=proc.returncode, timed_out=timed_out,
+                       seconds=finished - started, log=read_log(log_path),
+                       gpu=gpu_name(job, env["CUDA_VISIBLE_DEVICES"]),
+                       node=socket.gethostname(), cuda_visible_devices=env["CUDA_VISIBLE_DEVICES"],
+                       started_at=started, finished_at=finished, extra={"node_id": node})
+
+
+train_task = ray.remote(max_retries=0)(run_training)
