@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import random
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,6 @@ def test_make_agent_errors_are_single_lines_in_a_subprocess():
     """The spec error is what the CLI prints: one line, no traceback (checked through Python)."""
     code = ("from population.agents import make_agent, AgentSpecError\n"
             "try:\n    make_agent('nope')\nexcept AgentSpecError as e:\n    print(e)\n")
-    out = subprocess.run(["python", "-c", code], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout
     assert out.count("\n") == 1 and out.startswith("unknown agent spec 'nope'")
