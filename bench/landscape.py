@@ -1,0 +1,331 @@
+"""Search quality on a cheap landscape (issue 9): our population against the reference's greedy loop.
+
+A synthetic "train file" holds autoresearch's hyperparameter block; its TRUE val_bpb is a known
+function of those UPPER_CASE constants (a bowl in log space around hidden optima, plus constants
+that do not matter), and every "training" returns the true value plus Gaussian noise of the size
+measured on identical H200 trainings (std 0.0004, REFERENCE.md). Everything runs in-process: no
+Ray, no git, no GPU; one training is a function call.
+
+Both searches use the project's own offline mutator (`population.agents.mutate`), so they differ
+only in how they select:
+- greedy (the reference's program.md): one branch; train the child once; keep it if its single
+  noisy val_bpb is strictly lower than the incumbent's, else revert.
+- population (ours): the real `PopulationState` fed with journal events and the real selection
+  rules: baseline trained `noise_runs` times to measure the noise, tournament selection of parents,
+  aging, a champion promoted only past the noise margin, confirming re-runs; N asynchronous workers
+  (a worker picks its next parent from what has finished so far).
+
+Compared at equal numbers of trainings, and at equal wall time (N workers against one sequential
+agent for the same hours, so N times the trainings). Reported: the TRUE value of the result each
+method hands back (our champion, the greedy branch tip), and how often a lucky-noise child was
+promoted/kept although its true value was not better than the incumbent's.
+
+    python bench/landscape.py --seeds 50 --trainings 100 --workers 8
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import math
+import random
+import statistics
+import sys
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from population.agents.mutate import find_candidates, mutate_source  # noqa: E402
+from population.config import (DEFAULT_POPULATION_SIZE, DEFAULT_TOURNAMENT_SIZE,  # noqa: E402
+                               MAX_NOISE_RUNS_DEFAULT)
+from population.selection import (choose_culls, estimate_noise, promotion_decision,  # noqa: E402
+                                  tournament_select)
+from population.state import PopulationState  # noqa: E402
+
+METRIC = "val_bpb"
+NOISE_STD = 0.0004          # std of val_bpb over identical trainings (REFERENCE.md, four H200s)
+
+SEED_SOURCE = '''"""A synthetic train file: autoresearch's hyperparameter block, nothing else."""
+ASPECT_RATIO = 64
+HEAD_DIM = 128
+TOTAL_BATCH_SIZE = 2**19
+EMBEDDING_LR = 0.6
+UNEMBEDDING_LR = 0.004
+MATRIX_LR = 0.04
+SCALAR_LR = 0.5
+WEIGHT_DECAY = 0.2
+WARMDOWN_RATIO = 0.5
+DEPTH = 8
+DEVICE_BATCH_SIZE = 128
+'''
+# TRUE val_bpb = FLOOR + sum of WEIGHT * ln(value / OPTIMUM)**2 over the constants that matter;
+# the others (HEAD_DIM, DEVICE_BATCH_SIZE, SCALAR_LR) are neutral, as many real edits are.
+# Weights make the baseline about 1% above the floor and most single edits worth 0.0002-0.003,
+# the same order as the noise (most kept changes in the autoresearch logs are below it).
+FLOOR = 0.9850
+OPTIMA = {"ASPECT_RATIO": 56, "TOTAL_BATCH_SIZE": 2**18, "EMBEDDING_LR": 0.8, "UNEMBEDDING_LR": 0.006,
+          "MATRIX_LR": 0.05, "WEIGHT_DECAY": 0.1, "WARMDOWN_RATIO": 0.7, "DEPTH": 10}
+WEIGHTS = {"ASPECT_RATIO": 0.010, "TOTAL_BATCH_SIZE": 0.006, "EMBEDDING_LR": 0.004, "UNEMBEDDING_LR": 0.004,
+           "MATRIX_LR": 0.020, "WEIGHT_DECAY": 0.003, "WARMDOWN_RATIO": 0.010, "DEPTH": 0.012}
+
+
+def constants(source: str) -> dict[str, float]:
+    """The numeric UPPER_CASE constants of a train file (`2**N` read as its value)."""
+    return {c.name: float(2 ** c.value if c.power_of_two_exponent else c.value)
+            for c in find_candidates(source)}
+
+
+def true_value(source: str) -> float:
+    values = constants(source)
+    return FLOOR + sum(w * math.log(values[name] / OPTIMA[name]) ** 2 for name, w in WEIGHTS.items())
+
+
+def train(source: str, rng: random.Random, noise_std: float = NOISE_STD) -> float:
+    """One 'training': the true value plus run-to-run noise."""
+    return true_value(source) + rng.gauss(0.0, noise_std)
+
+
+@dataclass
+class Outcome:
+    final_true: float          # true val_bpb of the result the method hands back
+    trainings: int
+    promotions: int = 0        # greedy: kept children; population: champion changes
+    lucky: int = 0             # promotions whose true value was not better than the incumbent's
+
+
+# ---- (b) the reference: one greedy branch ----------------------------------------------------
+
+def run_greedy(trainings: int, rng: random.Random, noise_std: float = NOISE_STD) -> Outcome:
+    """program.md's loop: baseline once, then keep a child iff its one run is strictly lower."""
+    current = SEED_SOURCE
+    current_measured = train(current, rng, noise_std)
+    outcome = Outcome(final_true=math.nan, trainings=trainings)
+    for _ in range(trainings - 1):
+        child, _ = mutate_source(current, rng)
+        measured = train(child, rng, noise_std)
+        if measured < current_measured:
+            outcome.promotions += 1
+            outcome.lucky += true_value(child) >= true_value(current)
+            current, current_measured = child, measured
+    outcome.final_true = true_value(current)
+    return outcome
+
+
+# ---- (a) ours: the population, driven through the real state and selection -----------------
+
+@dataclass
+class PopulationSettings:
+    """The driver's defaults (population.config), so the bench measures what ships."""
+    workers: int = 8
+    population_size: int = DEFAULT_POPULATION_SIZE
+    tournament_size: int = DEFAULT_TOURNAMENT_SIZE
+    cull: str = "age"
+    z: float = 2.0
+    max_runs: int = 3
+    noise_runs: int = MAX_NOISE_RUNS_DEFAULT
+
+
+@dataclass
+class _Simulation:
+    """An asynchronous run of `workers` trainers over one PopulationState."""
+    settings: PopulationSettings
+    rng: random.Random
+    noise_std: float
+    state: PopulationState = field(default_factory=lambda: PopulationState(METRIC))
+    sources: dict[str, str] = field(default_factory=dict)     # commit -> train file
+    running: list = field(default_factory=list)                # heap of (finish time, id, commit, value)
+    reruns: deque = field(default_factory=deque)               # members waiting for a confirming run
+    undecided: list[str] = field(default_factory=list)         # finished before the noise was known
+    outcome: Outcome = field(default_factory=lambda: Outcome(math.nan, 0))
+
+    def start(self, now: float, kind: str, member: str, parent_id: int | None, commit: str) -> None:
+        exp_id = self.state.next_id()
+        self.state.apply({"type": "experiment_started", "id": exp_id, "kind": kind, "member": member,
+                          "parent_id": parent_id, "parent_commit": "", "worker": "", "agent": "mutate",
+                          "seed": exp_id, "budget_s": 300.0, "time": now})
+        value = train(self.sources[commit], self.rng, self.noise_std)
+        finish = now + 1.0 + self.rng.uniform(0.0, 0.2)   # trainings take about the same time
+        heapq.heappush(self.running, (finish, exp_id, commit, value))
+        self.outcome.trainings += 1
+
+    def start_next(self, now: float) -> None:
+        """What a free worker does: a pending re-run first, else a child of a tournament winner."""
+        while self.reruns:
+            member = self.state.members[self.reruns.popleft()]
+            if member.alive:
+                self.start(now, "rerun", member.name, member.first_id, member.commit)
+                return
+        candidates = self.state.candidates()
+        if candidates:
+            parent = self.state.members[tournament_select(candidates, self.settings.tournament_size, self.rng).member]
+            parent_id, parent_source = parent.first_id, self.sources[parent.commit]
+        else:  # nothing has finished yet: children of the baseline
+            parent_id, parent_source = 0, SEED_SOURCE
+        child, _ = mutate_source(parent_source, self.rng)
+        commit = f"c{self.state.next_id()}"
+        self.sources[commit] = child
+        self.start(now, "child", f"m{self.state.next_id():05d}", parent_id, commit)
+
+    def finish(self, now: float, exp_id: int, commit: str, value: float) -> None:
+        self.state.apply({"type": "experiment_finished", "id": exp_id,
+                          "row": {"commit": commit, "status": "ok", METRIC: value, "finished_at": now}})
+        exp = self.state.experiments[exp_id]
+        if exp.kind == "baseline":
+            baseline = self.state.members[exp.member]
+            if len(baseline.runs) == self.settings.noise_runs:
+                self.state.apply({"type": "noise", "std": estimate_noise(baseline.runs), "time": now})
+                self.state.apply({"type": "champion", "member": baseline.name, "time": now})
+                for member in self.undecided:
+                    self.decide(now, member)
+                self.undecided.clear()
+        elif self.state.champion is None:
+            self.undecided.append(exp.member)
+        else:
+            self.decide(now, exp.member)
+        self.cull(now)
+
+    def decide(self, now: float, name: str) -> None:
+        member, champion = self.state.members[name], self.state.members[self.state.champion]
+        if not member.alive or name == champion.name:
+            return
+        decision = promotion_decision(member.runs, champion.runs, self.state.noise_std,
+                                      z=self.settings.z, max_runs=self.settings.max_runs)
+        if decision == "promote":
+            self.outcome.promotions += 1
+            self.outcome.lucky += true_value(self.sources[member.commit]) >= true_value(self.sources[champion.commit])
+            self.state.apply({"type": "champion", "member": name, "time": now})
+        elif decision == "rerun":
+            self.reruns.append(name)
+
+    def cull(self, now: float) -> None:
+        waiting = set(self.reruns) | {e.member for e in self.state.in_flight() if e.kind == "rerun"}
+        protect = frozenset(waiting | {self.state.champion} | set(self.undecided))
+        for name in choose_culls(self.state.candidates(), self.settings.population_size, self.settings.cull,
+                                 self.settings.tournament_size, self.rng, protect=protect):
+            self.state.apply({"type": "member_culled", "member": name, "time": now})
+
+
+def run_population(trainings: int, rng: random.Random, settings: PopulationSettings | None = None,
+                   noise_std: float = NOISE_STD) -> Outcome:
+    """`trainings` trainings by `settings.workers` asynchronous workers; the champion is the result."""
+    settings = settings or PopulationSettings()
+    sim = _Simulation(settings, rng, noise_std)
+    sim.sources["c0"] = SEED_SOURCE
+    noise_runs = min(settings.noise_runs, settings.workers, trainings)   # as the driver: min(workers, 3)
+    settings = sim.settings = replace(settings, noise_runs=max(1, noise_runs))
+    for _ in range(noise_runs):   # the baseline on the first workers; the rest start children of it
+        sim.start(0.0, "baseline", "m00000", None, "c0")
+    while sim.outcome.trainings < min(settings.workers, trainings):
+        sim.start_next(0.0)
+    while sim.running:
+        now, exp_id, commit, value = heapq.heappop(sim.running)
+        sim.finish(now, exp_id, commit, value)
+        if sim.outcome.trainings < trainings:
+            sim.start_next(now)
+    champion = sim.state.members[sim.state.champion]
+    sim.outcome.final_true = true_value(sim.sources[champion.commit])
+    return sim.outcome
+
+
+# ---- the comparison --------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    label: str
+    trainings: int
+    hours: float               # wall time in trainings of one worker (~5 min + overhead each)
+    finals: list[float]
+    promotions: int
+    lucky: int
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.finals)
+
+    @property
+    def lucky_fraction(self) -> float:
+        return self.lucky / self.promotions if self.promotions else 0.0
+
+
+def compare(seeds: int, trainings: int, workers: int, settings: PopulationSettings | None = None,
+            noise_std: float = NOISE_STD, progress: bool = False) -> list[Row]:
+    """Greedy with T trainings against ours with T trainings (N workers, and 1 worker) and with
+    T x N trainings on N workers (the same hours as the greedy agent)."""
+    settings = replace(settings or PopulationSettings(), workers=workers)
+    plans = [("greedy, 1 agent", None, trainings, trainings),
+             (f"population, {workers} workers, equal trainings", settings, trainings, math.ceil(trainings / workers)),
+             ("population, 1 worker, equal trainings", replace(settings, workers=1), trainings, trainings),
+             (f"population, {workers} workers, equal wall time", settings, trainings * workers, trainings)]
+    if workers == 1:
+        plans = plans[:3]
+    rows = [Row(label, n, hours, [], 0, 0) for label, _, n, hours in plans]
+    iterator = range(seeds)
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(iterator, desc="seeds", unit="seed")
+    for seed in iterator:
+        for row, (_, plan_settings, _, _) in zip(rows, plans):
+            rng = random.Random(f"{seed}-{row.label}")
+            outcome = run_greedy(row.trainings, rng, noise_std) if plan_settings is None \
+                else run_population(row.trainings, rng, plan_settings, noise_std)
+            row.finals.append(outcome.final_true)
+            row.promotions += outcome.promotions
+            row.lucky += outcome.lucky
+    return rows
+
+
+def markdown_table(rows: list[Row], seeds: int, noise_std: float = NOISE_STD,
+                   settings: PopulationSettings | None = None) -> str:
+    """The comparison as a markdown table (for BENCHMARKS.md), with a line saying what was run."""
+    settings = settings or PopulationSettings()
+    baseline = true_value(SEED_SOURCE)
+    greedy = rows[0]
+    lines = [f"Synthetic landscape (`bench/landscape.py`): noise std {noise_std}, baseline true val_bpb "
+             f"{baseline:.4f}, optimum {FLOOR:.4f}; {seeds} seeds; population size "
+             f"{settings.population_size}, tournament {settings.tournament_size}, cull by {settings.cull}, "
+             f"z {settings.z:g}, at most {settings.max_runs} runs a member. Wall time in training slots "
+             "(one training = one slot). A lucky promotion: promoted/kept although its true value is "
+             "not better than the incumbent's.",
+             "",
+             "| method | trainings | wall time | true val_bpb of the result (mean ± sd) | gap closed | "
+             "better than greedy (seeds) | promotions | lucky promotions |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        sd = statistics.stdev(row.finals) if len(row.finals) > 1 else 0.0
+        closed = (baseline - row.mean) / (baseline - FLOOR)
+        wins = "-" if row is greedy else \
+            f"{sum(a < b for a, b in zip(row.finals, greedy.finals))}/{len(row.finals)}"
+        lines.append(f"| {row.label} | {row.trainings} | {row.hours:g} | {row.mean:.5f} ± {sd:.5f} | "
+                     f"{closed:.0%} | {wins} | {row.promotions} | {row.lucky} ({row.lucky_fraction:.0%}) |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = PopulationSettings()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=50, help="independent repetitions (default 50)")
+    parser.add_argument("--trainings", type=int, default=100,
+                        help="trainings of the greedy agent, about one night (default 100)")
+    parser.add_argument("--workers", type=int, default=8, help="parallel workers of the population (default 8)")
+    parser.add_argument("--population-size", type=int, default=defaults.population_size)
+    parser.add_argument("--tournament-size", type=int, default=defaults.tournament_size)
+    parser.add_argument("--cull", choices=("age", "tournament"), default=defaults.cull)
+    parser.add_argument("--z", type=float, default=defaults.z, help="promotion margin in standard errors")
+    parser.add_argument("--noise", type=float, default=NOISE_STD, help=f"run-to-run std (default {NOISE_STD})")
+    args = parser.parse_args(argv)
+    for name in ("seeds", "trainings", "workers", "population_size", "tournament_size"):
+        if getattr(args, name) < 1:
+            parser.exit(2, f"error: --{name.replace('_', '-')} must be >= 1\n")
+    if args.noise < 0 or args.z < 0:
+        parser.exit(2, "error: --noise and --z must be >= 0\n")
+    settings = PopulationSettings(workers=args.workers, population_size=args.population_size,
+                                  tournament_size=args.tournament_size, cull=args.cull, z=args.z)
+    rows = compare(args.seeds, args.trainings, args.workers, settings, args.noise, progress=True)
+    print(markdown_table(rows, args.seeds, args.noise, settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
