@@ -112,7 +112,10 @@ class PopulationState:
         if handler is None:
             self._warn(f"ignored event of unknown type {event.get('type')!r}")
             return
-        handler(event)
+        try:
+            handler(event)
+        except (KeyError, TypeError, ValueError) as e:
+            self._warn(f"ignored malformed {event.get('type')} event ({type(e).__name__}: {e})")
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)

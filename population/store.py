@@ -123,8 +123,9 @@ class RunStore:
     # ---- the journal -------------------------------------------------------------------------
 
     def append(self, event: Mapping[str, Any]) -> None:
-        """Append one event and fsync it: once this returns, the event survives a crash."""
-        line = json.dumps(event, separators=(",", ":"), allow_nan=True) + "\n"
+        """Append one event and fsync it: once this returns, the event survives a crash.
+        Non-finite floats are written as null (the state reads a missing metric as NaN)."""
+        line = json.dumps(_json_safe(event), separators=(",", ":"), allow_nan=False) + "\n"
         if not self._journal_checked:
             self._cut_torn_tail()
             self._journal_checked = True
@@ -301,6 +302,17 @@ def tsv_status(row: dict, value: float, parent_mean: float, lower_is_better: boo
     mean = value if math.isnan(mean) else mean
     better = mean < parent_mean if lower_is_better else mean > parent_mean
     return "keep" if better else "discard"
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities as null, so the journal stays standard JSON (jq, other languages)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _finite(value: Any) -> float:

@@ -5,7 +5,6 @@ Anything else there (warnings, garbage, non-numeric values) is ignored.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 SEPARATOR = "---"
@@ -40,7 +39,3 @@ def tail(text: str, n_lines: int) -> str:
     if n_lines <= 0:
         return ""
     return "\n".join(text.splitlines()[-n_lines:])
-
-
-def is_finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)

@@ -189,3 +189,12 @@ def test_rerun_of_another_commit_does_not_count():
     state = PopulationState.replay(events, METRIC)
     assert state.members["m0000"].runs == [1.0]
     assert state.warnings
+
+
+def test_malformed_events_warn_and_leave_the_state_untouched():
+    state = PopulationState.replay([started(0, "baseline", "m0000"), finished(0, 1.0, "c0")], METRIC)
+    state.apply({"type": "experiment_started", "id": 1})            # no kind, no member
+    state.apply({"type": "experiment_finished", "id": "x", "row": {}})
+    state.apply({"type": "noise"})
+    assert len(state.warnings) == 3 and all("malformed" in w for w in state.warnings)
+    assert list(state.experiments) == [0] and state.noise_std is None

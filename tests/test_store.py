@@ -1,4 +1,3 @@
-import json
 import math
 import multiprocessing
 import os
@@ -171,11 +170,17 @@ def test_half_written_parquet_is_rebuilt_from_the_journal(tmp_path):
     assert list(store.read_lineage()["val_bpb"]) == [2.0]
 
 
-def test_nan_metric_in_journal_round_trips(tmp_path):
+def test_nan_metric_is_journalled_as_null_and_read_back_as_missing(tmp_path):
     store = new_store(tmp_path)
-    store.append({"type": "experiment_finished", "id": 0, "row": {"val_bpb": float("nan")}})
-    assert math.isnan(store.events()[0]["row"]["val_bpb"])
-    assert json.loads(store.journal_path.read_text().replace("NaN", "null"))["row"]["val_bpb"] is None
+    store.append({"type": "experiment_started", "id": 0, "kind": "baseline", "member": "m0000",
+                  "parent_id": None, "parent_commit": "", "worker": "w", "agent": "a", "seed": 1,
+                  "budget_s": 1.0, "time": 0.0})
+    store.append({"type": "experiment_finished", "id": 0,
+                  "row": {"status": "crash", "val_bpb": float("nan"), "peak_vram_mb": float("inf")}})
+    assert "NaN" not in store.journal_path.read_text() and "Infinity" not in store.journal_path.read_text()
+    assert store.events()[1]["row"]["val_bpb"] is None
+    row = PopulationState.replay(store.events(), "val_bpb").lineage_rows()[0]
+    assert math.isnan(row["val_bpb"]) and math.isnan(row["peak_vram_mb"])
 
 
 def test_long_torn_line_after_a_long_event_is_cut_exactly(tmp_path):
