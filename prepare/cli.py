@@ -6,6 +6,7 @@ import sys
 
 from .cache import data_dir, tokenizer_dir, train_shard_paths, val_shard_path
 from .constants import HF_REPO_ID, MAX_SHARD, VOCAB_SIZE
+from .corpus import VAL_FRACTION
 from .tasks import DEFAULT_TASK, TASKS, get_task
 
 EPILOG = """examples:
@@ -34,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--from-files", nargs="+", metavar="GLOB",
                         help="build the shards from local text files instead of downloading (each file is "
                              "one document; `**` recurses; a directory means all files in it)")
+    parser.add_argument("--val-fraction", type=float, default=VAL_FRACTION, metavar="F",
+                        help=f"with --from-files: share of the documents held out for validation (default {VAL_FRACTION})")
+    parser.add_argument("--force", action="store_true",
+                        help="fetch every file again (replaced only once verified) and retrain the tokenizer")
     parser.add_argument("--vocab-size", type=int, default=VOCAB_SIZE, metavar="V",
                         help=f"tokenizer vocabulary including 4 special tokens (default {VOCAB_SIZE})")
     return parser
@@ -66,15 +71,19 @@ def prepare_climbmix(args: argparse.Namespace) -> None:
 
         files = expand_patterns(args.from_files)
         docs, skipped = read_documents(files)
-        train, val = split_documents(docs)
+        train, val = split_documents(docs, args.val_fraction)
         written = write_shards(train, val, directory)
         print(f"data: {len(docs)} documents from {len(files)} files ({skipped} skipped as not text): "
               f"{len(train)} train in {len(written) - 1} shards, {len(val)} validation -> {directory}")
     else:
+        from huggingface_hub.utils import logging as hf_logging
+
         from .download import download_shards, shard_indices
 
+        hf_logging.set_verbosity_error()   # our own error says what failed, once
         indices = shard_indices(args.num_shards)
-        fetched = download_shards(indices, directory, workers=args.download_workers, retries=args.retries)
+        fetched = download_shards(indices, directory, workers=args.download_workers, retries=args.retries,
+                                  force=args.force)
         print(f"data: {fetched} shards downloaded, {len(indices) - fetched} already present -> {directory}")
     shards = train_shard_paths(directory)
     if not shards:
@@ -83,15 +92,12 @@ def prepare_climbmix(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"validation shard {val_shard_path(directory)} is missing")
     for path in shards + [val_shard_path(directory)]:
         check_shard(path)
-    _ensure_tokenizer(args.vocab_size, retrain=bool(args.from_files))
+    _ensure_tokenizer(args.vocab_size, retrain=bool(args.from_files) or args.force)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from huggingface_hub.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()   # our own messages say what failed, once
         get_task(args.task).prepare(args)
     except KeyboardInterrupt:
         print("prepare: interrupted; run it again to resume", file=sys.stderr)

@@ -9,15 +9,17 @@ import os
 
 
 def _env_number(name: str, default, cast):
+    """A positive number from the environment. A bad value ends the process with one line: it
+    is set for a whole run, so nothing could sensibly go on with it."""
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        value = cast(float(raw)) if cast is int else cast(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {raw!r}")
+        value = cast(float(raw))
+    except (ValueError, OverflowError):
+        value = None
+    if value is None or not value > 0 or value == float("inf"):
+        raise SystemExit(f"prepare: error: {name} must be a positive number, got {raw!r}")
     return value
 
 

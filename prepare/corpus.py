@@ -112,6 +112,8 @@ def read_documents(paths: Iterable[Path]) -> tuple[list[str], int]:
 
 def split_documents(docs: list[str], val_fraction: float = VAL_FRACTION) -> tuple[list[str], list[str]]:
     """(train, val): the first share of the hash-ordered documents validates, at least one each side."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     if len(docs) < 2:
         raise ValueError(f"need at least 2 distinct text documents to build train and validation shards, got {len(docs)}")
     n_val = min(len(docs) - 1, max(1, round(len(docs) * val_fraction)))

@@ -196,7 +196,8 @@ class DataLoader:
         return self._on_device[0], self._on_device[1], epoch
 
     def close(self) -> None:
-        self._stop.set()
+        if hasattr(self, "_stop"):   # __init__ may have failed before creating it
+            self._stop.set()
 
     def __del__(self):
         self.close()

@@ -87,11 +87,11 @@ def _fetch_verified(filename: str, data_dir: Path, repo_id: str, endpoint: str |
 
 
 def download_shard(index: int, data_dir: Path, *, repo_id: str = HF_REPO_ID, endpoint: str | None = None,
-                   retries: int = 5, backoff_s: float = 1.0) -> bool:
-    """Fetch one shard unless a readable copy is there; True when it was downloaded."""
+                   retries: int = 5, backoff_s: float = 1.0, force: bool = False) -> bool:
+    """Fetch one shard unless a readable copy is there (or `force`); True when it was downloaded."""
     filename = shard_name(index)
     final = data_dir / filename
-    if final.exists():
+    if final.exists() and not force:
         try:
             check_shard(final)
             return False
@@ -110,7 +110,8 @@ def download_shard(index: int, data_dir: Path, *, repo_id: str = HF_REPO_ID, end
 
 
 def download_shards(indices: list[int], data_dir: Path, *, workers: int = 8, repo_id: str = HF_REPO_ID,
-                    endpoint: str | None = None, retries: int = 5, backoff_s: float = 1.0) -> int:
+                    endpoint: str | None = None, retries: int = 5, backoff_s: float = 1.0,
+                    force: bool = False) -> int:
     """Fetch the shards with a pool of `workers` threads; returns how many were downloaded."""
     if workers < 1:
         raise ValueError(f"--download-workers must be at least 1, got {workers}")
@@ -121,7 +122,7 @@ def download_shards(indices: list[int], data_dir: Path, *, workers: int = 8, rep
     downloaded = 0
     with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=len(indices), desc="shards", unit="shard") as bar:
         futures = [pool.submit(download_shard, i, data_dir, repo_id=repo_id, endpoint=endpoint,
-                               retries=retries, backoff_s=backoff_s) for i in indices]
+                               retries=retries, backoff_s=backoff_s, force=force) for i in indices]
         try:
             for future in as_completed(futures):
                 downloaded += future.result()

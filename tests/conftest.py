@@ -1,10 +1,12 @@
 """Shared fixtures.
 
 `prepared_cache` (session scope) builds a small but real cache once: the Python standard
-library's top-level sources (~4.7 MB, ~170 documents) ingested with `python -m prepare
---from-files`, and a BPE of TEST_VOCAB_SIZE tokens trained on them. It sets AUTORESEARCH_CACHE
-for the rest of the session (subprocesses inherit it) and returns the cache root. Tests that
-train or evaluate on it should also set AUTORESEARCH_SMOKE=1 (MAX_SEQ_LEN 256, EVAL_TOKENS 32768).
+library's top-level modules, cut into documents at their top-level definitions (~4.7 MB, ~1,800
+documents of varied length, like web pages), ingested with `python -m prepare --from-files`
+(10 % validation), and a BPE of TEST_VOCAB_SIZE tokens trained on them. It sets
+AUTORESEARCH_CACHE for the rest of the session (subprocesses inherit it) and returns the cache
+root. Tests that train or evaluate on it should also set AUTORESEARCH_SMOKE=1 (MAX_SEQ_LEN 256,
+EVAL_TOKENS 32768).
 """
 from __future__ import annotations
 
@@ -16,19 +18,25 @@ import pytest
 TEST_VOCAB_SIZE = 1024
 
 
-def corpus_files() -> list[str]:
-    """A fixed, offline text corpus: the standard library's top-level modules."""
+def write_corpus(directory: Path) -> Path:
+    """A fixed, offline text corpus: one file per top-level block of each stdlib module."""
+    directory.mkdir(parents=True, exist_ok=True)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    return sorted(str(p) for p in stdlib.glob("*.py"))
+    for module in sorted(stdlib.glob("*.py")):
+        blocks = module.read_text(encoding="utf-8").split("\n\n\n")
+        for i, block in enumerate(b for b in blocks if b.strip()):
+            (directory / f"{module.stem}.{i:04d}.txt").write_text(block, encoding="utf-8")
+    return directory
 
 
 @pytest.fixture(scope="session")
 def prepared_cache(tmp_path_factory) -> Path:
     from prepare.cli import main
 
+    corpus = write_corpus(tmp_path_factory.mktemp("corpus"))
     root = tmp_path_factory.mktemp("autoresearch-cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AUTORESEARCH_CACHE", str(root))
-        code = main(["--from-files", *corpus_files(), "--vocab-size", str(TEST_VOCAB_SIZE)])
+        code = main(["--from-files", str(corpus), "--val-fraction", "0.1", "--vocab-size", str(TEST_VOCAB_SIZE)])
         assert code == 0, "building the test cache failed"
         yield root

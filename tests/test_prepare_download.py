@@ -140,6 +140,12 @@ def test_downloads_every_shard_in_parallel_and_byte_identical(hub, tmp_path):
     before = len(hub.requests)
     assert download_shards(shard_indices(2), data, workers=3, endpoint=hub.url, backoff_s=0) == 0
     assert len(hub.requests) == before
+    # --force fetches again, and replaces the files only once the new copies are verified.
+    hub.faults[("GET", "shard_00000.parquet")] = ["corrupt"] * 2
+    with pytest.raises(DownloadError, match="sha256"):
+        download_shard(0, data, endpoint=hub.url, retries=2, backoff_s=0, force=True)
+    assert (data / "shard_00000.parquet").read_bytes() == hub.files["shard_00000.parquet"]
+    assert download_shards(shard_indices(2), data, workers=3, endpoint=hub.url, backoff_s=0, force=True) == 3
 
 
 def test_retries_server_errors_and_a_corrupt_body_then_succeeds(hub, tmp_path):

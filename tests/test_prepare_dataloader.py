@@ -1,0 +1,106 @@
+"""Best-fit packing: same rows as the reference's scan, no padding, BOS first, deterministic."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prepare import Tokenizer, make_dataloader
+from prepare.dataloader import BestFitPacker
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "dataloader.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_dataloader", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tokenizer(prepared_cache):
+    return Tokenizer.from_directory()
+
+
+def docs_source(lengths_per_batch):
+    """Documents [id, id+1, ...] of the given lengths, batch by batch, epoch = batch number."""
+    def gen():
+        next_id = 0
+        for epoch, lengths in enumerate(lengths_per_batch, start=1):
+            docs = []
+            for n in lengths:
+                docs.append(np.arange(next_id, next_id + n, dtype=np.int32))
+                next_id += n
+            yield docs, epoch
+    return gen()
+
+
+def test_packer_takes_the_largest_fit_oldest_first_and_crops_the_shortest():
+    packer = BestFitPacker(docs_source([[3, 5, 5, 9, 2], [4, 4, 4, 4, 4]]), buffer_size=5)
+    row = np.full(8, -1, dtype=np.int64)
+    packer.fill_row(row)
+    # capacity 8: largest fitting is the first 5 (ids 3..7), then the 3 (ids 0..2) fills it.
+    assert row.tolist() == [3, 4, 5, 6, 7, 0, 1, 2]
+    packer.fill_row(row)
+    # Buffer 5 (ids 8..12), 9, 2 (ids 22, 23), refilled with five 4s: the 5, then the 2, then with
+    # 1 slot left nothing fits, so the shortest (the oldest 4, ids 24..27) is cropped to 1 token.
+    assert row.tolist() == [8, 9, 10, 11, 12, 22, 23, 24]
+    assert packer.epoch == 2
+
+
+def test_rows_equal_the_reference_packer_batch_for_batch(tokenizer):
+    reference = load_bench().reference_loader(tokenizer, 4, 64, "train", buffer_size=50)
+    ours = make_dataloader(tokenizer, 4, 64, "train", device="cpu", buffer_size=50)
+    for _ in range(40):
+        ref_x, ref_y, ref_epoch = next(reference)
+        x, y, epoch = next(ours)
+        assert torch.equal(x, ref_x) and torch.equal(y, ref_y)
+        assert epoch == ref_epoch
+    ours.close()
+
+
+def test_batches_have_no_padding_start_with_bos_and_shift_targets(tokenizer):
+    B, T = 8, 128
+    loader = make_dataloader(tokenizer, B, T, "train", device="cpu")
+    bos = tokenizer.get_bos_token_id()
+    epochs = []
+    for _ in range(60):
+        x, y, epoch = next(loader)
+        assert x.shape == y.shape == (B, T) and x.dtype == y.dtype == torch.long
+        assert (x[:, 0] == bos).all()
+        assert torch.equal(x[:, 1:], y[:, :-1])
+        assert ((x >= 0) & (x < tokenizer.get_vocab_size())).all()   # every slot holds a real token
+        epochs.append(epoch)
+    assert epochs == sorted(epochs)
+    loader.close()
+
+
+def test_loader_is_deterministic_across_instances(tokenizer):
+    first = make_dataloader(tokenizer, 2, 32, "val", device="cpu")
+    second = make_dataloader(tokenizer, 2, 32, "val", device="cpu")
+    for _ in range(10):
+        a, b = next(first), next(second)
+        assert torch.equal(a[0], b[0]) and a[2] == b[2]
+    first.close()
+    second.close()
+
+
+def test_missing_data_fails_at_construction_with_a_hint(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="python -m prepare"):
+        make_dataloader(tokenizer, 2, 32, "train", device="cpu")
+    with pytest.raises(ValueError, match="split"):
+        make_dataloader(tokenizer, 2, 32, "test", device="cpu")
+
+
+def test_a_corrupt_shard_surfaces_as_a_clear_error(tokenizer, tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "shard_00000.parquet").write_bytes(b"not parquet at all")
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path))
+    loader = make_dataloader(tokenizer, 2, 32, "train", device="cpu")
+    with pytest.raises(ValueError, match="shard_00000.parquet"):
+        next(loader)
