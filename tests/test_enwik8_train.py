@@ -1,0 +1,91 @@
+"""The enwik8 train file end to end on the CPU: the smoke configuration trains, is scored by the
+fixed metric and prints the summary block; failures are one line and a non-zero exit."""
+import glob
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from population.summary import parse_summary
+from prepare.tasks import get_task
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_FILE = REPO / get_task("enwik8").train_file
+
+
+def stub_bytes(n: int) -> bytes:
+    files = sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/*.py"))
+    data = b""
+    for f in files:
+        data += Path(f).read_bytes()
+        if len(data) >= n:
+            return data[:n]
+    raise RuntimeError("not enough stdlib text")
+
+
+@pytest.fixture(scope="module")
+def prepared_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("enwik8")
+    (root / "text").write_bytes(stub_bytes(2_000_000))
+    done = subprocess.run([sys.executable, "-m", "prepare.enwik8", "--from-files", str(root / "text")],
+                          cwd=REPO, env=smoke_env(root / "cache"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return root / "cache"
+
+
+def smoke_env(cache: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTORESEARCH_", "USE_FP"))}
+    env.update(AUTORESEARCH_CACHE=str(cache), AUTORESEARCH_SMOKE="1", AUTORESEARCH_TIME_BUDGET="4",
+               AUTORESEARCH_DEVICE="cpu", PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def train(train_file: Path, env: dict, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(train_file)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_smoke_training_prints_a_summary_with_val_bpc(prepared_cache, tmp_path):
+    checkpoint = tmp_path / "model.pt"
+    done = train(TRAIN_FILE, smoke_env(prepared_cache, USE_FP8="1", AUTORESEARCH_CHECKPOINT=str(checkpoint)))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = parse_summary(done.stdout, get_task("enwik8").summary_keys)
+    assert set(summary) == set(get_task("enwik8").summary_keys)
+    assert 0.5 < summary["val_bpc"] < 9.0          # plausible bits per byte (a busy CPU trains few steps)
+    assert 4.0 <= summary["training_seconds"] < 30 and summary["total_seconds"] > summary["training_seconds"]
+    assert summary["num_steps"] > 6 and summary["depth"] == 2
+    assert summary["total_tokens_M"] == round(summary["num_steps"] * 8 * 128 / 1e6, 1)  # smoke: 8 x 128 per step
+    assert math.isnan(summary["mfu_percent"])
+    assert re.search(r"^precision:\s+fp32$", done.stdout, re.M)
+    assert "FP8 is not supported on the CPU" in done.stdout
+    assert checkpoint.stat().st_size > 0
+
+
+def test_exploding_training_stops_with_one_line(prepared_cache, tmp_path):
+    """A mutated copy of the train file (as an agent might write it): an absurd learning rate from step 0."""
+    (tmp_path / "engine").mkdir()
+    source = TRAIN_FILE.read_text()
+    exploding = re.sub(r"(VAL_EVERY, LOG_EVERY, EVAL_BATCH_SIZE, LR = 50, 10, 64, )[0-9.e-]+", r"\g<1>1e30", source)
+    exploding = re.sub(r"^WARMUP_RATIO = .*$", "WARMUP_RATIO = 0.0", exploding, flags=re.M)
+    assert exploding.count("1e30") == 1 and "WARMUP_RATIO = 0.0" in exploding
+    (tmp_path / "engine" / "train_enwik8.py").write_text(exploding)
+    shutil.copytree(REPO / "prepare", tmp_path / "prepare")
+    done = train(tmp_path / "engine" / "train_enwik8.py",
+                 {**smoke_env(prepared_cache), "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+    assert done.returncode == 1
+    assert re.search(r"^FAIL: training loss \S+ at step \d+ \(NaN or exploded\)", done.stdout, re.M)
+    assert "\n---\n" not in done.stdout and "Traceback" not in done.stderr
+
+
+def test_missing_data_is_one_line_not_a_traceback(tmp_path):
+    done = train(TRAIN_FILE, smoke_env(tmp_path / "empty"))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("FAIL:")
+    assert "python -m prepare --task enwik8" in done.stderr
