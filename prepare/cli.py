@@ -55,8 +55,15 @@ def _ensure_tokenizer(vocab_size: int, retrain: bool) -> None:
                 return
         except (FileNotFoundError, ValueError):
             pass
+    from tqdm import tqdm
+
+    from .corpus import count_documents
+
     print(f"tokenizer: training a {vocab_size}-token BPE on the training shards ...", flush=True)
-    tokenizer = train_tokenizer(tokenizer_texts(), vocab_size)
+    texts = tqdm(tokenizer_texts(), total=count_documents(train_shard_paths()), desc="tokenizer text",
+                 unit="doc", unit_scale=True)
+    tokenizer = train_tokenizer(texts, vocab_size)
+    texts.close()
     path = tokenizer.save()
     print(f"tokenizer: {tokenizer.get_vocab_size()} tokens -> {path}")
 
@@ -67,13 +74,15 @@ def prepare_climbmix(args: argparse.Namespace) -> None:
 
     directory = data_dir()
     if args.from_files:
+        from tqdm import tqdm
+
         from .corpus import expand_patterns, read_documents, split_documents, write_shards
 
         files = expand_patterns(args.from_files)
-        docs, skipped = read_documents(files)
+        docs, skipped = read_documents(tqdm(files, desc="reading files", unit="file"))
         train, val = split_documents(docs, args.val_fraction)
         written = write_shards(train, val, directory)
-        print(f"data: {len(docs)} documents from {len(files)} files ({skipped} skipped as not text): "
+        print(f"data: {len(docs)} documents from {len(files)} files ({skipped} skipped: empty or not UTF-8 text): "
               f"{len(train)} train in {len(written) - 1} shards, {len(val)} validation -> {directory}")
     else:
         from huggingface_hub.utils import logging as hf_logging

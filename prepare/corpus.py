@@ -33,6 +33,11 @@ def check_shard(path: Path) -> int:
     return rows
 
 
+def count_documents(paths: Iterable[Path]) -> int:
+    """Rows of the shards, from their parquet footers (nothing is read)."""
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
+
+
 def iter_texts(paths: Iterable[Path]) -> Iterator[list[str]]:
     """One list of documents per parquet row group, in file order."""
     for path in paths:
@@ -94,7 +99,8 @@ def expand_patterns(patterns: Iterable[str]) -> list[Path]:
 
 def read_documents(paths: Iterable[Path]) -> tuple[list[str], int]:
     """UTF-8 documents, de-duplicated and ordered by content hash (a fixed shuffle that does not
-    depend on paths or file order); returns them with the number of files skipped as not text."""
+    depend on paths or file order); returns them with the number of files skipped (empty, binary
+    or not UTF-8)."""
     by_hash: dict[str, str] = {}
     skipped = 0
     for path in paths:

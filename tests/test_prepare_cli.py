@@ -36,7 +36,7 @@ def test_from_files_builds_the_shard_layout_and_tokenizer(tmp_path):
     (corpus / "dup.txt").write_text((corpus / "doc3.txt").read_text())
     result = run(["-m", "prepare", "--from-files", str(corpus / "*"), "--vocab-size", "300"], tmp_path / "cache")
     assert result.returncode == 0, result.stderr
-    assert "40 documents from 42 files (1 skipped as not text)" in result.stdout
+    assert "40 documents from 42 files (1 skipped: empty or not UTF-8 text)" in result.stdout
     data = tmp_path / "cache" / "data"
     train = pq.read_table(data / "shard_00000.parquet").column("text").to_pylist()
     val = pq.read_table(data / "shard_06542.parquet").column("text").to_pylist()

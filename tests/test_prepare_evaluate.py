@@ -52,9 +52,24 @@ def tokenizer(prepared_cache):
 
 def test_metric_does_not_depend_on_the_batch_size(tokenizer):
     model = PrefixMeanLM(tokenizer.get_vocab_size())
-    results = {bs: evaluate_bpb(model, tokenizer, bs, **EVAL) for bs in (ROWS, 8, 7)}   # 7 does not divide 40
-    assert results[8] == results[7] == results[ROWS]
+    results = {bs: evaluate_bpb(model, tokenizer, bs, **EVAL) for bs in (ROWS, 8, 7, 64)}   # 7 does not divide 40
+    assert results[8] == results[7] == results[ROWS] == results[64]
     assert 0 < results[8] < 20
+
+
+def test_every_call_has_the_batch_shape_so_compiled_models_do_not_recompile(tokenizer):
+    shapes = []
+
+    class Recording(PrefixMeanLM):
+        def forward(self, x, y, reduction="mean"):
+            shapes.append(tuple(x.shape))
+            return super().forward(x, y, reduction)
+
+    evaluate_bpb(Recording(tokenizer.get_vocab_size()), tokenizer, 7, **EVAL)   # 40 = 5 * 7 + 5
+    assert set(shapes) == {(7, SEQ)} and len(shapes) == 3 + 6   # causality check, then 6 chunks
+    shapes.clear()
+    evaluate_bpb(Recording(tokenizer.get_vocab_size()), tokenizer, 64, **EVAL)   # more than the 40 rows
+    assert set(shapes) == {(64, SEQ)}
 
 
 def test_uniform_model_scores_log2_vocab_per_scored_byte(tokenizer):
@@ -81,3 +96,12 @@ def test_a_wrongly_shaped_loss_is_refused(tokenizer):
 
     with pytest.raises(ValueError, match="one loss per target"):
         evaluate_bpb(MeanOnly(tokenizer.get_vocab_size()), tokenizer, 8, **EVAL)
+
+
+def test_a_random_model_is_refused_with_its_own_reason(tokenizer):
+    class Dropout(PrefixMeanLM):
+        def forward(self, x, y, reduction="mean"):
+            return F.dropout(super().forward(x, y, reduction), p=0.5, training=True)
+
+    with pytest.raises(CausalityError, match="dropout"):
+        evaluate_bpb(Dropout(tokenizer.get_vocab_size()), tokenizer, 8, **EVAL)
