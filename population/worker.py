@@ -153,9 +153,10 @@ class WorkerCore:
             result.status, result.reason = "agent_error", proposal.error
             result.diff = gitops.full_diff(worktree, job.commit)
             return result
+        attempted = gitops.full_diff(worktree, job.commit)          # before the guard reverts it
         changed = guards.enforce_train_file_only(worktree, job.train_file)
         if changed:
-            result.diff = gitops.full_diff(worktree, job.commit)   # what is left: the train file
+            result.diff = attempted
             result.status = "violation"
             result.reason = f"changed files other than {job.train_file}: {', '.join(changed)}"
             return result

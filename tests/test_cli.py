@@ -1,0 +1,138 @@
+"""The command line: every flag documented, every range checked with one line and exit 2, and
+refusals (dirty seed, existing run, unreachable cluster) as one line and a non-zero exit."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from population import cli
+from population.config import ConfigError, RunConfig, default_tag, resolve, validate, with_run_settings
+from test_driver_support import make_seed_repo
+
+PROJECT = Path(__file__).resolve().parent.parent
+FLAGS = ["--workers", "--budget", "--agent", "--agent-base-url", "--agent-timeout", "--task", "--run",
+         "--runs-dir", "--population-size", "--tournament-size", "--cull", "--max-experiments", "--noise-runs",
+         "--train-timeout", "--device", "--resume", "--address", "--accelerator", "--repo", "--seed"]
+
+
+def test_help_explains_every_flag_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in FLAGS:
+        assert flag in text, flag
+    assert text.count("default:") >= len(FLAGS) - 2     # --resume and --help have none
+    assert "--ray-num-gpus" not in text                 # test-only flags stay hidden
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--workers", "0"], "--workers must be >= 1"),
+    (["--budget", "0"], "--budget must be > 0"),
+    (["--budget", "abc"], "not a number"),
+    (["--budget", "inf"], "not a finite number"),
+    (["--tournament-size", "5", "--population-size", "4"], "--tournament-size (5) must be <= --population-size (4)"),
+    (["--population-size", "0"], "--population-size must be >= 1"),
+    (["--max-experiments", "0"], "--max-experiments must be >= 1"),
+    (["--noise-runs", "0"], "--noise-runs must be >= 1"),
+    (["--noise-runs", "5", "--max-experiments", "3"], "--noise-runs (5) must be <= --max-experiments (3)"),
+    (["--train-timeout", "100", "--budget", "300"], "--train-timeout (100.0 s) must be longer than the budget"),
+    (["--agent-timeout", "-1"], "--agent-timeout must be > 0"),
+    (["--run", "../etc"], "is not a valid tag"),
+    (["--run", "a/b"], "is not a valid tag"),
+    (["--run", "a..b"], "must not contain '..'"),
+    (["--resume"], "--resume needs --run TAG"),
+    (["--cull", "random"], "invalid choice"),
+    (["--task", "imagenet"], "invalid choice"),
+    (["--device", "tpu"], "invalid choice"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--agent", " "], "--agent must not be empty"),
+    (["--accelerator", "H100", "--device", "cpu"], "--accelerator needs --device cuda"),
+    (["--address", "127.0.0.1:1", "--ray-num-gpus", "2"], "do not go with --address"),
+    (["--workers"], "expected one argument"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_config_defaults_resolve_from_the_number_of_workers():
+    cfg = resolve(with_run_settings(RunConfig()), workers=5)
+    assert cfg.noise_runs == 3 and cfg.budget_s == 300 and cfg.train_timeout_s == 900
+    assert cfg.task == "climbmix" and cfg.device == "cuda" and cfg.agents == ["mutate"]
+    assert resolve(with_run_settings(RunConfig(budget_s=60)), workers=1).noise_runs == 1
+    assert resolve(with_run_settings(RunConfig(budget_s=60)), workers=1).train_timeout_s == 420
+    validate(cfg)
+
+
+def test_default_tag_is_date_based_and_valid():
+    tag = default_tag(time.mktime((2026, 3, 5, 14, 3, 4, 0, 0, -1)))
+    assert tag == "mar05-140304"
+    validate(RunConfig(tag=tag))
+
+
+def test_a_resumed_run_keeps_its_task_budget_and_device():
+    meta = {"task": "enwik8", "budget_s": 120.0, "device": "cpu"}
+    cfg = with_run_settings(RunConfig(tag="r", resume=True), meta)
+    assert (cfg.task, cfg.budget_s, cfg.device) == ("enwik8", 120.0, "cpu")
+    with pytest.raises(ConfigError, match="started with --budget 120.0"):
+        with_run_settings(RunConfig(tag="r", resume=True, budget_s=300), meta)
+    with pytest.raises(ConfigError, match="started with --task enwik8"):
+        with_run_settings(RunConfig(tag="r", resume=True, task="climbmix"), meta)
+
+
+def _run_cli(args: list[str], cwd: Path = PROJECT, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "population", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_refusals_before_any_ray_start_are_one_line(tmp_path):
+    seed = make_seed_repo(tmp_path / "seed")
+    runs = tmp_path / "runs"
+    (runs / "taken").mkdir(parents=True)
+    (runs / "taken" / "run.json").write_text("{}")
+    base = ["--repo", str(seed), "--runs-dir", str(runs)]
+
+    existing = _run_cli(base + ["--run", "taken"])
+    assert existing.returncode == 1
+    assert "run 'taken' already exists" in existing.stderr and "--resume" in existing.stderr
+
+    missing = _run_cli(base + ["--run", "nothing", "--resume"])
+    assert missing.returncode == 1 and "no run at" in missing.stderr
+
+    (seed / "engine" / "train.py").write_text("# dirty\n")
+    dirty = _run_cli(base + ["--run", "fresh"])
+    assert dirty.returncode == 1 and "uncommitted changes in the seed (engine/train.py)" in dirty.stderr
+
+    outside = _run_cli(["--repo", str(tmp_path), "--run", "x"])
+    assert outside.returncode == 1 and "not inside a git repository" in outside.stderr
+
+    for result in (existing, missing, dirty, outside):
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert not (runs / "fresh").exists()
+
+
+def test_unreachable_cluster_is_one_line_quickly(tmp_path):
+    seed = make_seed_repo(tmp_path / "seed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    result = _run_cli(["--repo", str(seed), "--runs-dir", str(tmp_path / "runs"), "--run", "x",
+                       "--address", f"127.0.0.1:{port}"])
+    assert result.returncode == 1
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "runs" / "x").exists()

@@ -1,0 +1,81 @@
+"""Helpers shared by the driver's tests (no tests here): a fake seed repository whose train file
+sleeps, records what it saw (CUDA_VISIBLE_DEVICES, timestamps, seed, environment) and prints a
+summary block; and readers of a run's store."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+# The fake train file: val_bpb depends on its UPPER_CASE constants (so the mutator changes it),
+# DEPTH > 12 crashes (so crashes happen), AUTORESEARCH_FAKE_* from the driver's environment steer it.
+FAKE_TRAIN = '''\
+import json, os, sys, time
+LEARNING_RATE = 0.04
+DEPTH = 8
+WIDTH = 2**7
+seed = int(os.environ.get("AUTORESEARCH_SEED", "42"))
+start = time.time()
+record = os.environ.get("AUTORESEARCH_FAKE_RECORD")
+if record:
+    with open(os.path.join(record, f"{os.getpid()}.started"), "w") as f:
+        f.write(str(start))
+barrier = int(os.environ.get("AUTORESEARCH_FAKE_BARRIER", "0"))   # wait until this many trainings started
+deadline = time.time() + 30
+while record and barrier and time.time() < deadline and \
+        sum(name.endswith(".started") for name in os.listdir(record)) < barrier:
+    time.sleep(0.05)
+time.sleep(float(os.environ.get("AUTORESEARCH_FAKE_SLEEP", "0.3")))
+end = time.time()
+if record:
+    with open(os.path.join(record, f"{os.getpid()}-{start:.6f}.json"), "w") as f:
+        json.dump({"cvd": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": end, "seed": seed,
+                   "cwd": os.getcwd(), "env": dict(os.environ)}, f)
+if DEPTH > 12:
+    raise SystemExit("fake: too deep")
+val = 1.0 + abs(LEARNING_RATE - 0.03) + 0.002 * abs(DEPTH - 10) + 0.0001 * (seed % 7)
+print("step 1/1")
+print("---")
+print(f"val_bpb:          {val:.6f}")
+print(f"training_seconds: {end - start:.1f}")
+print("peak_vram_mb:     1024.0")
+print(f"depth:            {DEPTH}")
+'''
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=root,
+                          check=True, capture_output=True, text=True).stdout
+
+
+def make_seed_repo(root: Path, train: str = FAKE_TRAIN) -> Path:
+    """A run repository: prepare/ (faked), engine/train.py (fake trainer), program.md, committed."""
+    (root / "prepare").mkdir(parents=True)
+    (root / "prepare" / "__init__.py").write_text("MAX_SEQ_LEN = 256  # fixed\n")
+    (root / "engine").mkdir()
+    (root / "engine" / "train.py").write_text(train)
+    (root / "program.md").write_text("Lower {metric} by editing `{train_file}` only.\n")
+    (root / ".gitignore").write_text("runs/\n__pycache__/\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "seed")
+    return root
+
+
+def events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+
+
+def trainings(record_dir: Path) -> list[dict]:
+    """What each fake training recorded, in start order."""
+    return sorted((json.loads(p.read_text()) for p in record_dir.glob("*.json")), key=lambda r: r["start"])
+
+
+def branches(repo: Path, tag: str) -> dict[str, str]:
+    out = git(repo, "for-each-ref", "--format=%(refname:short) %(objectname)", f"refs/heads/population/{tag}/")
+    return {name.rsplit("/", 1)[1]: commit for name, commit in (line.split() for line in out.splitlines())}
+
+
+def worktrees(repo: Path) -> set[str]:
+    out = git(repo, "worktree", "list", "--porcelain")
+    return {line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("worktree ")}

@@ -1,0 +1,102 @@
+"""Pure pieces of the driver: training outcome, node slots, the training environment, the
+cluster address check, and the console lines."""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from population.config import RunConfig
+from population.console import experiment_line, status_line
+from population.driver import DriverError, check_address, node_slots, train_env, training_outcome
+from population.worker import TrainResult
+
+KEYS = ("val_bpb", "training_seconds", "peak_vram_mb")
+
+
+def _result(log: str, returncode: int | None = 0, timed_out: bool = False) -> TrainResult:
+    return TrainResult(exp_id=1, returncode=returncode, timed_out=timed_out, seconds=1.0, log=log, gpu="H100",
+                       node="n", cuda_visible_devices="0")
+
+
+def test_training_outcome_ok_parses_the_summary():
+    status, reason, summary = training_outcome(_result("step\n---\nval_bpb: 0.99\npeak_vram_mb: 10\n"),
+                                               "val_bpb", KEYS, 900)
+    assert (status, reason) == ("ok", "") and summary == {"val_bpb": 0.99, "peak_vram_mb": 10.0}
+
+
+@pytest.mark.parametrize("log, returncode, timed_out, status, needle", [
+    ("Traceback\nOOM\n", 1, False, "crash", "exit code 1"),
+    ("ran fine but printed nothing\n", 0, False, "crash", "no finite val_bpb"),
+    ("---\nval_bpb: nan\n", 0, False, "crash", "no finite val_bpb"),
+    ("step 10\n", None, True, "timeout", "900 s wall-clock limit"),
+])
+def test_training_outcome_failures_carry_the_log_tail(log, returncode, timed_out, status, needle):
+    got_status, reason, _ = training_outcome(_result(log, returncode, timed_out), "val_bpb", KEYS, 900)
+    assert got_status == status and needle in reason
+    assert log.strip().splitlines()[-1] in reason
+
+
+def _node(node_id, gpus, cpus=8, accel=None, alive=True):
+    resources = {"CPU": cpus, "GPU": gpus}
+    if accel:
+        resources[f"accelerator_type:{accel}"] = 1.0
+    return {"NodeID": node_id, "Alive": alive, "Resources": resources}
+
+
+def test_node_slots_one_per_gpu_filtered_by_accelerator_and_liveness():
+    nodes = [_node("a", 2, accel="H100"), _node("b", 1, accel="H200"), _node("c", 4, alive=False),
+             _node("d", 0)]
+    assert node_slots(nodes, "cuda", None) == [("a", "H100"), ("a", "H100"), ("b", "H200")]
+    assert node_slots(nodes, "cuda", "H200") == [("b", "H200")]
+    assert node_slots(nodes, "cuda", "A100") == []
+    assert len(node_slots(nodes, "cpu", None)) == 8 * 3
+
+
+def test_train_env_sets_budget_seed_and_cpu_mode_and_keeps_the_users_autoresearch_settings():
+    source = {"AUTORESEARCH_CACHE": "/data", "AUTORESEARCH_WORKDIR": "/tmp/w", "OPENAI_API_KEY": "k", "HOME": "/h"}
+    env = train_env(RunConfig(budget_s=120, device="cpu"), 43, source)
+    assert env == {"AUTORESEARCH_CACHE": "/data", "AUTORESEARCH_TIME_BUDGET": "120", "AUTORESEARCH_SEED": "43",
+                   "AUTORESEARCH_SMOKE": "1", "AUTORESEARCH_DEVICE": "cpu"}
+    gpu_env = train_env(RunConfig(budget_s=300, device="cuda"), 42, {})
+    assert "AUTORESEARCH_SMOKE" not in gpu_env and gpu_env["AUTORESEARCH_TIME_BUDGET"] == "300"
+
+
+def test_check_address_fails_fast_on_a_closed_port():
+    with socket.socket() as s:                      # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(DriverError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        check_address(f"127.0.0.1:{port}", timeout_s=2)
+    assert time.monotonic() - start < 5
+    with pytest.raises(DriverError, match="not HOST:PORT"):
+        check_address("just-a-name")
+    check_address("auto")                            # left to Ray
+
+
+def test_check_address_accepts_a_listening_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        check_address(f"ray://127.0.0.1:{s.getsockname()[1]}")
+
+
+def test_experiment_line_matches_the_documented_shape():
+    line = experiment_line(exp_id=12, kind="child", member="m0007", parent="m0003", worker="w2", status="ok",
+                           metric="val_bpb", value=0.99213, best=0.99031, description="raise MATRIX_LR to 0.05")
+    assert line == "e0012 m0007<-m0003 w2 ok val_bpb 0.9921 (best 0.9903) 'raise MATRIX_LR to 0.05'"
+    crash = experiment_line(exp_id=3, kind="child", member="m0002", parent="m0000", worker="w0", status="crash",
+                            metric="val_bpb", value=float("nan"), best=None, reason="exit code 1\nCUDA OOM\n")
+    assert crash == "e0003 m0002<-m0000 w0 crash [CUDA OOM]"
+    rerun = experiment_line(exp_id=9, kind="rerun", member="m0004", parent="m0001", worker="w1", status="ok",
+                            metric="val_bpb", value=0.9, best=0.95, mean=0.91)
+    assert rerun == "e0009 m0004 rerun w1 ok val_bpb 0.9000 (mean 0.9100, best 0.9500)"
+
+
+def test_status_line_counts():
+    line = status_line(finished=12, ok=9, in_flight=4, training=3, workers=4, alive=6, champion="m0003",
+                       metric="val_bpb", best=0.9903, elapsed_s=3723, max_experiments=100)
+    assert line == ("status: 12/100 finished (9 ok), 4 in flight, 3/4 training, 6 alive, "
+                    "best m0003 val_bpb 0.9903, elapsed 1:02:03")

@@ -1,0 +1,156 @@
+"""The worker without Ray: preparing a child in a node-local clone (guards, bundles), and the
+training subprocess (environment, hard limit, process-group kill)."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from population import gitops, guards
+from population.agents import Proposal
+from population.worker import PrepareJob, TrainJob, WorkerCore, run_training, training_env
+from test_driver_support import make_seed_repo
+
+
+class FakeAgent:
+    """Edits files as told; stands in for a real agent."""
+    spec = "fake"
+
+    def __init__(self, edits: dict[str, str], error: str | None = None):
+        self.edits, self.error = edits, error
+
+    def propose(self, worktree: Path, prompt: str, *, timeout: float) -> Proposal:
+        for path, text in self.edits.items():
+            (Path(worktree) / path).parent.mkdir(parents=True, exist_ok=True)
+            (Path(worktree) / path).write_text(text)
+        return Proposal("raise depth", f"prompt was {len(prompt)} chars", 0.5, tokens=12, cost_usd=0.01,
+                        error=self.error)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    seed = make_seed_repo(tmp_path / "seed")
+    repo = gitops.open_run_repo(seed)
+    core = WorkerCore("w0", "t", "mutate", {"train_file": "engine/train.py"}, workdir=str(tmp_path / "workers"))
+    data, ref = gitops.bundle_bytes(repo, gitops.head_commit(repo))
+    job = PrepareJob(exp_id=5, commit=gitops.head_commit(repo), bundle_ref=ref,
+                     prepare_fingerprint=guards.tree_fingerprint(seed, "prepare"), train_file="engine/train.py",
+                     prompt="make it better", branch="population/t/m0001", member="m0001", agent_timeout_s=10)
+    return seed, repo, core, job, data
+
+
+def test_child_is_committed_in_the_workers_own_clone_and_comes_back_as_a_bundle(setup, tmp_path):
+    seed, repo, core, job, data = setup
+    core.agent = FakeAgent({"engine/train.py": "DEPTH = 10\n"})
+    result = core.prepare(job, [data])
+    assert result.status == "ready", result.reason
+    clone_dir = Path(core.clone.working_tree_dir)
+    assert clone_dir.is_relative_to(tmp_path / "workers" / "t" / "w0") and not clone_dir.is_relative_to(seed)
+    assert Path(result.worktree).is_relative_to(tmp_path / "workers")
+    assert result.description == "raise depth" and result.agent_tokens == 12
+    child = gitops.fetch_bundle(repo, result.bundle, result.bundle_ref, "refs/heads/population/t/m0001")
+    assert child == result.commit != job.commit
+    assert gitops.ref_commit(repo, "population/t/m0001") == child
+    assert "+DEPTH = 10" in gitops.diff(repo, job.commit, child)
+    assert "Member: m0001" in repo.commit(child).message
+    core.cleanup(job.exp_id)
+    assert not Path(result.worktree).exists()
+
+
+def test_a_commit_already_in_the_clone_needs_no_bundle(setup):
+    _, _, core, job, data = setup
+    core.agent = FakeAgent({"engine/train.py": "DEPTH = 11\n"})
+    core.prepare(job, [data])
+    job.exp_id, job.branch = 6, "population/t/m0002"
+    assert core.prepare(job, [b"not a bundle"]).status == "ready"
+
+
+def test_changes_outside_the_train_file_are_a_violation_and_reverted(setup):
+    seed, _, core, job, data = setup
+    core.agent = FakeAgent({"engine/train.py": "DEPTH = 10\n", "prepare/__init__.py": "MAX_SEQ_LEN = 1\n",
+                            "prepare/evil.py": "X = 1\n"})
+    result = core.prepare(job, [data])
+    assert result.status == "violation"
+    assert "prepare/__init__.py" in result.reason and "prepare/evil.py" in result.reason
+    assert result.commit == "" and result.bundle is None
+    worktree = Path(result.worktree)
+    assert (worktree / "prepare" / "__init__.py").read_text() == (seed / "prepare" / "__init__.py").read_text()
+    assert not (worktree / "prepare" / "evil.py").exists()
+    assert "MAX_SEQ_LEN = 1" in result.diff          # the record shows what the agent tried
+
+
+def test_agent_error_is_recorded_without_a_commit(setup):
+    _, _, core, job, data = setup
+    core.agent = FakeAgent({"engine/train.py": "half an edit"}, error="agent timed out after 10 s")
+    result = core.prepare(job, [data])
+    assert result.status == "agent_error" and "timed out" in result.reason and result.commit == ""
+
+
+def test_a_prepare_directory_unlike_the_seeds_is_refused_before_training(setup):
+    _, _, core, job, data = setup
+    job.prompt, job.branch = None, None                     # a baseline: train the commit as is
+    job.prepare_fingerprint = "0" * 64
+    result = core.prepare(job, [data])
+    assert result.status == "violation" and "prepare/" in result.reason
+
+
+def _job(tmp_path, script: str, timeout_s: float = 30, device: str = "cuda", env=None) -> TrainJob:
+    worktree = tmp_path / "wt"
+    worktree.mkdir(exist_ok=True)
+    (worktree / "train.py").write_text(script)
+    return TrainJob(exp_id=1, worktree=str(worktree), train_file="train.py", env=env or {"AUTORESEARCH_SEED": "7"},
+                    timeout_s=timeout_s, log_path=str(tmp_path / "logs" / "1.log"), device=device)
+
+
+def test_training_environment_is_minimal_and_has_no_keys(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-secret-value")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    job = _job(tmp_path, "", env={"AUTORESEARCH_SEED": "7", "AUTORESEARCH_HF_TOKEN": "x" * 10})
+    env = training_env(job, dict(os.environ))
+    assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["AUTORESEARCH_SEED"] == "7"
+    assert env["PYTHONPATH"] == job.worktree
+    assert "ANTHROPIC_API_KEY" not in env and "AUTORESEARCH_HF_TOKEN" not in env
+    assert set(env) <= {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LD_LIBRARY_PATH", "CUDA_HOME",
+                        "CUDA_PATH", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TORCH_HOME", "HF_HOME",
+                        "HF_HUB_OFFLINE", "XDG_CACHE_HOME", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH",
+                        "PYTHONUNBUFFERED", "CUDA_VISIBLE_DEVICES", "AUTORESEARCH_SEED"}
+    job.device = "cpu"
+    assert training_env(job, dict(os.environ))["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_training_runs_in_the_worktree_and_captures_the_log(tmp_path):
+    script = "import os, sys\nprint('cwd', os.getcwd())\nprint('path', os.environ['PYTHONPATH'])\n" \
+             "print('oops', file=sys.stderr)\nsys.exit(3)\n"
+    result = run_training(_job(tmp_path, script, device="cpu"))
+    assert result.returncode == 3 and not result.timed_out
+    assert f"cwd {tmp_path / 'wt'}" in result.log and "oops" in result.log
+    assert result.gpu == "cpu" and result.cuda_visible_devices == ""
+    assert (tmp_path / "logs" / "1.log").read_text() == result.log
+
+
+def test_training_past_its_limit_is_killed_with_its_whole_process_group(tmp_path):
+    pid_file = tmp_path / "grandchild.pid"
+    script = ("import subprocess, sys, time\n"
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+              "print('started', flush=True)\ntime.sleep(60)\n")
+    start = time.monotonic()
+    result = run_training(_job(tmp_path, script, timeout_s=2.0))
+    assert result.timed_out and time.monotonic() - start < 20
+    assert "started" in result.log
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(grandchild):
+        time.sleep(0.1)
+    assert not _alive(grandchild)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
