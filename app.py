@@ -314,16 +314,17 @@ def show_figures(run: lv.RunData, row: pd.Series) -> None:
         ("steps", _fmt(row["num_steps"], "{:.0f}"), None),
         ("params", _fmt(row["num_params_M"], "{:.1f} M"), None),
         ("depth", _fmt(row["depth"], "{:.0f}"), None),
-        ("train wall s", _fmt(row["train_seconds"], "{:.0f}"), None),
-        ("agent s", _fmt(row["agent_seconds"], "{:.0f}"), None),
-        ("agent cost", _fmt(row["agent_cost_usd"], "${:.3f}"), None),
-        ("agent tokens", "—" if row["agent_tokens"] is pd.NA else f"{int(row['agent_tokens']):,}", None),
     ]
-    with st.container(horizontal=True, gap="large"):
+    with st.container(horizontal=True, gap="medium"):
         for label, text, delta in figures:
             st.metric(label, text, delta, delta_color="inverse" if run.lower_is_better else "normal",
                       width="content")
-    where = [f"agent `{row['agent'] or '?'}`", f"worker `{row['worker'] or '?'}`",
+    agent = [f"agent `{row['agent'] or '?'}`", f"{_fmt(row['agent_seconds'], '{:.0f}')} s",
+             _fmt(row["agent_cost_usd"], "${:.3f}"),
+             "—" if row["agent_tokens"] is pd.NA else f"{int(row['agent_tokens']):,} tokens",
+             f"training wall time {_fmt(row['train_seconds'], '{:.0f}')} s"]
+    st.caption(" · ".join(agent))
+    where = [f"worker `{row['worker'] or '?'}`",
              f"gpu `{row['gpu'] or '?'}` on `{row['node'] or '?'}`", f"seed `{row['seed']}`",
              f"generation `{row['generation']}`"]
     if row["commit"]:
@@ -388,13 +389,15 @@ def show_run(path: Path, was_live: bool) -> None:
         show_progress(run)
     with table_tab:
         show_table(run, str(path), signature)
-    with st.container(border=True):
+    with st.container(border=True, key="details"):
         show_details(run, champion)
 
 
 def main() -> None:
     st.set_page_config(page_title="autoresearch population", page_icon=":material/account_tree:",
                        layout="wide")
+    # Smaller figures in the details panel, so the ten summary numbers fit on one line.
+    st.html("<style>.st-key-details [data-testid='stMetricValue'] {font-size: 1.45rem;}</style>")
     path = pick_run()
     if path is None:
         st.title("autoresearch population")

@@ -76,7 +76,9 @@ def tree_figure(nodes: pd.DataFrame, edge_x: list, edge_y: list, path_x: list, p
                                                  color="#333" if category == "champion" else color))
         click_map[len(fig.data)] = part["id"].astype(int).tolist()
         fig.add_trace(scatter(x=part["x"], y=part["y"], mode="markers", marker=marker, name=label,
-                              customdata=_hover_data(part),
+                              customdata=_hover_data(part), 
+                              selected=dict(marker=dict(opacity=1.0, size=size + 8)),
+                              unselected=dict(marker=dict(opacity=0.45)),
                               hovertemplate=_hovertemplate(metric, category in FAILED_CATEGORIES)))
     if selected_id is not None and (nodes["id"] == selected_id).any():
         chosen = nodes[nodes["id"] == selected_id]
