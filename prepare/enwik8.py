@@ -258,7 +258,7 @@ def prepare_enwik8(args) -> None:
         prepare(getattr(args, "from_files", None), getattr(args, "force", False),
                 getattr(args, "retries", None) or DOWNLOAD_ATTEMPTS)
     except PrepareError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise SystemExit(f"prepare: error: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +300,8 @@ def eval_plan(n_val: int, n_chars: int, seq_len: int, stride: int) -> tuple[list
     later one scores only targets with at least seq_len - stride characters before them."""
     n = min(n_chars, n_val - 1)
     if n < seq_len:
-        raise ValueError(f"val split too small: {n_val:,} bytes for an evaluation window of {seq_len + 1}")
+        raise ValueError(f"too few characters to score: {n:,} (val split {n_val:,} bytes, EVAL_CHARS "
+                         f"{n_chars:,}); the evaluation needs at least one window of {seq_len}")
     plan, scored_until, start = [], 0, 0
     while scored_until < n:
         start = min(start, n - seq_len)            # the last window ends exactly at target n

@@ -72,8 +72,10 @@ def test_plan_scores_each_target_once_with_enough_context(n_val, n_chars, seq_le
 
 
 def test_plan_refuses_a_val_split_shorter_than_a_window():
-    with pytest.raises(ValueError, match="val split too small"):
+    with pytest.raises(ValueError, match="too few characters to score: 49"):
         enwik8.eval_plan(50, 1_000, 64, 32)
+    with pytest.raises(ValueError, match="EVAL_CHARS 10"):
+        enwik8.eval_plan(10_000, 10, 64, 32)
 
 
 def test_batch_size_changes_nothing(small_eval):
