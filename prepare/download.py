@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
 from tqdm import tqdm
 from tqdm.auto import tqdm as auto_tqdm
 
@@ -51,7 +51,7 @@ def shard_indices(num_shards: int) -> list[int]:
 
 def _permanent(error: Exception) -> bool:
     """Errors that another attempt cannot fix (missing file or repo, refused access)."""
-    if isinstance(error, EntryNotFoundError):
+    if isinstance(error, (EntryNotFoundError, OfflineModeIsEnabled)):
         return True
     if isinstance(error, HfHubHTTPError) and getattr(error, "response", None) is not None:
         code = error.response.status_code
