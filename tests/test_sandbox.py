@@ -238,3 +238,16 @@ def test_agent_key_reaches_the_agent_but_never_the_command_line(layout):
     assert not any(key in word for word in boxed.argv)          # `ps` shows argv to every user
     result = subprocess.run(boxed.argv, env=boxed.env, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == key
+
+
+@needs_bwrap
+def test_readonly_path_inside_the_worktree_stays_read_only(layout):
+    worktree, cache = layout
+    (worktree / "prepare").mkdir()
+    boxed = sandbox.sandboxed([sys.executable, "-c", _TRY_WRITE + f"""
+print(json.dumps([attempt({str(worktree / 'prepare' / 'x.py')!r}), attempt({str(worktree / 'train.py')!r})]))"""],
+                              worktree=worktree, data_cache=cache, env=minimal_env(), mode=AGENT,
+                              readonly=[worktree / "prepare"])
+    result = subprocess.run(boxed.argv, env=boxed.env, capture_output=True, text=True, timeout=60)
+    assert json.loads(result.stdout) == ["OSError", "ok"]
+    assert not (worktree / "prepare" / "x.py").exists() and (worktree / "train.py").exists()
