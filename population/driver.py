@@ -175,6 +175,7 @@ class Driver:
         self.state: PopulationState | None = None
         self.locked = False
         self.failed = False
+        self.tables_stale = False
         self.started_at = time.time()
         self.last_status = time.time()
         self.member_counter = 0
@@ -317,9 +318,10 @@ class Driver:
         self.state.apply(event)
 
     def refresh_tables(self, force: bool = False) -> None:
-        """The derived tables (throttled: the journal is the per-event truth) and run.json."""
-        self.store.write_tables_if_due(self.state.lineage_rows, self.task.metric,
-                                       min_interval_s=TABLES_EVERY_S, force=force)
+        """The derived tables (throttled: the journal is the per-event truth; the loop writes
+        them once due when a rewrite was skipped) and run.json."""
+        self.tables_stale = not self.store.write_tables_if_due(
+            self.state.lineage_rows, self.task.metric, min_interval_s=TABLES_EVERY_S, force=force)
         champion = self.state.members.get(self.state.champion) if self.state.champion else None
         self.store.update_meta(noise_std=self.state.noise_std, champion_id=champion.first_id if champion else None,
                                workers=self.config.workers)
@@ -363,6 +365,8 @@ class Driver:
                     done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
                 for ref in done:
                     self._complete(ref)
+            if self.tables_stale:
+                self.refresh_tables()
             if time.time() - self.last_status >= self.config.status_every_s:
                 self.last_status = time.time()
                 self.console.line(self._status())
@@ -377,24 +381,30 @@ class Driver:
                 ray.cancel(ref)
             except Exception:
                 pass
+        train_refs = [slot.train[0] for slot in self.slots if slot.train]
+        self.refs.clear()
         if self.locked and self.state is not None:
-            for exp_id in sorted(self.flights):
+            lost = sorted(self.flights)
+            for exp_id in lost:
                 self.record({"type": "experiment_lost", "id": exp_id,
                              "reason": f"driver stopped ({self.stop_reason or 'error'})"})
+            self.flights.clear()
+            for slot in self.slots:
+                slot.prep = slot.ready = slot.train = None
             state = "finished" if finished else "stopped"
             self.record({"type": "run_state", "state": state})
             self.refresh_tables(force=True)
             self.store.update_meta(state=state)
-            self.console.line(f"run {self.tag} {state}: " + self._status())
-        self._shutdown_ray()
+            note = f" ({len(lost)} in flight marked lost; --resume re-queues them)" if lost else ""
+            self.console.line(f"run {self.tag} {state}{note}: " + self._status())
+        self._shutdown_ray(train_refs)
         if self.locked:
             self.store.unlock()
         if self.stop_reason == "interrupted":
             return EXIT_INTERRUPTED
         return EXIT_OK if finished else EXIT_ERROR
 
-    def _shutdown_ray(self) -> None:
-        train_refs = [slot.train[0] for slot in self.slots if slot.train]
+    def _shutdown_ray(self, train_refs: list) -> None:
         if train_refs:   # give cancelled trainings a moment to kill their process groups
             try:
                 ray.wait(train_refs, num_returns=len(train_refs), timeout=15)
@@ -425,9 +435,6 @@ class Driver:
         if self.stop_reason is None:
             self.stop_reason = "interrupted"
             self.console.line(f"{signal.Signals(signum).name}: stopping; in-flight experiments will be marked lost")
-
-    def request_stop(self, reason: str = "interrupted") -> None:
-        self.stop_reason = reason
 
     # ---------------------------------------------------------------- resume
 
@@ -512,14 +519,18 @@ class Driver:
         for slot in self.slots:
             if slot.dead:
                 continue
-            if slot.train is None and slot.ready is not None:
-                flight = self.flights[slot.ready]
-                if flight.work.kind != "child" or self._noise_done():
-                    self._start_training(slot, flight)
+            self._feed_gpu(slot)
             if slot.prep is None and slot.ready is None and self._can_hand_out():
                 work = self._next_work()
                 if work is not None:
                     self._start_prepare(slot, work)
+
+    def _feed_gpu(self, slot: Slot) -> None:
+        """Start the slot's prepared experiment if its GPU is free (children wait for the noise)."""
+        if slot.train is None and slot.ready is not None:
+            flight = self.flights[slot.ready]
+            if flight.work.kind != "child" or self._noise_done():
+                self._start_training(slot, flight)
 
     def _next_work(self) -> Work | None:
         if self.pending:
@@ -638,6 +649,8 @@ class Driver:
             slot.prep = None
         else:
             slot.train = None
+            if self.stop_reason is None:
+                self._feed_gpu(slot)      # the next training first, the bookkeeping after
         try:
             value = ray.get(ref)
         except ray.exceptions.RayTaskError as e:
@@ -651,16 +664,22 @@ class Driver:
                 self._finish_failed(flight, "crash", f"the {what} failed: {_error_tail(e)}")
             return
         except ray.exceptions.RayError as e:
-            if isinstance(e, ray.exceptions.RayActorError):
-                slot.dead = True
-                self.console.line(f"worker {slot.name} died: {_first_line(e)}")
             if self.stop_reason is None:
                 self._lose(slot, flight, f"{stage} failed: {_first_line(e)}")
+                if isinstance(e, ray.exceptions.RayActorError):
+                    self._retire(slot, _first_line(e))
             return
         if stage == "prep":
             self._prepared(slot, flight, value)
         else:
             self._trained(slot, flight, value)
+
+    def _retire(self, slot: Slot, why: str) -> None:
+        """A worker whose actor died: its prepared experiment is lost too (the worktree was on it)."""
+        slot.dead = True
+        self.console.line(f"worker {slot.name} died: {why}")
+        if slot.ready is not None and slot.ready in self.flights:
+            self._lose(slot, self.flights[slot.ready], f"worker {slot.name} died")
 
     def _lose(self, slot: Slot, flight: Flight, reason: str) -> None:
         """Ray lost the work (node or worker died): journal it lost, queue it again."""

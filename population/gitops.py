@@ -124,9 +124,12 @@ def add_worktree(repo: git.Repo, path: Path, branch: str) -> None:
     path = Path(path)
     if (path / ".git").exists():
         return
-    repo.git.worktree("prune")
     path.parent.mkdir(parents=True, exist_ok=True)
-    repo.git.worktree("add", "--quiet", str(path), branch)
+    try:
+        repo.git.worktree("add", "--quiet", str(path), branch)
+    except git.GitCommandError:          # a stale registration of a deleted worktree: prune, retry
+        repo.git.worktree("prune")
+        repo.git.worktree("add", "--quiet", str(path), branch)
 
 
 def remove_worktree(repo: git.Repo, path: Path) -> None:
