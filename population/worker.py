@@ -27,6 +27,7 @@ import ray
 
 from population import gitops
 from population.agents.env import is_secret_name
+from population.secrets import leaked_names
 
 PREPARE_DIR = "prepare"
 MAX_LOG_BYTES = 4_000_000
@@ -149,11 +150,15 @@ class WorkerCore:
                           transcript=proposal.transcript, agent_seconds=proposal.seconds,
                           agent_tokens=proposal.tokens, agent_cost_usd=proposal.cost_usd,
                           log_path=self.log_path(job.exp_id))
-        if proposal.error:
-            result.status, result.reason = "agent_error", proposal.error
-            result.diff = gitops.full_diff(worktree, job.commit)
-            return result
         attempted = gitops.full_diff(worktree, job.commit)          # before the guard reverts it
+        leaked = leaked_names(attempted)
+        if leaked:   # a key pasted into the change must never reach a commit, a bundle or diff.patch
+            result.status = "violation"
+            result.reason = f"the change contains the value of {', '.join(leaked)}; refused, never committed"
+            return result
+        if proposal.error:
+            result.status, result.reason, result.diff = "agent_error", proposal.error, attempted
+            return result
         changed = guards.enforce_train_file_only(worktree, job.train_file)
         if changed:
             result.diff = attempted

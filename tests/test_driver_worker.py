@@ -82,6 +82,16 @@ def test_changes_outside_the_train_file_are_a_violation_and_reverted(setup):
     assert "MAX_SEQ_LEN = 1" in result.diff          # the record shows what the agent tried
 
 
+def test_a_key_pasted_into_the_change_is_refused_and_not_recorded(setup, monkeypatch):
+    _, _, core, job, data = setup
+    monkeypatch.setenv("FOO_TOKEN", "PLANTED-token-0123456789")
+    core.agent = FakeAgent({"engine/train.py": "TOKEN = 'PLANTED-token-0123456789'\n"})
+    result = core.prepare(job, [data])
+    assert result.status == "violation" and "FOO_TOKEN" in result.reason
+    assert result.commit == "" and result.bundle is None
+    assert "PLANTED" not in result.diff + result.reason + result.transcript + result.description
+
+
 def test_agent_error_is_recorded_without_a_commit(setup):
     _, _, core, job, data = setup
     core.agent = FakeAgent({"engine/train.py": "half an edit"}, error="agent timed out after 10 s")
