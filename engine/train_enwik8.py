@@ -89,9 +89,11 @@ LOG_EVERY = 25
 EVAL_BATCH_SIZE = 32      # windows per forward pass of the final evaluation
 COMPILE = True            # torch.compile on the GPU
 
-if SMOKE:  # tiny CPU configuration: tests and laptops
-    DIM, DEPTH, HEADS, SEQ_LEN, BATCH_SIZE, GRAD_ACCUM = 64, 2, 4, 128, 8, 1
-    VAL_EVERY, LOG_EVERY, EVAL_BATCH_SIZE, LR = 50, 10, 64, 2e-3
+if SMOKE:  # tiny CPU configuration (tests, laptops): the recipe above scaled down, so its edits still count
+    DIM, DEPTH, HEADS = max(DIM // 8, 16), max(DEPTH // 3, 1), max(HEADS // 2, 1)
+    SEQ_LEN, BATCH_SIZE, GRAD_ACCUM = max(SEQ_LEN // 8, 16), 2 * BATCH_SIZE, max(GRAD_ACCUM // 4, 1)
+    LR = 20 * LR
+    VAL_EVERY, LOG_EVERY, EVAL_BATCH_SIZE = 50, 10, 64
 
 # ---------------------------------------------------------------------------------------------
 # Data: random windows of SEQ_LEN + 1 characters (the splits live on the device)
@@ -238,7 +240,7 @@ def main() -> None:
         if step % LOG_EVERY == 0:
             debiased = smooth_loss / (1 - 0.9 ** (step + 1))
             mfu = 100 * flops_token * tokens_per_step / dt / peak
-            print(f"step {step:5d} | {100 * progress:5.1f}% | loss {debiased:.4f} | lr {lr:.2e} | "
+            print(f"step {step:5d} | {100 * progress:5.1f}% | loss {debiased:.4f} nats | lr {lr:.2e} | "
                   f"{1000 * dt:6.0f} ms | {tokens_per_step / dt:9,.0f} chars/s | mfu {mfu:5.1f}% | "
                   f"left {max(TIME_BUDGET - total_training_time, 0):.0f} s", flush=True)
         if VAL_EVERY and step > 0 and step % VAL_EVERY == 0:
