@@ -29,6 +29,8 @@ STATUS_COLOR = {"ok": "green", "crash": "red", "timeout": "red", "violation": "o
 STATE_BADGE = {"running": ("live", "green", ":material/radio_button_checked:"),
                "stopped": ("stopped", "orange", ":material/pause_circle:"),
                "finished": ("finished", "blue", ":material/check_circle:")}
+TREE_TAB, PROGRESS_TAB, TABLE_TAB = (":material/account_tree: Lineage tree", ":material/show_chart: Progress",
+                                     ":material/table: Experiments")
 TABLE_COLUMNS = ["id", "kind", "member", "parent_id", "status", "{metric}", "metric_mean",
                  "generation", "agent", "worker", "gpu", "description", "reason",
                  "train_seconds", "agent_cost_usd", "started"]
@@ -58,6 +60,7 @@ def load_cached(path: str, signature: tuple) -> lv.RunData:
 def layout_cached(path: str, signature: tuple, x_mode: str):
     run = load_cached(path, signature)
     nodes, edge_x, edge_y = lv.tree_layout(run.frame, run.metric, run.lower_is_better, x_mode)
+    nodes["hover"] = charts.hover_text(nodes, run.metric)
     champion = lv.champion_id(run.frame, run.meta, run.metric, run.lower_is_better)
     path_x, path_y = lv.path_line(nodes, lv.ancestry(run.frame, champion)) if champion is not None else ([], [])
     return nodes, edge_x, edge_y, path_x, path_y, champion
@@ -195,14 +198,29 @@ def show_totals(run: lv.RunData) -> None:
                         "(mean of its runs)")
 
 
+@st.cache_resource(max_entries=8, show_spinner=False)
+def tree_figure_cached(path: str, signature: tuple, x_mode: str, ring: int | None):
+    """The tree figure and its click map, built once per store change (never mutated after)."""
+    run = load_cached(path, signature)
+    nodes, edge_x, edge_y, path_x, path_y, _ = layout_cached(path, signature, x_mode)
+    return charts.tree_figure(nodes, edge_x, edge_y, path_x, path_y, run.metric, run.lower_is_better,
+                              "generation" if x_mode == "generation" else "hours since start",
+                              selected_id=ring)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def progress_figure_cached(path: str, signature: tuple):
+    run = load_cached(path, signature)
+    return charts.progress_figure(run.frame, run.metric, run.lower_is_better)
+
+
 def show_tree(run: lv.RunData, path: str, signature: tuple) -> None:
     x_mode = st.segmented_control("x axis", ["time", "generation"], default="time", key="x_mode",
-                                  required=True, label_visibility="collapsed")
-    nodes, edge_x, edge_y, path_x, path_y, _ = layout_cached(path, signature, x_mode or "time")
+                                  required=True, label_visibility="collapsed") or "time"
+    # A ring marks a selection made elsewhere (buttons, number, table); a clicked point is
+    # already highlighted by plotly, and leaving the figure unchanged keeps the user's zoom.
     ring = None if st.session_state.get("selected_from_chart") else st.session_state.get("selected_id")
-    fig, click_map = charts.tree_figure(
-        nodes, edge_x, edge_y, path_x, path_y, run.metric, run.lower_is_better,
-        "hours since start" if x_mode != "generation" else "generation", selected_id=ring)
+    fig, click_map = tree_figure_cached(path, signature, x_mode, ring)
     st.session_state["tree_click_map"] = click_map
     st.plotly_chart(fig, key="tree_chart", on_select=on_tree_select, selection_mode="points",
                     config={"scrollZoom": True, "displaylogo": False})
@@ -211,10 +229,9 @@ def show_tree(run: lv.RunData, path: str, signature: tuple) -> None:
                f"{run.metric} · points below the dotted line have no {run.metric}.")
 
 
-def show_progress(run: lv.RunData) -> None:
-    fig = charts.progress_figure(run.frame, run.metric, run.lower_is_better)
-    st.plotly_chart(fig, key="progress_chart", on_select=on_progress_select, selection_mode="points",
-                    config={"displaylogo": False})
+def show_progress(run: lv.RunData, path: str, signature: tuple) -> None:
+    st.plotly_chart(progress_figure_cached(path, signature), key="progress_chart",
+                    on_select=on_progress_select, selection_mode="points", config={"displaylogo": False})
     st.caption(f"Every experiment a dot; green: a new best {run.metric}; the step line is the best so far; "
                "red crosses at the bottom failed (crash, timeout, violation, ...).")
 
@@ -250,7 +267,7 @@ def show_table(run: lv.RunData, path: str, signature: tuple) -> None:
                           icon=":material/download:", on_click="ignore", key="dl_parquet")
 
 
-def show_details(run: lv.RunData, champion: int | None) -> None:
+def show_details(run: lv.RunData, nodes: pd.DataFrame, champion: int | None) -> None:
     frame = run.frame
     first, last = int(frame["id"].min()), int(frame["id"].max())
     current = st.session_state.get("selected_id")
@@ -272,15 +289,15 @@ def show_details(run: lv.RunData, champion: int | None) -> None:
         st.markdown(f"**{row['description']}**")
     if row["reason"]:
         (st.info if row["status"] == "ok" else st.error)(row["reason"])
-    show_navigation(frame, row, champion)
+    children = nodes.loc[nodes["tree_parent"].eq(exp_id).fillna(False), "id"].astype(int).tolist()
+    show_navigation(frame, row, children, champion)
     show_figures(run, row)
     show_files(run.path / "experiments" / str(exp_id), row)
 
 
-def show_navigation(frame: pd.DataFrame, row: pd.Series, champion: int | None) -> None:
+def show_navigation(frame: pd.DataFrame, row: pd.Series, children: list[int], champion: int | None) -> None:
     exp_id = int(row["id"])
     parent = row["parent_id"]
-    children = lv.children_of(frame, exp_id)
     with st.container(horizontal=True):
         if parent is not pd.NA and lv.row_of(frame, int(parent)) is not None:
             st.button(f"Parent #{int(parent)}", icon=":material/arrow_upward:", key="nav_parent",
@@ -379,18 +396,21 @@ def show_run(path: Path, was_live: bool) -> None:
     if run.frame.empty:
         return
     show_totals(run)
-    _, _, _, _, _, champion = layout_cached(str(path), signature, "time")
-    tree_tab, progress_tab, table_tab = st.tabs(
-        [":material/account_tree: Lineage tree", ":material/show_chart: Progress",
-         ":material/table: Experiments"])
-    with tree_tab:
-        show_tree(run, str(path), signature)
-    with progress_tab:
-        show_progress(run)
-    with table_tab:
-        show_table(run, str(path), signature)
+    nodes, _, _, _, _, champion = layout_cached(str(path), signature, "time")
+    # Stateful tabs: only the open one is drawn, so a 10,000-row run stays quick.
+    tree_tab, progress_tab, table_tab = st.tabs([TREE_TAB, PROGRESS_TAB, TABLE_TAB], key="view",
+                                                 on_change="rerun")
+    if tree_tab.open:
+        with tree_tab:
+            show_tree(run, str(path), signature)
+    if progress_tab.open:
+        with progress_tab:
+            show_progress(run, str(path), signature)
+    if table_tab.open:
+        with table_tab:
+            show_table(run, str(path), signature)
     with st.container(border=True, key="details"):
-        show_details(run, champion)
+        show_details(run, nodes, champion)
 
 
 def main() -> None:

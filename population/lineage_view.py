@@ -312,7 +312,7 @@ def tree_layout(frame: pd.DataFrame, metric: str, lower_is_better: bool, x_mode:
     """Node positions and edges of the lineage tree.
 
     Returns (nodes, edge_x, edge_y): nodes has id, x, y, category, failed; the edge arrays hold one
-    segment per child (parent -> child) separated by None, ready for a single line trace."""
+    segment per child (parent -> child) separated by NaN, ready for a single line trace."""
     nodes = frame[["id", "member", "kind", "status", "reason", "description", "agent", "generation",
                    metric]].copy()
     nodes["category"] = node_categories(frame)
@@ -325,28 +325,26 @@ def tree_layout(frame: pd.DataFrame, metric: str, lower_is_better: bool, x_mode:
     return nodes, edge_x, edge_y
 
 
-def edges_for(nodes: pd.DataFrame, parents: pd.Series) -> tuple[list, list]:
-    """Segment arrays [x_parent, x_child, None, ...] for every node with a parent in `nodes`."""
-    has_parent = parents.notna()
-    if not has_parent.any():
-        return [], []
+def edges_for(nodes: pd.DataFrame, parents: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Segment arrays [x_parent, x_child, NaN, ...] for every node with a parent in `nodes`: one
+    line trace draws them all, NaN breaking the line between segments."""
+    has_parent = parents.notna().to_numpy()
     pos = pd.Series(np.arange(len(nodes)), index=nodes["id"].to_numpy())
-    child_rows = np.flatnonzero(has_parent.to_numpy())
+    child_rows = np.flatnonzero(has_parent)
     parent_rows = pos.loc[parents[has_parent].astype("int64").to_numpy()].to_numpy()
     xs, ys = nodes["x"].to_numpy(float), nodes["y"].to_numpy(float)
     seg_x = np.full((len(child_rows), 3), np.nan)
     seg_y = np.full((len(child_rows), 3), np.nan)
     seg_x[:, 0], seg_x[:, 1] = xs[parent_rows], xs[child_rows]
     seg_y[:, 0], seg_y[:, 1] = ys[parent_rows], ys[child_rows]
-    as_list = lambda a: [None if math.isnan(v) else v for v in a.ravel().tolist()]  # noqa: E731
-    return as_list(seg_x), as_list(seg_y)
+    return seg_x.ravel(), seg_y.ravel()
 
 
-def path_line(nodes: pd.DataFrame, path: list[int]) -> tuple[list, list]:
+def path_line(nodes: pd.DataFrame, path: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """x and y of a polyline through the nodes of `path` (the champion's ancestry), in order."""
     by_id = nodes.set_index("id")
     on_path = by_id.loc[[i for i in path if i in by_id.index]]
-    return on_path["x"].tolist(), on_path["y"].tolist()
+    return on_path["x"].to_numpy(float), on_path["y"].to_numpy(float)
 
 
 def running_best(frame: pd.DataFrame, metric: str, lower_is_better: bool) -> pd.DataFrame:

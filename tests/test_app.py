@@ -15,6 +15,7 @@ from storegen import make_corrupt_run, make_empty_run, make_run
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
+PROGRESS_TAB, TABLE_TAB = ":material/show_chart: Progress", ":material/table: Experiments"
 
 
 def open_app(monkeypatch, runs_dir: Path, timeout: float = 60) -> AppTest:
@@ -60,12 +61,10 @@ def test_no_runs_dir_is_a_note_not_an_error(tmp_path, monkeypatch):
 
 def test_normal_run_shows_tree_metric_and_totals(normal_runs, monkeypatch):
     at = open_app(monkeypatch, normal_runs)
-    specs = chart_specs(at)
-    tree = specs[0]
+    (tree,) = chart_specs(at)   # only the open tab is drawn
     names = {trace.get("name") for trace in tree["data"]}
     assert {"edges", "champion's path", "champion", "living", "culled"} <= names
     assert tree["layout"]["yaxis"]["title"]["text"] == "val_bpb"
-    assert specs[1]["layout"]["yaxis"]["title"]["text"] == "val_bpb"   # the progress chart
     frame = pd.read_parquet(normal_runs / "mar5" / "lineage.parquet")
     labels = {m.label: m.value for m in at.metric}
     assert labels["Experiments"] == str(len(frame))
@@ -73,6 +72,11 @@ def test_normal_run_shows_tree_metric_and_totals(normal_runs, monkeypatch):
     assert not at.warning
     champion = json.loads((normal_runs / "mar5" / "run.json").read_text())["champion_id"]
     assert at.number_input(key="selected_id").value == champion   # opens on the champion
+    at.session_state["view"] = PROGRESS_TAB
+    at.run()
+    (progress,) = chart_specs(at)
+    assert progress["layout"]["yaxis"]["title"]["text"] == "val_bpb"
+    assert {"running best", "new best", "failed"} <= {t.get("name") for t in progress["data"]}
 
 
 def test_selecting_an_experiment_shows_its_diff_and_log(normal_runs, monkeypatch):
@@ -97,6 +101,9 @@ def test_selecting_an_experiment_shows_its_diff_and_log(normal_runs, monkeypatch
 def test_table_filters(normal_runs, monkeypatch):
     at = open_app(monkeypatch, normal_runs)
     frame = pd.read_parquet(normal_runs / "mar5" / "lineage.parquet")
+    at.session_state["view"] = TABLE_TAB
+    at.run()
+    assert len(at.dataframe[0].value) == len(frame)
     at.multiselect(key="f_status").set_value(["crash"]).run()
     crashes = (frame["status"] == "crash").sum()
     assert any(c.startswith(f"{crashes} of {len(frame)} experiments") for c in texts(at.caption))
@@ -156,7 +163,7 @@ def test_ten_thousand_rows_render_in_time(tmp_path, monkeypatch):
     assert elapsed < 90, f"first render took {elapsed:.1f} s"
     tree = chart_specs(at)[0]
     assert {t["type"] for t in tree["data"] if t.get("name") != "selected"} == {"scattergl"}
-    assert sum(len(t["customdata"]) for t in tree["data"] if t.get("customdata")) == 10_000
+    assert sum(len(t["hovertext"]) for t in tree["data"] if t.get("hovertext")) == 10_000
     start = time.perf_counter()
     at.number_input(key="selected_id").set_value(5).run()
     assert not at.exception and time.perf_counter() - start < 60

@@ -6,6 +6,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
@@ -126,7 +127,12 @@ def test_tree_layout_puts_failures_below_and_draws_one_segment_per_child(normal)
     nodes, edge_x, edge_y = lv.tree_layout(normal.frame, "val_bpb", True, "time")
     with_parent = lv.tree_parents(normal.frame).notna().sum()
     assert len(edge_x) == len(edge_y) == 3 * with_parent
-    assert edge_x[2::3] == [None] * with_parent
+    assert np.isnan(edge_x[2::3]).all() and not np.isnan(edge_x[0::3]).any()
+    ids = normal.frame["id"].tolist()
+    child = ids.index(int(normal.frame.loc[normal.frame["kind"] == "child", "id"].iloc[0]))
+    parent = ids.index(int(normal.frame["parent_id"].iloc[child]))
+    segment = list(zip(edge_x[0::3], edge_x[1::3], edge_y[0::3], edge_y[1::3]))
+    assert (nodes["x"][parent], nodes["x"][child], nodes["y"][parent], nodes["y"][child]) in segment
     failed = nodes[nodes["failed"]]
     assert not failed.empty and (failed["y"] < nodes.loc[~nodes["failed"], "y"].min()).all()
     assert set(nodes["category"]) >= {"champion", "living", "culled", "crashed"}
@@ -202,7 +208,8 @@ def test_tree_figure_uses_svg_small_webgl_large_and_maps_clicks(normal, monkeypa
     assert sorted(i for ids in click_map.values() for i in ids) == nodes["id"].tolist()
     living = next(i for i, t in enumerate(fig.data) if t.name == "living")
     assert charts.clicked_id({"curve_number": living, "point_index": 1}, click_map) == click_map[living][1]
-    assert charts.clicked_id({"customdata": [17, "m"], "curve_number": 0}, click_map) == 17
+    assert charts.clicked_id({"customdata": 17, "curve_number": 0}, click_map) == 17
+    assert charts.clicked_id({"customdata": [18], "curve_number": 0}, click_map) == 18
     assert charts.clicked_id({"curve_number": 0, "point_index": 0}, click_map) is None   # the edges
     assert fig.layout.yaxis.title.text == "val_bpb"
     monkeypatch.setattr(charts, "WEBGL_THRESHOLD", 10)
@@ -215,8 +222,9 @@ def test_hover_text_is_escaped(tmp_path):
     frame = run.frame.assign(description="<script>alert(1)</script>")
     nodes, ex, ey = lv.tree_layout(frame, "val_bpb", True)
     fig, _ = charts.tree_figure(nodes, ex, ey, [], [], "val_bpb", True, "hours")
-    custom = [str(c) for t in fig.data if t.customdata is not None for c in t.customdata.ravel()]
-    assert any("&lt;script&gt;" in c for c in custom) and not any("<script>" in c for c in custom)
+    hover = [str(h) for t in fig.data if t.hovertext is not None for h in t.hovertext]
+    assert len(hover) == len(frame)
+    assert all("&lt;script&gt;" in h for h in hover) and not any("<script>" in h for h in hover)
 
 
 def test_progress_figure_steps_down_and_puts_failures_at_the_bottom(normal):
