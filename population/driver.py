@@ -410,6 +410,16 @@ class Driver:
                 ray.wait(train_refs, num_returns=len(train_refs), timeout=15)
             except Exception:
                 pass
+        stops = []
+        for slot in self.slots:       # agents mid-proposal run in sessions of their own: end them
+            try:
+                stops.append(slot.actor.stop.remote())
+            except Exception:
+                pass
+        try:
+            ray.wait(stops, num_returns=len(stops), timeout=10)
+        except Exception:
+            pass
         for slot in self.slots:
             try:
                 ray.kill(slot.actor)
@@ -897,6 +907,9 @@ def run_population(config: RunConfig, ray_init_kwargs: dict | None = None, out: 
     driver = Driver(config, ray_init_kwargs, console=console)
     try:
         return driver.run()
+    except KeyboardInterrupt:          # Ctrl-C before the driver's own handler was installed
+        console.error("interrupted")
+        return EXIT_INTERRUPTED
     except ConfigError as e:
         console.error(str(e))
         return EXIT_USAGE

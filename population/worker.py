@@ -183,8 +183,56 @@ class WorkerCore:
         """Drop an experiment's worktree (the commit stays in the clone)."""
         gitops.remove_worktree(self.clone, self.worktrees / str(exp_id))
 
+    @ray.method(concurrency_group="control")
+    def stop(self, grace_s: float = 3.0) -> list[int]:
+        """Kill the process groups this worker started (an agent mid-proposal, with its tools): a
+        running actor method cannot be interrupted, and Ray kills only the direct children of a
+        dying worker, so an agent's grandchildren would outlive it. Runs in its own concurrency
+        group, beside a busy `prepare`. Returns the killed group ids."""
+        groups = child_process_groups(os.getpid())
+        stop_process_groups(groups, grace_s)
+        return groups
 
-WorkerActor = ray.remote(WorkerCore)
+
+def stop_process_groups(groups: list[int], grace_s: float) -> None:
+    """SIGTERM the groups, wait up to `grace_s` for their leaders to go, then SIGKILL them."""
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_leader_alive(pgid) for pgid in groups):
+        time.sleep(0.1)
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGKILL)
+
+
+def _leader_alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)        # reap it if it is our child and has exited
+    except ChildProcessError:
+        pass
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def child_process_groups(parent_pid: int) -> list[int]:
+    """Children of `parent_pid` that lead their own process group (started with a new session),
+    read from /proc (empty where there is none)."""
+    groups = []
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid = int(entry.parent.name)
+        ppid, pgid = int(fields[1]), int(fields[2])
+        if ppid == parent_pid and pgid == pid and fields[0] != "Z":
+            groups.append(pid)
+    return sorted(groups)
+
+
+WorkerActor = ray.remote(concurrency_groups={"control": 1})(WorkerCore)
 
 
 # ---------------------------------------------------------------- training

@@ -251,13 +251,16 @@ def test_killed_driver_resumes_with_every_experiment_exactly_once(cluster, seed,
     assert kinds["baseline"] == 2
 
 
-def test_sigint_kills_the_training_marks_it_lost_and_exits_130(cluster, seed, monkeypatch):
+def test_sigint_kills_training_and_agent_marks_them_lost_and_exits_130(cluster, seed, monkeypatch):
     repo, record = seed
     monkeypatch.setenv("AUTORESEARCH_FAKE_SLEEP", "120")
     run_dir = repo / "runs" / "int"
-    proc = _start_cli(repo, cluster, "int", "--workers", "1", "--noise-runs", "1")
-    _wait_for(lambda: any(record.glob("*.started")), 120, proc)
+    # an agent that thinks while the GPU trains, through a grandchild (as CLI agents run tools)
+    agent = f"command:sh -c 'sleep 120 & echo $! > {record}/agent.pid; wait'"
+    proc = _start_cli(repo, cluster, "int", "--workers", "1", "--noise-runs", "1", "--agent", agent)
+    _wait_for(lambda: any(record.glob("*.started")) and (record / "agent.pid").exists(), 120, proc)
     trainer_pid = int(next(record.glob("*.started")).name.split(".")[0])
+    agent_pid = int((record / "agent.pid").read_text())
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_INTERRUPTED, output
@@ -268,9 +271,10 @@ def test_sigint_kills_the_training_marks_it_lost_and_exits_130(cluster, seed, mo
     assert {e["id"] for e in evs if e["type"] == "experiment_lost"} == started
     assert json.loads((run_dir / "run.json").read_text())["state"] == "stopped"
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and os.path.exists(f"/proc/{trainer_pid}"):
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in (trainer_pid, agent_pid)):
         time.sleep(0.2)
     assert not os.path.exists(f"/proc/{trainer_pid}"), "the training outlived the driver"
+    assert not os.path.exists(f"/proc/{agent_pid}"), "the agent outlived the driver"
 
 
 def test_a_second_driver_on_the_same_run_refuses(cluster, seed, capsys):

@@ -11,7 +11,8 @@ import pytest
 
 from population import gitops, guards
 from population.agents import Proposal
-from population.worker import PrepareJob, TrainJob, WorkerCore, run_training, training_env
+from population.worker import (PrepareJob, TrainJob, WorkerCore, child_process_groups, run_training,
+                               stop_process_groups, training_env)
 from test_driver_support import make_seed_repo
 
 
@@ -164,3 +165,19 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_stop_finds_and_kills_the_process_groups_a_worker_started():
+    import subprocess
+    agent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    plain = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])   # not a group leader
+    try:
+        groups = child_process_groups(os.getpid())
+        assert agent.pid in groups and plain.pid not in groups
+        stop_process_groups([agent.pid], grace_s=2)
+        assert agent.wait(timeout=10) is not None
+        assert plain.poll() is None
+    finally:
+        for proc in (agent, plain):
+            proc.kill()
+            proc.wait()
