@@ -112,9 +112,11 @@ def pick_run() -> Path | None:
 
 # --------------------------------------------------------------------------- selection
 
-def select(exp_id: int, from_chart: bool = False) -> None:
+def select(exp_id: int, ring: bool = True) -> None:
+    """Open an experiment; `ring` marks it in the tree (not needed for a click on the tree itself,
+    where plotly highlights the point, and an unchanged figure keeps the user's zoom)."""
     st.session_state["selected_id"] = int(exp_id)
-    st.session_state["selected_from_chart"] = from_chart
+    st.session_state["ring"] = ring
 
 
 def on_tree_select() -> None:
@@ -123,14 +125,14 @@ def on_tree_select() -> None:
     for point in points:
         exp_id = charts.clicked_id(point, click_map)
         if exp_id is not None:
-            select(exp_id, from_chart=True)
+            select(exp_id, ring=False)
             return
 
 
 def on_progress_select() -> None:
     for point in _selected_points("progress_chart"):
         if isinstance(point.get("x"), (int, float)):
-            select(int(point["x"]), from_chart=True)
+            select(int(point["x"]))
             return
 
 
@@ -156,7 +158,8 @@ def show_header(run: lv.RunData) -> None:
     label, color, icon = STATE_BADGE.get(state, (state or "unknown state", "gray", ""))
     st.markdown(f"# {run.tag} &nbsp;:{color}-badge[{icon} {label}]")
     if run.live:
-        st.caption(f"Live: refreshes every {REFRESH_SECONDS} s · last read {time.strftime('%H:%M:%S')}")
+        paused = "" if st.session_state.get("auto_refresh", True) else " (paused in the sidebar)"
+        st.caption(f"Live: refreshes every {REFRESH_SECONDS} s{paused} · last read {time.strftime('%H:%M:%S')}")
     facts = [f"task **{run.meta.get('task', '?')}**", f"metric **{run.metric}** "
              f"({'lower' if run.lower_is_better else 'higher'} is better)"]
     if run.meta.get("budget_s"):
@@ -217,9 +220,7 @@ def progress_figure_cached(path: str, signature: tuple):
 def show_tree(run: lv.RunData, path: str, signature: tuple) -> None:
     x_mode = st.segmented_control("x axis", ["time", "generation"], default="time", key="x_mode",
                                   required=True, label_visibility="collapsed") or "time"
-    # A ring marks a selection made elsewhere (buttons, number, table); a clicked point is
-    # already highlighted by plotly, and leaving the figure unchanged keeps the user's zoom.
-    ring = None if st.session_state.get("selected_from_chart") else st.session_state.get("selected_id")
+    ring = st.session_state.get("selected_id") if st.session_state.get("ring") else None
     fig, click_map = tree_figure_cached(path, signature, x_mode, ring)
     st.session_state["tree_click_map"] = click_map
     st.plotly_chart(fig, key="tree_chart", on_select=on_tree_select, selection_mode="points",
@@ -275,7 +276,7 @@ def show_details(run: lv.RunData, nodes: pd.DataFrame, champion: int | None) -> 
         st.session_state["selected_id"] = champion if champion is not None else last
     head, pick = st.columns([4, 1], vertical_alignment="bottom")
     pick.number_input("Experiment #", first, last, step=1, key="selected_id",
-                      on_change=lambda: st.session_state.update(selected_from_chart=False))
+                      on_change=lambda: st.session_state.update(ring=True))
     exp_id = int(st.session_state["selected_id"])
     row = lv.row_of(frame, exp_id)
     if row is None:
@@ -426,11 +427,14 @@ def main() -> None:
     if st.session_state.get("shown_run") != str(path):   # a new run: forget the old selection
         st.session_state["shown_run"] = str(path)
         st.session_state.pop("selected_id", None)
-        st.session_state["selected_from_chart"] = False
+        st.session_state["ring"] = False   # the page opens on the champion, already a star
     live = run_state(path) == "running"
+    refresh = live and st.sidebar.toggle(
+        f"Refresh every {REFRESH_SECONDS} s", value=True, key="auto_refresh",
+        help="New experiments redraw the charts, which resets a zoom: pause to explore.")
     st.sidebar.caption("Read-only: this page never writes to a run.")
 
-    @st.fragment(run_every=REFRESH_SECONDS if live else None)
+    @st.fragment(run_every=REFRESH_SECONDS if refresh else None)
     def live_view() -> None:
         try:
             show_run(path, live)

@@ -97,7 +97,7 @@ def tree_figure(nodes: pd.DataFrame, edge_x: list, edge_y: list, path_x: list, p
         xaxis_title=x_title, yaxis_title=metric, clickmode="event+select", dragmode="pan",
         height=560, margin=dict(l=10, r=10, t=40, b=10), uirevision="tree",
         legend=dict(orientation="h", yanchor="bottom", y=1.01, x=0, itemsizing="constant"),
-        hoverlabel=dict(align="left"),
+        hoverlabel=dict(align="left"), modebar=dict(orientation="v"),
     )
     return fig, click_map
 
@@ -153,7 +153,7 @@ def progress_figure(frame: pd.DataFrame, metric: str, lower_is_better: bool) -> 
         fig.add_hline(y=baseline, line=dict(color="#555", width=1, dash="dash"), opacity=0.6,
                       annotation_text=f"baseline {baseline:.6f}", annotation_position="top right")
     fig.update_layout(xaxis_title="experiment #", yaxis_title=metric, height=420,
-                      margin=dict(l=10, r=10, t=40, b=10), uirevision="progress",
+                      margin=dict(l=10, r=10, t=40, b=10), uirevision="progress", modebar=dict(orientation="v"),
                       legend=dict(orientation="h", yanchor="bottom", y=1.01, x=0))
     return fig
 

@@ -37,7 +37,7 @@ def free_port() -> int:
 @pytest.fixture()
 def served_app(tmp_path):
     """A generated store and `streamlit run app.py` serving it; yields (url, run_dir)."""
-    run_dir = make_run(tmp_path / "runs" / "apr1", n=36, seed=3)
+    run_dir = make_run(tmp_path / "runs" / "apr1", n=36, seed=3, state="running")
     port = free_port()
     log = open(tmp_path / "streamlit.log", "w")
     server = subprocess.Popen(
@@ -84,7 +84,7 @@ def isolated_point(points, all_points) -> tuple[int, tuple[float, float]]:
     return best[1], best[2]
 
 
-def test_click_a_node_in_the_tree_shows_its_diff(served_app):
+def test_click_a_node_shows_its_diff_and_a_live_run_refreshes(served_app):
     sync_api = pytest.importorskip("playwright.sync_api")
     url, run_dir = served_app
     run = lv.load_run(run_dir)
@@ -124,6 +124,12 @@ def test_click_a_node_in_the_tree_shows_its_diff(served_app):
             page.wait_for_timeout(1500)   # let the charts settle for the screenshot
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "app.png"))
+
+            # The run is live: new experiments appear without a reload, the selection stays.
+            make_run(run_dir, n=44, seed=3, state="running")
+            experiments = page.locator("[data-testid='stMetricValue']").first
+            sync_api.expect(experiments).to_have_text("44", timeout=60_000)
+            sync_api.expect(page.get_by_role("heading", name=f"#{clicked} ")).to_be_visible()
         finally:
             browser.close()
     assert (ARTIFACTS / "app.png").stat().st_size > 10_000
