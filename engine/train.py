@@ -207,14 +207,20 @@ class Attention:
         return y.transpose(1, 2)
 
 
-def select_attention(device_type):
-    """The kernel named by AUTORESEARCH_ATTENTION, else the fastest that works: fa3, flex, sdpa."""
+def forced_attention(device_type):
+    """The kernel named by AUTORESEARCH_ATTENTION ('' when unset), checked against the device."""
     forced = os.environ.get("AUTORESEARCH_ATTENTION", "").strip().lower()
     if forced not in ("", "fa3", "flex", "sdpa"):
         raise ConfigError(f"AUTORESEARCH_ATTENTION={forced!r}: use fa3, flex or sdpa")
+    if device_type != "cuda" and forced in ("fa3", "flex"):  # FlexAttention has no backward on a CPU
+        raise ConfigError(f"AUTORESEARCH_ATTENTION={forced} needs a CUDA GPU; on a CPU use sdpa")
+    return forced
+
+
+def select_attention(device_type):
+    """The kernel named by AUTORESEARCH_ATTENTION, else the fastest that works: fa3, flex, sdpa."""
+    forced = forced_attention(device_type)
     if device_type != "cuda":
-        if forced in ("fa3", "flex"):  # FlexAttention has no backward on a CPU
-            raise ConfigError(f"AUTORESEARCH_ATTENTION={forced} needs a CUDA GPU; on a CPU use sdpa")
         return Attention("sdpa")
     if forced in ("", "fa3"):
         fa3, why_not = load_fa3()
@@ -730,6 +736,7 @@ def main():
     seed = env_int("AUTORESEARCH_SEED", 42)
     fail_at = fault_step()
     device_type = select_device()
+    forced_attention(device_type)  # bad input fails before any work
     device = torch.device(device_type)
     torch.manual_seed(seed)
     if device_type == "cuda":
@@ -740,25 +747,26 @@ def main():
         if "OMP_NUM_THREADS" not in os.environ:  # a tiny model gains nothing from threads that
             torch.set_num_threads(1)             # spin-wait, and collapse when cores are shared
 
+    # Data first: the loader's thread tokenizes and packs while the rest is set up.
+    try:
+        tokenizer = Tokenizer.from_directory()
+        config = build_config(tokenizer.get_vocab_size())
+        tokens_per_fwdbwd = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
+        if TOTAL_BATCH_SIZE % tokens_per_fwdbwd:
+            raise ConfigError(f"TOTAL_BATCH_SIZE = {TOTAL_BATCH_SIZE} must be a multiple of DEVICE_BATCH_SIZE * "
+                              f"MAX_SEQ_LEN = {DEVICE_BATCH_SIZE} * {MAX_SEQ_LEN}")
+        grad_accum_steps = TOTAL_BATCH_SIZE // tokens_per_fwdbwd
+        train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train", device=device)
+    except (OSError, ValueError) as exc:  # prepare's errors say what to run
+        raise ConfigError(str(exc)) from None
+
     attention = select_attention(device_type)
     print(f"attention: {attention.backend}")
     device_name = torch.cuda.get_device_name() if device_type == "cuda" else "cpu"
     peak = peak_flops(device_name)
     print(f"device: {device_name} (peak bf16 {peak / 1e12:.1f} TFLOP/s dense)" if math.isfinite(peak) else
           f"device: {device_name} (peak bf16 FLOP/s unknown: mfu_percent will be nan)")
-
-    try:
-        tokenizer = Tokenizer.from_directory()
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load the tokenizer: {exc}") from None
-    config = build_config(tokenizer.get_vocab_size())
     print(f"model config: {asdict(config)}")
-
-    tokens_per_fwdbwd = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
-    if TOTAL_BATCH_SIZE % tokens_per_fwdbwd:
-        raise ConfigError(f"TOTAL_BATCH_SIZE = {TOTAL_BATCH_SIZE} must be a multiple of DEVICE_BATCH_SIZE * "
-                          f"MAX_SEQ_LEN = {DEVICE_BATCH_SIZE} * {MAX_SEQ_LEN}")
-    grad_accum_steps = TOTAL_BATCH_SIZE // tokens_per_fwdbwd
 
     with torch.device("meta"):
         raw_model = GPT(config, attention)
@@ -772,11 +780,6 @@ def main():
         for window in set(raw_model.window_sizes):
             attention.mask(MAX_SEQ_LEN, window, device)
     model = torch.compile(raw_model, dynamic=False) if device_type == "cuda" else raw_model
-
-    try:
-        train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train", device=device)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
     x, y, epoch = next(train_loader)
     print(f"time budget: {TIME_BUDGET}s (+{UNTIMED_STEPS} untimed warm-up steps)")
 
