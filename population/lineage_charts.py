@@ -23,7 +23,6 @@ CATEGORY_STYLE = {   # symbol, fixed colour (None: coloured by the metric), size
     "violation": ("diamond", "#ff7f0e", 8, 0.9, "violation"),
     "failed": ("square-open", "#8c8c8c", 7, 0.8, "other failure"),
 }
-FAILED_CATEGORIES = ("crashed", "violation", "failed")
 EDGE_COLOR = "rgba(120,120,140,0.35)"
 PATH_COLOR = "#f5b700"
 BEST_COLOR = "#2ca02c"
@@ -43,7 +42,7 @@ def hover_text(nodes: pd.DataFrame, metric: str) -> np.ndarray:
     """One pre-formatted hover string per node (much cheaper for plotly than a 2-D customdata);
     the app caches it as the `hover` column of the nodes."""
     failed = nodes[metric].isna()
-    figure = nodes[metric].map("{:.6f}".format).radd(f"{metric} ")
+    figure = nodes[metric].map("{:.6f}".format).astype(str).radd(f"{metric} ")
     figure = figure.where(~failed, _escape(nodes["reason"]))
     text = ("<b>#" + nodes["id"].astype(str) + "</b> " + nodes["member"] + " · " + nodes["status"]
             + "<br>" + figure + "<br>" + _escape(nodes["description"])
@@ -51,7 +50,7 @@ def hover_text(nodes: pd.DataFrame, metric: str) -> np.ndarray:
     return text.to_numpy(dtype=object)
 
 
-def tree_figure(nodes: pd.DataFrame, edge_x: list, edge_y: list, path_x: list, path_y: list,
+def tree_figure(nodes: pd.DataFrame, edge_x: np.ndarray, edge_y: np.ndarray, path_x, path_y,
                 metric: str, lower_is_better: bool, x_title: str,
                 selected_id: int | None = None) -> tuple[go.Figure, dict[int, list[int]]]:
     """The lineage tree; also returns {trace index: experiment ids} to map a clicked point back."""
@@ -113,7 +112,8 @@ def _band_line(fig: go.Figure, nodes: pd.DataFrame, metric: str, lower_is_better
 
 
 def _progress_text(rows: pd.DataFrame, metric: str, prefix: str = "") -> np.ndarray:
-    return ("<b>#" + rows["id"].astype(str) + f"</b> {prefix}{metric} " + rows[metric].map("{:.6f}".format)
+    value = rows[metric].map("{:.6f}".format).astype(str)
+    return ("<b>#" + rows["id"].astype(str) + f"</b> {prefix}{metric} " + value
             + "<br>" + _escape(rows["description"])).to_numpy(dtype=object)
 
 
@@ -144,7 +144,7 @@ def progress_figure(frame: pd.DataFrame, metric: str, lower_is_better: bool) -> 
         band = lv.failure_band(frame[metric], lower_is_better)
         fig.add_trace(scatter(
             x=failed["id"], y=np.full(len(failed), band), mode="markers", name="failed",
-            marker=dict(color="#d62728", symbol="x", size=7, opacity=0.7),
+            marker=dict(color="#d62728", symbol="x", size=7, opacity=0.7 if len(failed) < 500 else 0.3),
             hovertext=("#" + failed["id"].astype(str) + " " + failed["status"] + "<br>"
                        + _escape(failed["reason"])).to_numpy(dtype=object),
             hoverinfo="text"))

@@ -175,3 +175,42 @@ def test_config_listens_on_loopback_headless_without_stats():
     assert config["server"]["address"] == "127.0.0.1"
     assert config["server"]["headless"] is True
     assert config["browser"]["gatherUsageStats"] is False
+
+
+def _rewrite(run_dir: Path, change) -> None:
+    """Apply `change(frame, meta)` to a generated store's lineage.parquet and run.json."""
+    frame = pd.read_parquet(run_dir / "lineage.parquet")
+    meta = json.loads((run_dir / "run.json").read_text())
+    frame = change(frame, meta)
+    frame.to_parquet(run_dir / "lineage.parquet", index=False)
+    (run_dir / "run.json").write_text(json.dumps(meta))
+
+
+def _all_failed(frame, meta):
+    meta["champion_id"] = None
+    return frame.assign(status="crash", val_bpb=float("nan"), metric_mean=float("nan"), champion=False)
+
+
+def _higher_is_better(frame, meta):
+    meta["lower_is_better"] = False
+    return frame
+
+
+def _gaps_and_orphans(frame, meta):
+    frame = frame[frame["id"] % 3 != 1].copy()          # ids with gaps, parents gone
+    meta["champion_id"] = 10_000                         # a champion that is not there
+    return frame
+
+
+@pytest.mark.parametrize("change", [_all_failed, _higher_is_better, _gaps_and_orphans])
+def test_odd_stores_render_without_errors(tmp_path, monkeypatch, change):
+    run_dir = make_run(tmp_path / "odd", n=30)
+    _rewrite(run_dir, change)
+    at = open_app(monkeypatch, tmp_path)
+    assert not at.error and len(at.get("plotly_chart")) == 1
+    shown = at.number_input(key="selected_id").value
+    assert (pd.read_parquet(run_dir / "lineage.parquet")["id"] == shown).any() or at.info
+    for tab in (PROGRESS_TAB, TABLE_TAB):
+        at.session_state["view"] = tab
+        at.run()
+        assert not at.exception and not at.error

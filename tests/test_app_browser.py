@@ -98,7 +98,7 @@ def test_click_a_node_shows_its_diff_and_a_live_run_refreshes(served_app):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1440, "height": 2300})
+            page = browser.new_page(viewport={"width": 1440, "height": 1900})
             page.goto(url)
             page.get_by_role("heading", name=f"#{champion} ").wait_for(timeout=90_000)
             tree = page.locator(".js-plotly-plot").first
