@@ -234,3 +234,24 @@ def test_progress_figure_steps_down_and_puts_failures_at_the_bottom(normal):
     failed = next(t for t in fig.data if t.name == "failed")
     assert len(failed.x) == normal.frame["status"].ne("ok").sum()
     assert max(failed.y) < normal.frame["val_bpb"].min()
+
+
+def test_reads_a_store_written_by_the_real_writer(tmp_path):
+    """The contract with population/store.py: what RunStore writes, the app reads unchanged."""
+    from population.store import RunStore
+    from storegen import simulate_rows
+
+    rows = simulate_rows(50, "val_bpc", seed=4)
+    store = RunStore.create(tmp_path / "real", {"tag": "real", "task": "enwik8", "metric": "val_bpc",
+                                                "lower_is_better": True, "state": "running",
+                                                "champion_id": None})
+    store.write_tables(rows, "val_bpc")
+    run = lv.load_run(store.dir)
+    assert run.notes == [] and run.source == "lineage.parquet" and run.live
+    assert run.frame["id"].tolist() == [r["id"] for r in rows]
+    written = pd.read_parquet(store.dir / "lineage.parquet")
+    assert set(written.columns) <= set(run.frame.columns)
+    assert run.frame["val_bpc"].equals(written["val_bpc"].astype("float64"))
+    assert run.frame["parent_id"].isna().sum() == sum(r["parent_id"] is None for r in rows)
+    champion = next(r["id"] for r in rows if r["champion"] and r["kind"] != "rerun")
+    assert lv.champion_id(run.frame, run.meta, "val_bpc", True) == champion
