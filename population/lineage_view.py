@@ -110,8 +110,8 @@ def load_run(run_dir: Path) -> RunData:
     if source == "results.tsv":
         raw = frame_from_results_tsv(raw, metric)
     frame = normalize_frame(raw, metric)
-    torn = _torn_events(run_dir / "events.jsonl")
-    if torn:
+    # While the driver runs, a torn last line is most likely an append in progress.
+    if meta.get("state") != "running" and _torn_events(run_dir / "events.jsonl"):
         notes.append(("info", "events.jsonl ends with a torn line (the driver stopped mid-write); "
                               "`--resume` drops it. The lineage shows what was recorded."))
     if frame.empty and not any(level == "warning" for level, _ in notes):

@@ -62,9 +62,13 @@ def test_missing_parquet_is_an_info_note(tmp_path):
 
 
 def test_torn_events_line_is_reported(tmp_path):
-    run = lv.load_run(make_corrupt_run(tmp_path / "torn", "events", n=8))
+    run_dir = make_corrupt_run(tmp_path / "torn", "events", n=8)
+    run = lv.load_run(run_dir)
     assert len(run.frame) == 8
     assert any("torn" in text for _, text in run.notes)
+    meta = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps(meta | {"state": "running"}))
+    assert lv.load_run(run_dir).notes == []   # live: an append in progress, not worth a note
 
 
 def test_empty_and_missing_runs_never_raise(tmp_path):
