@@ -207,8 +207,7 @@ def tree_figure_cached(path: str, signature: tuple, x_mode: str, ring: int | Non
     run = load_cached(path, signature)
     nodes, edge_x, edge_y, path_x, path_y, _ = layout_cached(path, signature, x_mode)
     return charts.tree_figure(nodes, edge_x, edge_y, path_x, path_y, run.metric, run.lower_is_better,
-                              "generation" if x_mode == "generation" else "hours since start",
-                              selected_id=ring)
+                              lv.x_title(run.frame, x_mode), selected_id=ring)
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)

@@ -58,7 +58,7 @@ def tree_figure(nodes: pd.DataFrame, edge_x: np.ndarray, edge_y: np.ndarray, pat
     fig = go.Figure()
     fig.add_trace(scatter(x=edge_x, y=edge_y, mode="lines", hoverinfo="skip", showlegend=False,
                           line=dict(color=EDGE_COLOR, width=1), name="edges"))
-    if len(path_x):
+    if len(path_x) > 1:
         fig.add_trace(scatter(x=path_x, y=path_y, mode="lines", hoverinfo="skip",
                               line=dict(color=PATH_COLOR, width=3.5), name="champion's path"))
     click_map: dict[int, list[int]] = {}

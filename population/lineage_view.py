@@ -296,13 +296,24 @@ def failure_band(values: pd.Series, lower_is_better: bool) -> float:
     return lo - 0.12 * span
 
 
+def has_timestamps(frame: pd.DataFrame) -> bool:
+    return bool(frame["finished_at"].notna().any() or frame["started_at"].notna().any())
+
+
+def x_title(frame: pd.DataFrame, x_mode: str) -> str:
+    """The tree's x axis title for `x_positions`."""
+    if x_mode == "generation":
+        return "generation"
+    return "hours since start" if has_timestamps(frame) else "experiment #"
+
+
 def x_positions(frame: pd.DataFrame, x_mode: str) -> pd.Series:
     """Hours since the run's first start (`time`), or the generation (`generation`)."""
     if x_mode == "generation":
         return frame["generation"].astype(float)
     started = frame["started_at"]
     when = frame["finished_at"].fillna(started)
-    if not when.notna().any():   # no timestamps at all: fall back to recording order
+    if not has_timestamps(frame):   # results.tsv has no times: fall back to recording order
         return frame["id"].astype(float)
     start = started.min() if started.notna().any() else when.min()
     return (when - start) / 3600.0
@@ -371,7 +382,7 @@ def baseline_value(frame: pd.DataFrame, metric: str) -> float:
 def run_totals(frame: pd.DataFrame, metric: str, lower_is_better: bool) -> dict:
     """The run's headline figures; NaN where unknown."""
     n = len(frame)
-    gpu_hours = float(frame["train_seconds"].fillna(0).sum()) / 3600.0
+    gpu_hours = float(frame["train_seconds"].sum(min_count=1)) / 3600.0   # NaN when unknown
     best = best_id(frame, metric, lower_is_better)
     best_value = float(frame.loc[frame["id"] == best, metric].iloc[0]) if best is not None else math.nan
     baseline = baseline_value(frame, metric)

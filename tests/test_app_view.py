@@ -59,6 +59,10 @@ def test_missing_parquet_is_an_info_note(tmp_path):
     run = lv.load_run(make_corrupt_run(tmp_path / "half", "missing_parquet", n=8))
     assert run.source == "results.tsv" and len(run.frame) == 8
     assert [level for level, _ in run.notes] == ["info"]
+    # No timings in results.tsv: unknown, not zero; the tree is laid out by recording order.
+    assert math.isnan(lv.run_totals(run.frame, "val_bpb", True)["gpu_hours"])
+    assert lv.x_title(run.frame, "time") == "experiment #"
+    assert lv.x_positions(run.frame, "time").tolist() == list(range(8))
 
 
 def test_torn_events_line_is_reported(tmp_path):
