@@ -292,7 +292,7 @@ def show_details(run: lv.RunData, nodes: pd.DataFrame, champion: int | None) -> 
     children = nodes.loc[nodes["tree_parent"].eq(exp_id).fillna(False), "id"].astype(int).tolist()
     show_navigation(frame, row, children, champion)
     show_figures(run, row)
-    show_files(run.path / "experiments" / str(exp_id), row)
+    show_files(run, row)
 
 
 def show_navigation(frame: pd.DataFrame, row: pd.Series, children: list[int], champion: int | None) -> None:
@@ -353,11 +353,18 @@ def show_figures(run: lv.RunData, row: pd.Series) -> None:
     st.caption(" · ".join(where))
 
 
-def show_files(exp_dir: Path, row: pd.Series) -> None:
+def show_files(run: lv.RunData, row: pd.Series) -> None:
+    experiments = run.path / "experiments"
+    exp_dir = experiments / str(int(row["id"]))
     diff_tab, log_tab, transcript_tab, prompt_tab = st.tabs(
         ["Diff vs parent", "run.log", "Agent transcript", "Prompt"])
     with diff_tab:
         diff, cut = lv.read_head(exp_dir / "diff.patch")
+        if not diff and row["kind"] == "rerun":   # same commit as the member's first run
+            first = run.frame.loc[run.frame["member"].eq(row["member"]), "id"].min()
+            diff, cut = lv.read_head(experiments / str(int(first)) / "diff.patch")
+            if diff:
+                st.caption(f"A re-run of {row['member']}'s commit (seed {row['seed']}): its diff.")
         if diff:
             st.code(diff, language="diff", height=420 if diff.count("\n") > 25 else "content")
             if cut:

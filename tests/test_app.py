@@ -214,3 +214,16 @@ def test_odd_stores_render_without_errors(tmp_path, monkeypatch, change):
         at.session_state["view"] = tab
         at.run()
         assert not at.exception and not at.error
+
+
+def test_a_rerun_shows_its_members_diff(normal_runs, monkeypatch):
+    at = open_app(monkeypatch, normal_runs)
+    frame = pd.read_parquet(normal_runs / "mar5" / "lineage.parquet")
+    reruns = frame[(frame["kind"] == "rerun") & (frame["member"] != "m0000")]
+    rerun = reruns.iloc[0]
+    first = int(frame.loc[frame["member"] == rerun["member"], "id"].min())
+    at.number_input(key="selected_id").set_value(int(rerun["id"])).run()
+    diffs = [c.value.rstrip() for c in at.code if c.language == "diff"]
+    expected = (normal_runs / "mar5" / "experiments" / str(first) / "diff.patch").read_text().rstrip()
+    assert diffs == [expected]
+    assert any("re-run" in c for c in texts(at.caption))
