@@ -4,11 +4,13 @@ Read-only over a run directory (docs/ARCHITECTURE.md, "The lineage store"): the 
 progress chart, a filterable table of every experiment, run totals, and per experiment its diff,
 run.log, transcript and prompt. A live run (run.json state `running`) refreshes itself. The data
 logic lives in population/lineage_view.py, the figures in population/lineage_charts.py.
+
+.streamlit/config.toml (read from the working directory, so start it from the repository root)
+keeps the server on 127.0.0.1; elsewhere pass `--server.address 127.0.0.1`.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -68,12 +70,7 @@ def layout_cached(path: str, signature: tuple, x_mode: str):
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def export_cached(path: str, signature: tuple, fmt: str) -> bytes:
-    frame = load_cached(path, signature).frame
-    if fmt == "csv":
-        return frame.to_csv(index=False).encode()
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    return buffer.getvalue()
+    return lv.export_bytes(load_cached(path, signature).frame, fmt)
 
 
 def run_state(path: Path) -> str:

@@ -8,6 +8,7 @@ nothing here writes to a run.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -431,6 +432,17 @@ def children_of(frame: pd.DataFrame, exp_id: int) -> list[int]:
     """Experiments whose tree parent is `exp_id` (children and the member's re-runs)."""
     parents = tree_parents(frame)
     return frame.loc[parents.eq(exp_id).fillna(False), "id"].astype(int).tolist()
+
+
+def export_bytes(frame: pd.DataFrame, fmt: str) -> bytes:
+    """The lineage as a download: `csv` or `parquet`."""
+    if fmt == "csv":
+        return frame.to_csv(index=False).encode()
+    if fmt == "parquet":
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        return buffer.getvalue()
+    raise ValueError(f"unknown export format {fmt!r}; use csv or parquet")
 
 
 def row_of(frame: pd.DataFrame, exp_id: int) -> pd.Series | None:

@@ -104,6 +104,7 @@ def test_table_filters(normal_runs, monkeypatch):
     at.session_state["view"] = TABLE_TAB
     at.run()
     assert len(at.dataframe[0].value) == len(frame)
+    assert [b.label for b in at.get("download_button")] == ["CSV", "Parquet"]
     at.multiselect(key="f_status").set_value(["crash"]).run()
     crashes = (frame["status"] == "crash").sum()
     assert any(c.startswith(f"{crashes} of {len(frame)} experiments") for c in texts(at.caption))

@@ -263,3 +263,14 @@ def test_reads_a_store_written_by_the_real_writer(tmp_path):
     assert run.frame["parent_id"].isna().sum() == sum(r["parent_id"] is None for r in rows)
     champion = next(r["id"] for r in rows if r["champion"] and r["kind"] != "rerun")
     assert lv.champion_id(run.frame, run.meta, "val_bpc", True) == champion
+
+
+def test_exports_round_trip(normal):
+    import io
+    back = pd.read_parquet(io.BytesIO(lv.export_bytes(normal.frame, "parquet")))
+    assert back["id"].tolist() == normal.frame["id"].tolist()
+    assert back["val_bpb"].equals(normal.frame["val_bpb"])
+    csv = pd.read_csv(io.BytesIO(lv.export_bytes(normal.frame, "csv")))
+    assert list(csv.columns) == list(normal.frame.columns) and len(csv) == len(normal.frame)
+    with pytest.raises(ValueError):
+        lv.export_bytes(normal.frame, "xlsx")
