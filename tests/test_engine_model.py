@@ -236,3 +236,30 @@ def test_percentile_nearest_rank(train):
     values = [float(v) for v in range(1, 11)]
     assert (train.percentile(values, 10), train.percentile(values, 50), train.percentile(values, 90)) == (1, 5, 9)
     assert math.isnan(train.percentile([], 50))
+
+
+# --- torch.compile (the GPU path, traced on the CPU) -----------------------------------------
+
+def test_model_and_optimizer_compile_without_graph_breaks(train):
+    """fullgraph=True fails on any graph break; aot_eager traces as the GPU compile does, minus codegen."""
+    config = tiny_config(train, n_kv_head=2)
+    attention = train.Attention("sdpa")
+    model = train.GPT(config, attention)
+    model.init_weights()
+    compiled = torch.compile(model, dynamic=False, fullgraph=True, backend="aot_eager")
+    x = torch.randint(0, config.vocab_size, (2, config.sequence_len))
+    compiled(x, x).backward()
+    optimizer = model.setup_optimizer()
+    optimizer._adamw_step = torch.compile(train.adamw_step, dynamic=False, fullgraph=True, backend="aot_eager")
+    optimizer._muon_step = torch.compile(train.muon_step, dynamic=False, fullgraph=True, backend="aot_eager")
+    before = model.transformer.h[0].mlp.c_fc.weight.detach().clone()
+    optimizer.step()
+    assert not torch.equal(before, model.transformer.h[0].mlp.c_fc.weight)
+    with torch.no_grad():   # the evaluation's call, with FlexAttention's masks built beforehand
+        flex = train.Attention("flex")
+        flex_model = train.GPT(config, flex)
+        flex_model.load_state_dict(model.state_dict())
+        for window in set(flex_model.window_sizes):
+            flex.mask(config.sequence_len, window, "cpu")
+        losses = torch.compile(flex_model, dynamic=False, fullgraph=True, backend="aot_eager")(x, x, reduction="none")
+        torch.testing.assert_close(losses, model(x, x, reduction="none"), atol=1e-4, rtol=1e-4)
