@@ -240,7 +240,7 @@ def show_table(run: lv.RunData, path: str, signature: tuple) -> None:
     agents = f2.multiselect("Agent", sorted(a for a in frame["agent"].unique() if a), key="f_agent")
     workers = f3.multiselect("Worker", sorted(w for w in frame["worker"].unique() if w), key="f_worker")
     text = f4.text_input("Search", key="f_text", placeholder="description, member, commit, reason, id")
-    shown = frame[lv.filter_mask(frame, statuses, agents, workers, text)]
+    shown = frame[lv.filter_mask(frame, statuses, agents, workers, text)].iloc[::-1]   # newest first
     table = shown.assign(started=pd.to_datetime(shown["started_at"], unit="s", errors="coerce"))
     columns = [c.format(metric=run.metric) for c in TABLE_COLUMNS]
     ids = table["id"].astype(int).tolist()
@@ -256,7 +256,8 @@ def show_table(run: lv.RunData, path: str, signature: tuple) -> None:
             "description": st.column_config.TextColumn(width="large"),
         })
     left, mid, right = st.columns([4, 1, 1], vertical_alignment="center")
-    left.caption(f"{len(shown):,} of {len(frame):,} experiments · click a column header to sort, a row to open it")
+    left.caption(f"{len(shown):,} of {len(frame):,} experiments, newest first · "
+                 "click a column header to sort, a row to open it")
     mid.download_button("CSV", lambda: export_cached(path, signature, "csv"), f"{run.tag}-lineage.csv",
                         "text/csv", icon=":material/download:", on_click="ignore", key="dl_csv")
     right.download_button("Parquet", lambda: export_cached(path, signature, "parquet"),

@@ -84,7 +84,7 @@ def simulate_rows(n: int, metric: str = "val_bpb", seed: int = 0, workers: int =
             "depth": 8.0 if ok else float("nan"),
             "generation": generation,
             "gpu": f"{worker % 8}", "node": f"node-{worker // 8}", "worker": f"w{worker:02d}",
-            "agent": "baseline" if kind == "baseline" else rng.choice(AGENTS),
+            "agent": rng.choice(AGENTS) if kind == "child" else "",   # only children have an agent
             "agent_seconds": 0.0 if kind != "child" else rng.uniform(40, 400),
             "agent_cost_usd": 0.0 if kind != "child" else round(rng.uniform(0.05, 0.9), 3),
             "agent_tokens": 0 if kind != "child" else rng.randint(5_000, 90_000),
