@@ -333,13 +333,14 @@ class Driver:
         try:
             self.setup()
             self._install_signal_handlers()
+            workers = len(self.slots)
+            self.console.line(f"run {self.tag}: task {self.task.name}, {workers} worker{'s' if workers != 1 else ''} "
+                              f"({', '.join(sorted(set(self.config.agents)))}), budget {self.config.budget_s:g} s, "
+                              f"device {self.config.device}, store {self.store.dir}")
             self.record({"type": "run_state", "state": "running"})
             self.store.update_meta(state="running")
             self._recover()
             self.refresh_tables(force=True)
-            self.console.line(f"run {self.tag}: task {self.task.name}, {len(self.slots)} workers "
-                              f"({', '.join(sorted(set(self.config.agents)))}), budget {self.config.budget_s:g} s, "
-                              f"device {self.config.device}, store {self.store.dir}")
             self._loop()
         except BaseException:
             self.failed = True
@@ -405,6 +406,8 @@ class Driver:
         return EXIT_OK if finished else EXIT_ERROR
 
     def _shutdown_ray(self, train_refs: list) -> None:
+        if not ray.is_initialized():      # (any Ray call would start a local Ray)
+            return
         if train_refs:   # give cancelled trainings a moment to kill their process groups
             try:
                 ray.wait(train_refs, num_returns=len(train_refs), timeout=15)
@@ -417,7 +420,8 @@ class Driver:
             except Exception:
                 pass
         try:
-            ray.wait(stops, num_returns=len(stops), timeout=10)
+            if stops:
+                ray.wait(stops, num_returns=len(stops), timeout=10)
         except Exception:
             pass
         for slot in self.slots:

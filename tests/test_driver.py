@@ -289,3 +289,33 @@ def test_a_second_driver_on_the_same_run_refuses(cluster, seed, capsys):
     assert code == EXIT_ERROR
     assert "in use by another driver" in capsys.readouterr().err
     assert sum(e["type"] == "experiment_started" for e in events(repo / "runs" / "locked")) == 1
+
+
+def test_an_unchanged_child_is_a_duplicate_and_never_trains(cluster, seed):
+    repo, record = seed
+    code, out = _run(_config(repo, "dup", workers=1, noise_runs=1, max_experiments=3, agents=["command:true"]))
+    assert code == EXIT_OK, out
+    rows = {e["id"]: e["row"] for e in events(repo / "runs" / "dup") if e["type"] == "experiment_finished"}
+    assert [rows[i]["status"] for i in (1, 2)] == ["duplicate", "duplicate"]
+    assert "identical to its parent's" in rows[1]["reason"]
+    assert len(trainings(record)) == 1                       # only the baseline trained
+
+
+def test_a_seed_that_times_out_in_every_baseline_stops_the_run_with_one_line(cluster, seed, monkeypatch, capsys):
+    repo, record = seed
+    monkeypatch.setenv("AUTORESEARCH_FAKE_SLEEP", "60")
+    code, out = _run(_config(repo, "slow", workers=1, noise_runs=1, budget_s=1.0, train_timeout_s=3.0))
+    assert code == EXIT_ERROR
+    assert "the unmodified seed failed in every baseline run" in capsys.readouterr().err
+    evs = events(repo / "runs" / "slow")
+    finished = [e["row"] for e in evs if e["type"] == "experiment_finished"]
+    assert finished[0]["status"] == "timeout" and "3 s wall-clock limit" in finished[0]["reason"]
+    assert evs[-1]["type"] == "run_state" and evs[-1]["state"] == "stopped"
+
+
+def test_an_accelerator_no_node_has_is_refused_before_anything_is_written(cluster, seed, capsys):
+    repo, _ = seed
+    code, _ = _run(_config(repo, "h100", accelerator="H100"))
+    assert code == EXIT_ERROR
+    assert "no alive Ray node has accelerator type H100" in capsys.readouterr().err
+    assert not (repo / "runs" / "h100").exists()
