@@ -517,27 +517,27 @@ class Driver:
 
     # ================================================================ handing out work
 
-    def _active_count(self) -> int:
-        return sum(1 for e in self.state.experiments.values() if e.phase != "lost")
-
     def _can_hand_out(self) -> bool:
+        """Not stopping, and under --max-experiments (lost experiments do not count)."""
         if self.stop_reason is not None:
             return False
         limit = self.config.max_experiments
-        return limit is None or self._active_count() < limit
+        return limit is None or sum(1 for e in self.state.experiments.values() if e.phase != "lost") < limit
 
     def _noise_done(self) -> bool:
         return self.state.noise_std is not None
 
     def _dispatch(self) -> None:
         for slot in self.slots:
-            if slot.dead:
-                continue
-            self._feed_gpu(slot)
-            if slot.prep is None and slot.ready is None and self._can_hand_out():
-                work = self._next_work()
-                if work is not None:
-                    self._start_prepare(slot, work)
+            if not slot.dead:
+                self._feed_gpu(slot)
+        idle = [s for s in self.slots if not s.dead and s.prep is None and s.ready is None]
+        for slot in idle:
+            if not self._can_hand_out():
+                break
+            work = self._next_work()
+            if work is not None:
+                self._start_prepare(slot, work)
 
     def _feed_gpu(self, slot: Slot) -> None:
         """Start the slot's prepared experiment if its GPU is free (children wait for the noise)."""
