@@ -68,7 +68,8 @@ def mean(values: list[float]) -> float:
 
 
 def report(run_dir: Path) -> dict:
-    rows = [r for r in finished_rows(run_dir) if r.get("train_started_at") and r.get("train_seconds")]
+    rows = [r for r in finished_rows(run_dir)
+            if r.get("train_started_at") is not None and r.get("train_seconds") is not None]
     if not rows:
         raise SystemExit(f"{run_dir}: no finished trainings in events.jsonl")
     by_gpu: dict[str, list[tuple[float, float]]] = defaultdict(list)
