@@ -10,7 +10,9 @@ The rules, in the spirit of regularized evolution (Real et al., 2019):
   tournament; the champion is never culled;
 - a child is promoted to champion only when its mean beats the champion's by more than the
   measured run-to-run noise allows by chance; a child that beats it by less is re-run on another
-  seed first, up to `max_runs` runs.
+  seed first, up to `max_runs` runs, but only while it could still clear the margin: a gain far
+  inside the noise would need luck to pass, and its re-runs would be trainings taken from new
+  children (bench/landscape.py measures both choices).
 """
 from __future__ import annotations
 
@@ -91,12 +93,14 @@ def noise_margin(noise_std: float, n_candidate: int, n_champion: int, z: float =
 
 def promotion_decision(candidate_runs: Sequence[float], champion_runs: Sequence[float],
                        noise_std: float, *, z: float = 2.0, max_runs: int = 3,
-                       lower_is_better: bool = True) -> Decision:
+                       lower_is_better: bool = True, rerun_optimism: float | None = 1.0) -> Decision:
     """What to do with a candidate after its latest run, given every ok run of both commits.
 
     "promote": its mean beats the champion's by at least `noise_margin` (or there is no champion).
-    "rerun":   it beats the champion, but by less than the margin, and has fewer than
-               `max_runs` runs: train it again on another seed before deciding.
+    "rerun":   it beats the champion, but by less than the margin, has fewer than `max_runs` runs,
+               and could still clear the margin it will face after `max_runs` runs: its gain plus
+               `rerun_optimism` standard errors of its own mean reaches that margin. None re-runs
+               every candidate with a positive gain (the first rule; many such re-runs cannot succeed).
     "keep":    anything else; it stays a living member and may still breed.
     Runs are raw metric values; `lower_is_better` orients them.
     """
@@ -105,12 +109,16 @@ def promotion_decision(candidate_runs: Sequence[float], champion_runs: Sequence[
     if not champion_runs:
         return "promote"
     sign = 1.0 if lower_is_better else -1.0
+    runs, champion = len(candidate_runs), len(champion_runs)
     gain = sign * (statistics.fmean(champion_runs) - statistics.fmean(candidate_runs))
-    if gain >= noise_margin(noise_std, len(candidate_runs), len(champion_runs), z):
+    if gain >= noise_margin(noise_std, runs, champion, z):
         return "promote"
-    if gain > 0 and len(candidate_runs) < max_runs:
+    if gain <= 0 or runs >= max_runs:
+        return "keep"
+    if rerun_optimism is None:
         return "rerun"
-    return "keep"
+    reachable = gain + rerun_optimism * noise_std / math.sqrt(runs)
+    return "rerun" if reachable >= noise_margin(noise_std, max_runs, champion, z) else "keep"
 
 
 def estimate_noise(values: Sequence[float], floor_fraction: float = 1e-4,

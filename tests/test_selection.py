@@ -90,11 +90,37 @@ def test_noise_margin_shrinks_with_more_runs():
 
 
 def test_noise_margin_blocks_a_lucky_promotion():
-    # champion at 1.0000, noise 0.0004: a child 0.0003 lower is within the noise
-    decision = promotion_decision([0.9997], [1.0], 0.0004, max_runs=3)
-    assert decision == "rerun"
+    # champion at 1.0000 over 3 runs, noise 0.0004: a child 0.0006 lower is inside the one-run
+    # margin (0.00092) but could clear the three-run one (0.00065): re-run, not promoted
+    champion = [1.0, 1.0, 1.0]
+    assert promotion_decision([0.9994], champion, 0.0004, max_runs=3) == "rerun"
     # after its re-runs it regressed to the mean: not promoted
-    assert promotion_decision([0.9997, 1.0002, 1.0001], [1.0], 0.0004, max_runs=3) == "keep"
+    assert promotion_decision([0.9994, 1.0002, 1.0001], champion, 0.0004, max_runs=3) == "keep"
+
+
+def test_a_gain_far_inside_the_noise_is_not_rerun():
+    # 0.0001 better: even one standard error of luck (0.0004) leaves it short of the 3-run margin
+    champion = [1.0, 1.0, 1.0]
+    assert promotion_decision([0.9999], champion, 0.0004, max_runs=3) == "keep"
+    # the first rule (rerun_optimism=None) re-ran every positive gain
+    assert promotion_decision([0.9999], champion, 0.0004, max_runs=3, rerun_optimism=None) == "rerun"
+    # more optimism re-runs smaller gains; a worse child is never re-run
+    assert promotion_decision([0.9999], champion, 0.0004, rerun_optimism=2.0) == "rerun"
+    assert promotion_decision([1.0001], champion, 0.0004, rerun_optimism=10.0) == "keep"
+
+
+def test_a_rerun_needs_the_margin_it_will_face_after_its_last_run():
+    # the champion's own run count sets that margin: with one champion run it is 0.00092
+    assert promotion_decision([0.9995], [1.0], 0.0004, max_runs=3) == "keep"
+    assert promotion_decision([0.9995], [1.0] * 6, 0.0004, max_runs=3) == "rerun"
+    # a second run with the same mean is less uncertain, so it reaches less far
+    assert promotion_decision([0.9997], [1.0] * 3, 0.0004, max_runs=3) == "rerun"
+    assert promotion_decision([0.9997, 0.9997], [1.0] * 3, 0.0004, max_runs=3) == "keep"
+
+
+def test_rerun_respects_higher_is_better():
+    assert promotion_decision([0.8006], [0.80] * 3, 0.0004, lower_is_better=False) == "rerun"
+    assert promotion_decision([0.7994], [0.80] * 3, 0.0004, lower_is_better=False) == "keep"
 
 
 def test_a_small_gain_is_not_promoted_once_its_reruns_are_spent():
