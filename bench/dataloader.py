@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
-"""Dataloader benchmark: the reference's synchronous packer against prepare's background one.
+"""Dataloader benchmark: how much a loader disturbs a training loop that shares its process.
 
-    python bench/dataloader.py CACHE [--batch 32] [--seq 2048] [--batches 200] [--step-ms 0]
+    python bench/dataloader.py CACHE [--batch 128] [--seq 2048] [--batches 100]
+                               [--step-ms 175] [--python-ms 30] [--loaders reference prepare]
 
-CACHE is a prepared cache root (data/ and tokenizer/, as `python -m prepare` leaves it). Both
-loaders pack the same training documents with the same tokenizer on the CPU. The table gives
-throughput and the latency of each `next()` call, which is what the training loop waits for.
---step-ms simulates the GPU work between two batches (a sleep), which the background loader
-overlaps and the synchronous one cannot.
+CACHE is a prepared cache root (data/ and tokenizer/, as `python -m prepare` leaves it). Every
+loader packs the same training documents with the same tokenizer on the CPU, inside a simulated
+training loop: per batch, --python-ms of pure-Python work (the kernel launches of a compiled
+step: it needs the GIL), then a GIL-free wait until --step-ms (the GPU still computing), then
+next(loader). A loader that holds the GIL (packing or tokenizing in the training process)
+stretches the Python part; one that cannot keep up makes next() wait. Per loader the table gives
+the simulated step time p10/p50/p90 and their ratio, the Python part's mean and p90 against its
+time alone, the wait in next(), and batches/s. `none` is the loop without any loader.
 
-The reference-style implementation lives only here (and in the test that checks both loaders
-produce identical rows): a Python scan of the whole buffer for every placed document.
+`reference` is the reference's make_dataloader on the CPU (synchronous, a Python scan of the whole
+buffer per placed document); the test that checks prepare's loader yields identical rows uses it.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -65,49 +68,100 @@ def reference_loader(tokenizer, B, T, split="train", buffer_size=1000):
         yield rows[:, :-1].clone(), rows[:, 1:].clone(), epoch
 
 
-def measure(loader, n_batches: int, step_s: float) -> dict:
-    next(loader)   # warm-up: first buffer fill, thread start
-    waits = []
+def python_work(n: int) -> int:
+    """Pure-Python busy work standing in for a step's kernel launches: many small calls."""
+    total, table = 0, {}
+    for i in range(n):
+        table[i & 255] = i
+        total += len(table) + (i % 7)
+    return total
+
+
+def calibrate(python_ms: float) -> int:
+    """Iterations of python_work that take python_ms alone (best of a few tries)."""
+    n = 20_000
+    best = min(_timed(python_work, n) for _ in range(5))
+    return max(1, int(n * python_ms / 1e3 / best))
+
+
+def _timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def simulate(loader, n_batches: int, step_s: float, work_n: int) -> dict:
+    """The training loop: Python work (GIL), GIL-free wait to step_s, next(loader)."""
+    if loader is not None:
+        next(loader)   # first buffer fill, process or thread start: outside the measurement
+    steps, python, waits = [], [], []
     start = time.perf_counter()
     for _ in range(n_batches):
         t0 = time.perf_counter()
-        next(loader)
-        waits.append(time.perf_counter() - t0)
-        if step_s:
-            time.sleep(step_s)
+        python_work(work_n)
+        t1 = time.perf_counter()
+        if step_s > t1 - t0:
+            time.sleep(step_s - (t1 - t0))
+        t2 = time.perf_counter()
+        if loader is not None:
+            next(loader)
+        t3 = time.perf_counter()
+        steps.append(t3 - t0)
+        python.append(t1 - t0)
+        waits.append(t3 - t2)
     total = time.perf_counter() - start
-    waits.sort()
-    pick = lambda q: waits[min(len(waits) - 1, int(q * len(waits)))] * 1e3
-    return {"batches/s": n_batches / total, "p10 ms": pick(0.1), "median ms": statistics.median(waits) * 1e3,
-            "p90 ms": pick(0.9), "max ms": waits[-1] * 1e3}
+    if hasattr(loader, "close"):
+        loader.close()
+    ms = lambda s: 1e3 * s
+    return {
+        "step p10": ms(percentile(steps, 10)), "step p50": ms(percentile(steps, 50)),
+        "step p90": ms(percentile(steps, 90)), "p90/p10": percentile(steps, 90) / percentile(steps, 10),
+        "py mean": ms(sum(python) / len(python)), "py p90": ms(percentile(python, 90)),
+        "wait p90": ms(percentile(waits, 90)), "wait max": ms(max(waits)), "batch/s": n_batches / total,
+    }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("cache", type=Path, help="prepared cache root (data/ and tokenizer/)")
-    parser.add_argument("--batch", type=int, default=32, help="rows per batch (default 32)")
+    parser.add_argument("--batch", type=int, default=128, help="rows per batch (default 128, the baseline's)")
     parser.add_argument("--seq", type=int, default=2048, help="sequence length T (default 2048)")
-    parser.add_argument("--batches", type=int, default=200, help="timed batches per loader (default 200)")
-    parser.add_argument("--step-ms", type=float, default=0.0, help="simulated GPU step between batches")
+    parser.add_argument("--batches", type=int, default=100, help="timed batches per loader (default 100)")
+    parser.add_argument("--step-ms", type=float, default=175.0,
+                        help="simulated step per batch (default 175: an H100 micro-step of the baseline)")
+    parser.add_argument("--python-ms", type=float, default=30.0,
+                        help="pure-Python part of each step, GIL held (default 30)")
+    parser.add_argument("--loaders", nargs="+", default=["none", "prepare"], choices=["none", "reference", "prepare"],
+                        help="what to run (default: none prepare; reference is slow at B=128)")
     args = parser.parse_args(argv)
     if not (args.cache / "data").is_dir() or not (args.cache / "tokenizer").is_dir():
         print(f"error: {args.cache} is not a prepared cache (no data/ or tokenizer/); run `python -m prepare`", file=sys.stderr)
+        return 1
+    if min(args.batch, args.seq, args.batches) < 1 or args.python_ms < 0 or args.step_ms < 0:
+        print("error: --batch, --seq and --batches must be positive, --step-ms and --python-ms not negative", file=sys.stderr)
         return 1
     os.environ["AUTORESEARCH_CACHE"] = str(args.cache)
     from prepare import Tokenizer, make_dataloader
 
     tokenizer = Tokenizer.from_directory()
-    step_s = args.step_ms / 1e3
-    results = {
-        "reference (sync, O(buffer) scan)": measure(reference_loader(tokenizer, args.batch, args.seq), args.batches, step_s),
-        "prepare (thread, length index)": measure(make_dataloader(tokenizer, args.batch, args.seq, "train", device="cpu"),
-                                                  args.batches, step_s),
+    work_n = calibrate(args.python_ms)
+    make = {
+        "none": lambda: None,
+        "reference": lambda: reference_loader(tokenizer, args.batch, args.seq),
+        "prepare": lambda: make_dataloader(tokenizer, args.batch, args.seq, "train", device="cpu"),
     }
-    print(f"B={args.batch} T={args.seq} batches={args.batches} step={args.step_ms} ms cores={os.cpu_count()}")
+    results = {name: simulate(make[name](), args.batches, args.step_ms / 1e3, work_n) for name in args.loaders}
+    print(f"B={args.batch} T={args.seq} batches={args.batches} step={args.step_ms:g} ms "
+          f"python={args.python_ms:g} ms cores={os.cpu_count()}")
     columns = list(next(iter(results.values())))
-    print(f"{'loader':34s}" + "".join(f"{c:>12s}" for c in columns))
+    print(f"{'loader':10s}" + "".join(f"{c:>10s}" for c in columns))
     for name, row in results.items():
-        print(f"{name:34s}" + "".join(f"{row[c]:12.2f}" for c in columns))
+        print(f"{name:10s}" + "".join(f"{row[c]:10.2f}" for c in columns))
     return 0
 
 
