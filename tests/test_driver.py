@@ -32,9 +32,16 @@ PROJECT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    if ray.is_initialized():            # another module's Ray: this module needs its fake GPUs
+        ray.shutdown()
+    # A loopback test cluster without token auth: with it, Ray caches this process's token for
+    # good, and a later test's Ray under another HOME would not start. The --address drivers of
+    # this module inherit the setting.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        yield ray.get_runtime_context().gcs_address
+        ray.shutdown()
 
 
 @pytest.fixture
