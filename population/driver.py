@@ -307,7 +307,7 @@ class Driver:
         except ray.exceptions.RayError as e:
             raise DriverError(f"a worker failed to start: {_first_line(e)}") from None
         for slot, info in zip(self.slots, infos):
-            slot.hostname = info["hostname"]
+            slot.hostname, slot.agent = info["hostname"], info["agent"]   # Agent.spec: safe to record
 
     # ================================================================ recording
 
