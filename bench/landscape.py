@@ -1,15 +1,20 @@
 """Search quality on a cheap landscape (issue 9): our population against the reference's greedy loop.
 
 A synthetic "train file" holds autoresearch's hyperparameter block; its TRUE val_bpb is a known
-function of those UPPER_CASE constants (a bowl in log space around hidden optima, plus constants
-that do not matter), and every "training" returns the true value plus Gaussian noise of the size
-measured on identical H200 trainings (std 0.0004, REFERENCE.md). Everything runs in-process: no
-Ray, no git, no GPU; one training is a function call.
+function of those UPPER_CASE constants, and every "training" returns the true value plus Gaussian
+noise of the size measured on identical H200 trainings (std 0.0004, REFERENCE.md). Everything runs
+in-process: no Ray, no git, no GPU; one training is a function call. Two landscapes:
+- bowl: a separable bowl in log space around hidden optima; most harmful edits are clearly worse
+  than the noise, most helpful ones are small (the first landscape of this bench, unchanged);
+- plateau: the regime of the autoresearch logs: most single edits move val_bpb by less than or about
+  the noise, the best learning rates scale with the square root of the batch size, and a learning
+  rate past twice its best diverges (a steep penalty).
 
 Both searches use the project's own offline mutator (`population.agents.mutate`), so they differ
 only in how they select:
 - greedy (the reference's program.md): one branch; train the child once; keep it if its single
-  noisy val_bpb is strictly lower than the incumbent's, else revert.
+  noisy val_bpb is strictly lower than the incumbent's, else revert. Also run by N agents on one
+  branch (each child starts from the tip of the moment) to measure what asynchrony costs it.
 - population (ours): the real `PopulationState` fed with journal events and the real selection
   rules: baseline trained `noise_runs` times to measure the noise, tournament selection of parents,
   aging, a champion promoted only past the noise margin, confirming re-runs; N asynchronous workers
@@ -17,7 +22,9 @@ only in how they select:
 
 Compared at equal numbers of trainings, and at equal wall time (N workers against one sequential
 agent for the same hours, so N times the trainings). Reported: the TRUE value of the result each
-method hands back (our champion, the greedy branch tip), and how often a lucky-noise child was
+method hands back (our champion, the greedy branch tip), the best true value it still holds (our
+best living member: the gap to the champion is the price of promoting only past the noise margin),
+the trainings spent re-running code already trained, and how often a lucky-noise child was
 promoted/kept although its true value was not better than the incumbent's.
 
     python bench/landscape.py --seeds 50 --trainings 100 --workers 8
@@ -25,12 +32,14 @@ promoted/kept although its true value was not better than the incumbent's.
 from __future__ import annotations
 
 import argparse
+import functools
 import heapq
 import math
 import random
 import statistics
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -38,8 +47,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from population.agents.mutate import find_candidates, mutate_source  # noqa: E402
-from population.config import (DEFAULT_POPULATION_SIZE, DEFAULT_TOURNAMENT_SIZE,  # noqa: E402
-                               MAX_NOISE_RUNS_DEFAULT)
+from population.config import DEFAULT_POPULATION_SIZE, MAX_NOISE_RUNS_DEFAULT  # noqa: E402
 from population.selection import (choose_culls, estimate_noise, promotion_decision,  # noqa: E402
                                   tournament_select)
 from population.state import PopulationState  # noqa: E402
@@ -60,7 +68,10 @@ WARMDOWN_RATIO = 0.5
 DEPTH = 8
 DEVICE_BATCH_SIZE = 128
 '''
-# TRUE val_bpb = FLOOR + sum of WEIGHT * ln(value / OPTIMUM)**2 over the constants that matter;
+
+# ---- the landscapes --------------------------------------------------------------------------
+
+# bowl: TRUE val_bpb = FLOOR + sum of WEIGHT * ln(value / OPTIMUM)**2 over the constants that matter;
 # the others (HEAD_DIM, DEVICE_BATCH_SIZE, SCALAR_LR) are neutral, as many real edits are.
 # Weights make the baseline about 1% above the floor and most single edits worth 0.0002-0.003,
 # the same order as the noise (most kept changes in the autoresearch logs are below it).
@@ -70,46 +81,126 @@ OPTIMA = {"ASPECT_RATIO": 56, "TOTAL_BATCH_SIZE": 2**18, "EMBEDDING_LR": 0.8, "U
 WEIGHTS = {"ASPECT_RATIO": 0.010, "TOTAL_BATCH_SIZE": 0.006, "EMBEDDING_LR": 0.004, "UNEMBEDDING_LR": 0.004,
            "MATRIX_LR": 0.020, "WEIGHT_DECAY": 0.003, "WARMDOWN_RATIO": 0.010, "DEPTH": 0.012}
 
+# plateau: the same bowl shape with weights 2-10x smaller, so that about half of the single edits move
+# val_bpb by less than the noise and the median edit by about the noise (the baseline sits ~10 noise
+# std above the floor); the best MATRIX_LR and EMBEDDING_LR grow with sqrt(TOTAL_BATCH_SIZE) (an
+# interaction a one-constant edit cannot follow), and MATRIX_LR past twice its best diverges.
+PLATEAU_WEIGHTS = {"ASPECT_RATIO": 0.002, "TOTAL_BATCH_SIZE": 0.002, "EMBEDDING_LR": 0.001,
+                   "UNEMBEDDING_LR": 0.001, "MATRIX_LR": 0.004, "WEIGHT_DECAY": 0.001,
+                   "WARMDOWN_RATIO": 0.002, "DEPTH": 0.004}
+DIVERGENCE_SLOPE = 0.05     # val_bpb per unit of ln(MATRIX_LR / best) past ln 2
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _constants(source: str) -> tuple[tuple[str, float], ...]:
+    return tuple((c.name, float(2 ** c.value if c.power_of_two_exponent else c.value))
+                 for c in find_candidates(source))
+
 
 def constants(source: str) -> dict[str, float]:
     """The numeric UPPER_CASE constants of a train file (`2**N` read as its value)."""
-    return {c.name: float(2 ** c.value if c.power_of_two_exponent else c.value)
-            for c in find_candidates(source)}
+    return dict(_constants(source))
 
 
-def true_value(source: str) -> float:
-    values = constants(source)
+def bowl_value(values: dict[str, float]) -> float:
     return FLOOR + sum(w * math.log(values[name] / OPTIMA[name]) ** 2 for name, w in WEIGHTS.items())
 
 
-def train(source: str, rng: random.Random, noise_std: float = NOISE_STD) -> float:
+def plateau_optima(values: dict[str, float]) -> dict[str, float]:
+    lr_scale = math.sqrt(values["TOTAL_BATCH_SIZE"] / 2**18)   # the square-root LR-batch rule
+    return {**OPTIMA, "EMBEDDING_LR": OPTIMA["EMBEDDING_LR"] * lr_scale,
+            "MATRIX_LR": OPTIMA["MATRIX_LR"] * lr_scale}
+
+
+def plateau_value(values: dict[str, float]) -> float:
+    optima = plateau_optima(values)
+    bowl = sum(w * math.log(values[name] / optima[name]) ** 2 for name, w in PLATEAU_WEIGHTS.items())
+    past_stable = math.log(values["MATRIX_LR"] / optima["MATRIX_LR"]) - math.log(2.0)
+    return FLOOR + bowl + DIVERGENCE_SLOPE * max(0.0, past_stable)
+
+
+@dataclass(frozen=True)
+class Landscape:
+    name: str
+    floor: float
+    value: Callable[[dict[str, float]], float]   # true val_bpb from the constants
+
+    def true_value(self, source: str) -> float:
+        return self.value(constants(source))
+
+
+BOWL = Landscape("bowl", FLOOR, bowl_value)
+PLATEAU = Landscape("plateau", FLOOR, plateau_value)
+LANDSCAPES = {landscape.name: landscape for landscape in (BOWL, PLATEAU)}
+
+
+def true_value(source: str, landscape: Landscape = BOWL) -> float:
+    return landscape.true_value(source)
+
+
+def train(source: str, rng: random.Random, noise_std: float = NOISE_STD, landscape: Landscape = BOWL) -> float:
     """One 'training': the true value plus run-to-run noise."""
-    return true_value(source) + rng.gauss(0.0, noise_std)
+    return landscape.true_value(source) + rng.gauss(0.0, noise_std)
 
 
 @dataclass
 class Outcome:
     final_true: float          # true val_bpb of the result the method hands back
     trainings: int
+    held_true: float = math.nan  # best true val_bpb among what it still holds (greedy: its tip)
     promotions: int = 0        # greedy: kept children; population: champion changes
     lucky: int = 0             # promotions whose true value was not better than the incumbent's
+    confirming: int = 0        # trainings of code already trained (extra baseline runs, re-runs)
 
 
 # ---- (b) the reference: one greedy branch ----------------------------------------------------
 
-def run_greedy(trainings: int, rng: random.Random, noise_std: float = NOISE_STD) -> Outcome:
+def run_greedy(trainings: int, rng: random.Random, noise_std: float = NOISE_STD,
+               landscape: Landscape = BOWL) -> Outcome:
     """program.md's loop: baseline once, then keep a child iff its one run is strictly lower."""
     current = SEED_SOURCE
-    current_measured = train(current, rng, noise_std)
+    current_measured = train(current, rng, noise_std, landscape)
     outcome = Outcome(final_true=math.nan, trainings=trainings)
     for _ in range(trainings - 1):
         child, _ = mutate_source(current, rng)
-        measured = train(child, rng, noise_std)
+        measured = train(child, rng, noise_std, landscape)
         if measured < current_measured:
             outcome.promotions += 1
-            outcome.lucky += true_value(child) >= true_value(current)
+            outcome.lucky += landscape.true_value(child) >= landscape.true_value(current)
             current, current_measured = child, measured
-    outcome.final_true = true_value(current)
+    outcome.final_true = outcome.held_true = landscape.true_value(current)
+    return outcome
+
+
+def run_greedy_parallel(trainings: int, rng: random.Random, workers: int, noise_std: float = NOISE_STD,
+                        landscape: Landscape = BOWL) -> Outcome:
+    """The same loop run by `workers` agents on one branch: the baseline once, then each free agent
+    mutates the tip of the moment, and a finished child becomes the tip iff its one run is lower
+    than the tip's. What asynchrony costs a search that has no selection beyond the keep rule."""
+    tip = SEED_SOURCE
+    tip_measured = train(tip, rng, noise_std, landscape)
+    outcome = Outcome(final_true=math.nan, trainings=trainings)
+    running: list = []      # heap of (finish time, order, child)
+    started = 1
+
+    def start(now: float) -> None:
+        nonlocal started
+        child, _ = mutate_source(tip, rng)
+        heapq.heappush(running, (now + 1.0 + rng.uniform(0.0, 0.2), started, child))
+        started += 1
+
+    while started < min(trainings, workers + 1):
+        start(1.0)
+    while running:
+        now, _, child = heapq.heappop(running)
+        measured = train(child, rng, noise_std, landscape)
+        if measured < tip_measured:
+            outcome.promotions += 1
+            outcome.lucky += landscape.true_value(child) >= landscape.true_value(tip)
+            tip, tip_measured = child, measured
+        if started < trainings:
+            start(now)
+    outcome.final_true = outcome.held_true = landscape.true_value(tip)
     return outcome
 
 
@@ -117,14 +208,31 @@ def run_greedy(trainings: int, rng: random.Random, noise_std: float = NOISE_STD)
 
 @dataclass
 class PopulationSettings:
-    """The driver's defaults (population.config), so the bench measures what ships."""
+    """The selection settings the bench runs. The recommended defaults, passed explicitly where they
+    differ from population.config (whose DEFAULT_TOURNAMENT_SIZE is still 3): a tournament of the
+    whole population (None), re-runs only while they can clear the margin (rerun_optimism 1)."""
     workers: int = 8
     population_size: int = DEFAULT_POPULATION_SIZE
-    tournament_size: int = DEFAULT_TOURNAMENT_SIZE
+    tournament_size: int | None = None      # None: the whole population
     cull: str = "age"
     z: float = 2.0
     max_runs: int = 3
     noise_runs: int = MAX_NOISE_RUNS_DEFAULT
+    rerun_optimism: float | None = 1.0      # None: re-run every positive gain (the first rule)
+
+    @property
+    def k(self) -> int:
+        return self.tournament_size or self.population_size
+
+    def describe(self) -> str:
+        optimism = "any gain" if self.rerun_optimism is None else \
+            f"gains within {self.rerun_optimism:g} standard error of the margin"
+        return (f"population size {self.population_size}, tournament {self.k}, cull by {self.cull}, "
+                f"z {self.z:g}, at most {self.max_runs} runs a member, re-runs for {optimism}")
+
+
+# The rules this bench started with (config.py's tournament of 3, a re-run for every positive gain).
+FIRST_RULES = PopulationSettings(tournament_size=3, rerun_optimism=None)
 
 
 @dataclass
@@ -133,6 +241,7 @@ class _Simulation:
     settings: PopulationSettings
     rng: random.Random
     noise_std: float
+    landscape: Landscape
     state: PopulationState = field(default_factory=lambda: PopulationState(METRIC))
     sources: dict[str, str] = field(default_factory=dict)     # commit -> train file
     running: list = field(default_factory=list)                # heap of (finish time, id, commit, value)
@@ -140,15 +249,19 @@ class _Simulation:
     undecided: list[str] = field(default_factory=list)         # finished before the noise was known
     outcome: Outcome = field(default_factory=lambda: Outcome(math.nan, 0))
 
+    def true_value(self, member: str) -> float:
+        return self.landscape.true_value(self.sources[self.state.members[member].commit])
+
     def start(self, now: float, kind: str, member: str, parent_id: int | None, commit: str) -> None:
         exp_id = self.state.next_id()
         self.state.apply({"type": "experiment_started", "id": exp_id, "kind": kind, "member": member,
                           "parent_id": parent_id, "parent_commit": "", "worker": "", "agent": "mutate",
                           "seed": exp_id, "budget_s": 300.0, "time": now})
-        value = train(self.sources[commit], self.rng, self.noise_std)
+        value = train(self.sources[commit], self.rng, self.noise_std, self.landscape)
         finish = now + 1.0 + self.rng.uniform(0.0, 0.2)   # trainings take about the same time
         heapq.heappush(self.running, (finish, exp_id, commit, value))
         self.outcome.trainings += 1
+        self.outcome.confirming += kind == "rerun" or (kind == "baseline" and exp_id > 0)
 
     def start_next(self, now: float) -> None:
         """What a free worker does: a pending re-run first, else a child of a tournament winner."""
@@ -159,7 +272,7 @@ class _Simulation:
                 return
         candidates = self.state.candidates()
         if candidates:
-            parent = self.state.members[tournament_select(candidates, self.settings.tournament_size, self.rng).member]
+            parent = self.state.members[tournament_select(candidates, self.settings.k, self.rng).member]
             parent_id, parent_source = parent.first_id, self.sources[parent.commit]
         else:  # nothing has finished yet: children of the baseline
             parent_id, parent_source = 0, SEED_SOURCE
@@ -190,11 +303,12 @@ class _Simulation:
         member, champion = self.state.members[name], self.state.members[self.state.champion]
         if not member.alive or name == champion.name:
             return
-        decision = promotion_decision(member.runs, champion.runs, self.state.noise_std,
-                                      z=self.settings.z, max_runs=self.settings.max_runs)
+        decision = promotion_decision(member.runs, champion.runs, self.state.noise_std, z=self.settings.z,
+                                      max_runs=self.settings.max_runs,
+                                      rerun_optimism=self.settings.rerun_optimism)
         if decision == "promote":
             self.outcome.promotions += 1
-            self.outcome.lucky += true_value(self.sources[member.commit]) >= true_value(self.sources[champion.commit])
+            self.outcome.lucky += self.true_value(name) >= self.true_value(champion.name)
             self.state.apply({"type": "champion", "member": name, "time": now})
         elif decision == "rerun":
             self.reruns.append(name)
@@ -203,15 +317,15 @@ class _Simulation:
         waiting = set(self.reruns) | {e.member for e in self.state.in_flight() if e.kind == "rerun"}
         protect = frozenset(waiting | {self.state.champion} | set(self.undecided))
         for name in choose_culls(self.state.candidates(), self.settings.population_size, self.settings.cull,
-                                 self.settings.tournament_size, self.rng, protect=protect):
+                                 self.settings.k, self.rng, protect=protect):
             self.state.apply({"type": "member_culled", "member": name, "time": now})
 
 
 def run_population(trainings: int, rng: random.Random, settings: PopulationSettings | None = None,
-                   noise_std: float = NOISE_STD) -> Outcome:
+                   noise_std: float = NOISE_STD, landscape: Landscape = BOWL) -> Outcome:
     """`trainings` trainings by `settings.workers` asynchronous workers; the champion is the result."""
     settings = settings or PopulationSettings()
-    sim = _Simulation(settings, rng, noise_std)
+    sim = _Simulation(settings, rng, noise_std, landscape)
     sim.sources["c0"] = SEED_SOURCE
     noise_runs = min(settings.noise_runs, settings.workers, trainings)   # as the driver: min(workers, 3)
     settings = sim.settings = replace(settings, noise_runs=max(1, noise_runs))
@@ -224,8 +338,8 @@ def run_population(trainings: int, rng: random.Random, settings: PopulationSetti
         sim.finish(now, exp_id, commit, value)
         if sim.outcome.trainings < trainings:
             sim.start_next(now)
-    champion = sim.state.members[sim.state.champion]
-    sim.outcome.final_true = true_value(sim.sources[champion.commit])
+    sim.outcome.final_true = sim.true_value(sim.state.champion)
+    sim.outcome.held_true = min(sim.true_value(member.name) for member in sim.state.living())
     return sim.outcome
 
 
@@ -236,70 +350,106 @@ class Row:
     label: str
     trainings: int
     hours: float               # wall time in trainings of one worker (~5 min + overhead each)
-    finals: list[float]
-    promotions: int
-    lucky: int
+    finals: list[float] = field(default_factory=list)
+    held: list[float] = field(default_factory=list)
+    promotions: int = 0
+    lucky: int = 0
+    confirming: int = 0
 
     @property
     def mean(self) -> float:
         return statistics.fmean(self.finals)
 
     @property
+    def held_mean(self) -> float:
+        return statistics.fmean(self.held)
+
+    @property
     def lucky_fraction(self) -> float:
         return self.lucky / self.promotions if self.promotions else 0.0
 
+    @property
+    def confirming_fraction(self) -> float:
+        return self.confirming / (self.trainings * len(self.finals)) if self.finals else 0.0
+
+    def add(self, outcome: Outcome) -> None:
+        self.finals.append(outcome.final_true)
+        self.held.append(outcome.held_true)
+        self.promotions += outcome.promotions
+        self.lucky += outcome.lucky
+        self.confirming += outcome.confirming
+
+
+def _plans(trainings: int, workers: int, settings: PopulationSettings) -> list[tuple[str, Callable, int, float]]:
+    """(label, run(trainings, rng, noise, landscape) -> Outcome, trainings, hours) of each method."""
+    def population(plan_settings: PopulationSettings) -> Callable:
+        return lambda n, rng, noise, landscape: run_population(n, rng, plan_settings, noise, landscape)
+
+    plans = [("greedy, 1 agent", run_greedy, trainings, trainings),
+             (f"greedy, {workers} agents on one branch, equal trainings",
+              lambda n, rng, noise, landscape: run_greedy_parallel(n, rng, workers, noise, landscape),
+              trainings, 1 + math.ceil((trainings - 1) / workers)),
+             (f"population, {workers} workers, equal trainings", population(settings), trainings,
+              math.ceil(trainings / workers)),
+             ("population, 1 worker, equal trainings", population(replace(settings, workers=1)), trainings,
+              trainings),
+             (f"population, {workers} workers, equal wall time", population(settings), trainings * workers,
+              trainings)]
+    return [plans[0], plans[3]] if workers == 1 else plans
+
 
 def compare(seeds: int, trainings: int, workers: int, settings: PopulationSettings | None = None,
-            noise_std: float = NOISE_STD, progress: bool = False) -> list[Row]:
-    """Greedy with T trainings against ours with T trainings (N workers, and 1 worker) and with
-    T x N trainings on N workers (the same hours as the greedy agent)."""
+            noise_std: float = NOISE_STD, landscape: Landscape = BOWL, progress: bool = False) -> list[Row]:
+    """Greedy with T trainings (1 agent, and N agents on one branch) against ours with T trainings
+    (N workers, and 1 worker) and with T x N trainings on N workers (the same hours as one agent).
+    Seed s gives every method the same random stream, so the seeds pair up."""
     settings = replace(settings or PopulationSettings(), workers=workers)
-    plans = [("greedy, 1 agent", None, trainings, trainings),
-             (f"population, {workers} workers, equal trainings", settings, trainings, math.ceil(trainings / workers)),
-             ("population, 1 worker, equal trainings", replace(settings, workers=1), trainings, trainings),
-             (f"population, {workers} workers, equal wall time", settings, trainings * workers, trainings)]
-    if workers == 1:
-        plans = plans[:3]
-    rows = [Row(label, n, hours, [], 0, 0) for label, _, n, hours in plans]
+    plans = _plans(trainings, workers, settings)
+    rows = [Row(label, n, hours) for label, _, n, hours in plans]
     iterator = range(seeds)
     if progress:
         from tqdm import tqdm
-        iterator = tqdm(iterator, desc="seeds", unit="seed")
+        iterator = tqdm(iterator, desc=f"{landscape.name} seeds", unit="seed", file=sys.stderr)
     for seed in iterator:
-        for row, (_, plan_settings, _, _) in zip(rows, plans):
-            rng = random.Random(f"{seed}-{row.label}")
-            outcome = run_greedy(row.trainings, rng, noise_std) if plan_settings is None \
-                else run_population(row.trainings, rng, plan_settings, noise_std)
-            row.finals.append(outcome.final_true)
-            row.promotions += outcome.promotions
-            row.lucky += outcome.lucky
+        for row, (_, run, n, _) in zip(rows, plans):
+            row.add(run(n, random.Random(f"{landscape.name}-{seed}"), noise_std, landscape))
     return rows
 
 
 def markdown_table(rows: list[Row], seeds: int, noise_std: float = NOISE_STD,
-                   settings: PopulationSettings | None = None) -> str:
+                   settings: PopulationSettings | None = None, landscape: Landscape = BOWL) -> str:
     """The comparison as a markdown table (for BENCHMARKS.md), with a line saying what was run."""
     settings = settings or PopulationSettings()
-    baseline = true_value(SEED_SOURCE)
+    baseline = landscape.true_value(SEED_SOURCE)
     greedy = rows[0]
-    lines = [f"Synthetic landscape (`bench/landscape.py`): noise std {noise_std}, baseline true val_bpb "
-             f"{baseline:.4f}, optimum {FLOOR:.4f}; {seeds} seeds; population size "
-             f"{settings.population_size}, tournament {settings.tournament_size}, cull by {settings.cull}, "
-             f"z {settings.z:g}, at most {settings.max_runs} runs a member. Wall time in training slots "
-             "(one training = one slot). A lucky promotion: promoted/kept although its true value is "
-             "not better than the incumbent's.",
+    lines = [f"Landscape `{landscape.name}` (`bench/landscape.py`): noise std {noise_std}, baseline true "
+             f"val_bpb {baseline:.4f}, optimum {landscape.floor:.4f}; {seeds} seeds; {settings.describe()}. "
+             "Wall time in training slots (one training = one slot). Held: the best true value the method "
+             "still holds at the end (our best living member, greedy's tip). Confirming: trainings of code "
+             "already trained. A lucky promotion: promoted/kept although its true value is not better "
+             "than the incumbent's.",
              "",
              "| method | trainings | wall time | true val_bpb of the result (mean ± sd) | gap closed | "
-             "better than greedy (seeds) | promotions | lucky promotions |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "better than greedy (seeds) | held (mean) | confirming | promotions | lucky promotions |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         sd = statistics.stdev(row.finals) if len(row.finals) > 1 else 0.0
-        closed = (baseline - row.mean) / (baseline - FLOOR)
+        closed = (baseline - row.mean) / (baseline - landscape.floor)
         wins = "-" if row is greedy else \
             f"{sum(a < b for a, b in zip(row.finals, greedy.finals))}/{len(row.finals)}"
         lines.append(f"| {row.label} | {row.trainings} | {row.hours:g} | {row.mean:.5f} ± {sd:.5f} | "
-                     f"{closed:.0%} | {wins} | {row.promotions} | {row.lucky} ({row.lucky_fraction:.0%}) |")
+                     f"{closed:.0%} | {wins} | {row.held_mean:.5f} | {row.confirming_fraction:.0%} | "
+                     f"{row.promotions} | {row.lucky} ({row.lucky_fraction:.0%}) |")
     return "\n".join(lines)
+
+
+def _optimism(text: str) -> float | None:
+    if text.lower() in ("off", "none", "any"):
+        return None
+    value = float(text)
+    if value < 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError("must be a number >= 0, or 'off'")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,21 +459,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trainings", type=int, default=100,
                         help="trainings of the greedy agent, about one night (default 100)")
     parser.add_argument("--workers", type=int, default=8, help="parallel workers of the population (default 8)")
+    parser.add_argument("--landscape", choices=(*LANDSCAPES, "all"), default="all")
     parser.add_argument("--population-size", type=int, default=defaults.population_size)
-    parser.add_argument("--tournament-size", type=int, default=defaults.tournament_size)
+    parser.add_argument("--tournament-size", type=int, default=None,
+                        help="parents: best of this many members (default: the whole population)")
     parser.add_argument("--cull", choices=("age", "tournament"), default=defaults.cull)
     parser.add_argument("--z", type=float, default=defaults.z, help="promotion margin in standard errors")
+    parser.add_argument("--max-runs", type=int, default=defaults.max_runs, help="runs of one member at most")
+    parser.add_argument("--rerun-optimism", type=_optimism, default=defaults.rerun_optimism,
+                        help="re-run a candidate only if its gain plus this many standard errors can clear "
+                             "the margin after --max-runs runs; 'off' re-runs every gain (default 1)")
     parser.add_argument("--noise", type=float, default=NOISE_STD, help=f"run-to-run std (default {NOISE_STD})")
     args = parser.parse_args(argv)
-    for name in ("seeds", "trainings", "workers", "population_size", "tournament_size"):
-        if getattr(args, name) < 1:
+    for name in ("seeds", "trainings", "workers", "population_size", "tournament_size", "max_runs"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.exit(2, f"error: --{name.replace('_', '-')} must be >= 1\n")
     if args.noise < 0 or args.z < 0:
         parser.exit(2, "error: --noise and --z must be >= 0\n")
     settings = PopulationSettings(workers=args.workers, population_size=args.population_size,
-                                  tournament_size=args.tournament_size, cull=args.cull, z=args.z)
-    rows = compare(args.seeds, args.trainings, args.workers, settings, args.noise, progress=True)
-    print(markdown_table(rows, args.seeds, args.noise, settings))
+                                  tournament_size=args.tournament_size, cull=args.cull, z=args.z,
+                                  max_runs=args.max_runs, rerun_optimism=args.rerun_optimism)
+    names = list(LANDSCAPES) if args.landscape == "all" else [args.landscape]
+    tables = []
+    for name in names:
+        rows = compare(args.seeds, args.trainings, args.workers, settings, args.noise, LANDSCAPES[name],
+                       progress=True)
+        tables.append(markdown_table(rows, args.seeds, args.noise, settings, LANDSCAPES[name]))
+    print("\n\n".join(tables))
     return 0
 
 
