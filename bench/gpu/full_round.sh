@@ -1,0 +1,23 @@
+#!/bin/bash
+# One full-budget round on the GPUs of one machine: the compile cache warmed by a 3 s run (as the
+# 2nd..Nth round of a population finds it), then python -m population with one experiment per GPU at
+# the real 300 s budget, then bench/population_report.py.
+#   OUT=/tmp/out MAKE_CORPUS=path/to/make_corpus.py bash bench/gpu/full_round.sh
+set -u
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
+git --version || exit 1
+export AUTORESEARCH_CACHE=/tmp/arcache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled
+t0=$(date +%s)
+python3 ${MAKE_CORPUS:-.devbench/make_corpus.py} $AUTORESEARCH_CACHE/data | tail -1
+python3 -m prepare --num-shards $(ls $AUTORESEARCH_CACHE/data | grep -vc 06542) 2>&1 | grep -v "it/s\|doc/s\|file/s" | tail -1
+PYTHONPATH=.:/tmp/site AUTORESEARCH_TIME_BUDGET=3 python3 engine/train.py 2>&1 | grep -E "^(compile|startup|eval)_seconds"
+echo "setup_seconds: $(( $(date +%s) - t0 ))"
+rm -rf /tmp/proj && mkdir /tmp/proj && cp -r prepare engine population bench program.md pyproject.toml app.py /tmp/proj/
+cd /tmp/proj && git init -q && git add -A && git -c user.name=bench -c user.email=bench@localhost commit -qm seed || exit 1
+export PYTHONPATH=/tmp/proj:/tmp/site
+G=$(nvidia-smi -L | wc -l)
+timeout ${T_ROUND:-420} python3 -m population --workers $G --budget ${BUDGET:-300} --max-experiments $G --run full 2>&1 | tee $OUT/full.log | grep -v "^\s*$"
+python3 bench/population_report.py runs/full --json $OUT/full.json
+tar czf $OUT/full_runs.tgz runs/full/events.jsonl runs/full/run.json runs/full/results.tsv 2>/dev/null
+echo "total_seconds: $(( $(date +%s) - t0 ))"
