@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--accelerator", default=None, metavar="TYPE",
                        help="use only nodes of this Ray accelerator_type (H100, H200...): results compare "
                             "only within one GPU type (default: any)")
+    where.add_argument("--sandbox", action="store_true",
+                       help="run every training inside bubblewrap (bwrap, Linux user namespaces): no network at "
+                            "all, everything outside the experiment's worktree read-only (its prepare/ too), a "
+                            "private /tmp; each worker checks that bwrap works on its node before it starts "
+                            "(default: off)")
     # Hidden, for tests and laptops: a local Ray with fake GPUs / a set CPU count.
     p.add_argument("--ray-num-gpus", type=_integer, default=None, help=argparse.SUPPRESS)
     p.add_argument("--ray-num-cpus", type=_integer, default=None, help=argparse.SUPPRESS)
@@ -119,7 +124,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         cull=args.cull, max_experiments=args.max_experiments, noise_runs=args.noise_runs,
         train_timeout_s=args.train_timeout, device=args.device, resume=args.resume, address=args.address,
         accelerator=args.accelerator, repo=args.repo, seed=args.seed, workdir=args.workdir,
-        status_every_s=args.status_every)
+        status_every_s=args.status_every, sandbox=args.sandbox)
     validate(cfg)
     return cfg
 

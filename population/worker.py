@@ -25,7 +25,7 @@ from pathlib import Path
 
 import ray
 
-from population import gitops
+from population import gitops, readiness, sandbox
 from population.agents.env import is_secret_name
 from population.secrets import leaked_names
 
@@ -90,6 +90,7 @@ class TrainJob:
     log_path: str
     device: str                    # cuda | cpu
     accelerator: str = ""          # the node's accelerator_type, a fallback GPU name
+    sandbox: bool = False          # run it inside bubblewrap (population/sandbox.py)
 
 
 @dataclass
@@ -110,9 +111,12 @@ class TrainResult:
 class WorkerCore:
     """One worker: its agent and its node-local clone."""
 
-    def __init__(self, name: str, tag: str, agent_spec: str, agent_options: dict, workdir: str | None = None):
+    def __init__(self, name: str, tag: str, agent_spec: str, agent_options: dict, workdir: str | None = None,
+                 use_sandbox: bool = False):
         from population.agents import make_agent
 
+        if use_sandbox:
+            sandbox.require()      # SandboxUnavailable (one line): this node cannot run sandboxed trainings
         self.name = name
         self.agent = make_agent(agent_spec, **agent_options)
         self.root = worker_root(workdir, tag, name)
@@ -126,6 +130,11 @@ class WorkerCore:
         return {"worker": self.name, "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
                 "hostname": socket.gethostname(), "clone": str(self.clone.working_tree_dir),
                 "agent": self.agent.spec}
+
+    def ensure_ready(self, task: str, expected_fingerprint: str | None, cache: str | None = None) -> str:
+        """This node's data cache (`cache`: the driver's AUTORESEARCH_CACHE, which the trainings get;
+        None: this node's own) prepared and equal to the driver's; raises NodeNotReady (one line)."""
+        return readiness.ensure_node_ready(task, cache or training_cache_dir({}), expected_fingerprint)
 
     def log_path(self, exp_id: int) -> str:
         return str(self.logs / f"{exp_id}.log")
@@ -265,6 +274,25 @@ def training_env(job: TrainJob, node_env: dict[str, str]) -> dict[str, str]:
     return {name: value for name, value in env.items() if not is_secret_name(name)}
 
 
+def training_cache_dir(env: dict[str, str]) -> Path:
+    """The data cache a training with environment `env` reads (prepare's own default otherwise)."""
+    from prepare.cache import cache_dir
+    return Path(env["AUTORESEARCH_CACHE"]).expanduser() if env.get("AUTORESEARCH_CACHE") else cache_dir()
+
+
+def training_command(job: TrainJob, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of the training subprocess; with `job.sandbox` wrapped in bubblewrap
+    (no network, only the worktree writable, its prepare/ read-only). Raises SandboxUnavailable."""
+    argv = [sys.executable, job.train_file]
+    if not job.sandbox:
+        return argv, env
+    data_cache = training_cache_dir(env)
+    data_cache.mkdir(parents=True, exist_ok=True)     # bwrap cannot bind a path that does not exist
+    wrapped = sandbox.sandboxed(argv, worktree=job.worktree, data_cache=data_cache, env=env,
+                                mode=sandbox.TRAINING, readonly=[Path(job.worktree) / PREPARE_DIR])
+    return wrapped.argv, wrapped.env
+
+
 def gpu_name(job: TrainJob, cuda_visible_devices: str) -> str:
     """The GPU's name from nvidia-smi (no CUDA context in this long-lived process)."""
     if job.device == "cpu":
@@ -315,12 +343,13 @@ def run_training(job: TrainJob) -> TrainResult:
     is killed at the limit or when this task is cancelled."""
     node_env = dict(os.environ)
     env = training_env(job, node_env)
+    argv, popen_env = training_command(job, env)
     log_path = Path(job.log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     timed_out = False
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, job.train_file], cwd=job.worktree, env=env, stdout=log,
+        proc = subprocess.Popen(argv, cwd=job.worktree, env=popen_env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                 preexec_fn=_die_with_parent)
         try:
