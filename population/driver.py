@@ -28,7 +28,7 @@ from typing import TextIO
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from population import gitops
+from population import gitops, readiness
 from population.config import ConfigError, RunConfig, default_tag, resolve, validate, with_run_settings
 from population.console import Console, experiment_line, status_line
 from population.selection import choose_culls, estimate_noise, promotion_decision, tournament_select
@@ -44,6 +44,7 @@ PROGRAM_FILE = "program.md"
 LOG_TAIL_LINES = 40
 MAX_ATTEMPTS = 3               # a piece of work lost this often (node loss...) is given up
 WORKER_START_TIMEOUT_S = 180.0
+NODE_READY_TIMEOUT_S = readiness.DEFAULT_LOCK_TIMEOUT_S + 600.0   # a node may first download its data
 CONNECT_TIMEOUT_S = 5.0
 _BUNDLE_CACHE = 64
 TABLES_EVERY_S = 5.0
@@ -217,7 +218,9 @@ class Driver:
         self.state = PopulationState.replay(self.store.events(), self.task.metric, self.task.lower_is_better)
         self.member_counter = 1 + max((int(e.member[1:]) for e in self.state.experiments.values()
                                        if e.member[1:].isdigit()), default=0)
+        self.cache_fingerprint = self._cache_fingerprint()
         self._start_workers(slots)
+        self._check_nodes_ready()
 
     def _program_md(self) -> str:
         try:
@@ -254,6 +257,34 @@ class Driver:
             return guards.tree_fingerprint(path, "prepare")
         finally:
             gitops.remove_worktree(self.repo, path)
+
+    def _cache_fingerprint(self) -> str | None:
+        """The data cache's fingerprint on this node, that every worker's node must match; None
+        (nothing to compare with) when this node has no prepared cache for the task."""
+        from prepare.cache import cache_dir
+        if readiness.missing_files(self.task, cache_dir()):
+            return None
+        return readiness.cache_fingerprint(self.task, cache_dir())
+
+    def _check_nodes_ready(self) -> None:
+        """Each worker's node has the task's data, equal to this node's (prepared there once if
+        missing), before any experiment; otherwise the run ends with the node's one-line reason."""
+        if self.cache_fingerprint is None:
+            self.console.line(f"this node has no prepared cache for task {self.task.name}: "
+                              "the workers' data caches are not checked")
+            return
+        cache = os.environ.get("AUTORESEARCH_CACHE")      # what the trainings get (train_env passes it on)
+        pending = [slot.actor.ensure_ready.remote(self.task.name, self.cache_fingerprint, cache)
+                   for slot in self.slots]
+        try:
+            ray.get(pending, timeout=NODE_READY_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            raise DriverError(f"the workers' nodes were not ready within {NODE_READY_TIMEOUT_S:g} s") from None
+        except ray.exceptions.RayError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, readiness.NodeNotReady):
+                raise DriverError(_first_line(cause)) from None
+            raise DriverError(f"a worker failed checking its node: {_first_line(e)}") from None
 
     # ---------------------------------------------------------------- Ray
 
@@ -297,7 +328,7 @@ class Driver:
             actor = WorkerActor.options(
                 num_cpus=0, max_restarts=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            ).remote(name, self.tag, agent, self._agent_options(index), cfg.workdir)
+            ).remote(name, self.tag, agent, self._agent_options(index), cfg.workdir, cfg.sandbox)
             self.slots.append(Slot(name, actor, node_id, accelerator, agent))
             pending.append(actor.info.remote())
         try:
@@ -305,7 +336,8 @@ class Driver:
         except ray.exceptions.GetTimeoutError:
             raise DriverError(f"workers did not start within {WORKER_START_TIMEOUT_S:g} s") from None
         except ray.exceptions.RayError as e:
-            raise DriverError(f"a worker failed to start: {_first_line(e)}") from None
+            reason = _raised_line(e, "SandboxUnavailable") or f"a worker failed to start: {_first_line(e)}"
+            raise DriverError(reason) from None
         for slot, info in zip(self.slots, infos):
             slot.hostname, slot.agent = info["hostname"], info["agent"]   # Agent.spec: safe to record
 
@@ -645,7 +677,7 @@ class Driver:
         job = TrainJob(exp_id=flight.exp_id, worktree=prepared.worktree, train_file=self.task.train_file,
                        env=train_env(cfg, flight.work.seed, dict(os.environ)), timeout_s=cfg.train_timeout_s,
                        log_path=prepared.log_path,
-                       device=cfg.device, accelerator=slot.accelerator)
+                       device=cfg.device, accelerator=slot.accelerator, sandbox=cfg.sandbox)
         resources = {"num_gpus": 1, "num_cpus": 0} if cfg.device == "cuda" else {"num_gpus": 0, "num_cpus": 1}
         ref = train_task.options(
             **resources, scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False),
@@ -892,6 +924,15 @@ class Driver:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def _raised_line(error: BaseException, exception_name: str) -> str | None:
+    """The message of `exception_name` quoted in a Ray error's remote traceback, if it is there."""
+    marker = f"{exception_name}: "
+    for line in reversed(str(error).splitlines()):
+        if marker in line:
+            return line.split(marker, 1)[1].strip() or None
+    return None
 
 
 def _error_tail(error: BaseException, lines: int = 12) -> str:
