@@ -182,3 +182,22 @@ def test_a_node_with_the_drivers_cache_runs_its_experiments(cluster, tmp_path, m
     assert code == EXIT_OK, out
     assert "not checked" not in out
     assert [e["row"]["status"] for e in events(repo / "runs" / "match") if e["type"] == "experiment_finished"] == ["ok"]
+
+
+def test_a_worker_that_cannot_sandbox_is_reported_in_one_line(cluster):
+    from population.driver import _raised_line
+
+    @ray.remote
+    class Unsandboxable:
+        def __init__(self):
+            from population.sandbox import SandboxUnavailable
+            raise SandboxUnavailable("--sandbox needs bubblewrap with user namespaces: bwrap is not installed")
+
+        def info(self):
+            return {}
+
+    with pytest.raises(ray.exceptions.RayActorError) as caught:
+        ray.get(Unsandboxable.remote().info.remote(), timeout=60)
+    assert _raised_line(caught.value, "SandboxUnavailable") == \
+        "--sandbox needs bubblewrap with user namespaces: bwrap is not installed"
+    assert _raised_line(caught.value, "NodeNotReady") is None
