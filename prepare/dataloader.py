@@ -1,20 +1,22 @@
-"""BOS-aligned best-fit packing, off the training loop's critical path.
+"""BOS-aligned best-fit packing, in a process of its own.
 
 Semantics are the reference's: documents (each prefixed with BOS) wait in a buffer of at least
 `buffer_size`; each row of T+1 tokens takes the largest buffered document that still fits
-entirely, and when none fits, the shortest one cropped to fill the row exactly. No padding, every
-row starts with BOS, no shuffling (the same rows on every run).
+entirely, and when none fits, the shortest one cropped to fill the row exactly (the rest of it is
+thrown away). No padding, every row starts with BOS, no shuffling (the same rows on every run).
 
-What differs is the cost: the buffer is indexed by length (a sorted list of distinct lengths, a
+What differs is the cost. The buffer is indexed by length (a sorted list of distinct lengths, a
 FIFO per length, so ties go to the oldest document like the reference's linear scan), which makes
-a placement O(log n) instead of O(buffer); and tokenizing plus packing run in a background thread
-that keeps a queue of finished batches, so the training loop only copies memory.
+a placement O(log n) instead of O(buffer). And tokenizing plus packing run in a forked child
+process that writes finished rows into shared memory: the training process keeps its GIL for
+launching GPU work (a packing thread in the same process stretched the steps: bench/dataloader.py).
 """
 from __future__ import annotations
 
 import bisect
-import queue
-import threading
+import mmap
+import multiprocessing
+import signal
 from collections import deque
 from pathlib import Path
 from typing import Iterator
@@ -120,87 +122,129 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _pack_into_slots(tokenizer, split, directory, buffer_size, slots, free, ready, parent_ends) -> None:
+    """The child process: pack rows into whichever slot the parent frees, report (slot, epoch)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle; we exit on EOF
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # close() terminates us, whatever the parent set
+    for end in parent_ends:
+        end.close()
+    try:
+        packer = BestFitPacker(token_documents(tokenizer, split, directory), buffer_size)
+        while True:
+            slot = free.recv()                     # EOFError once the parent has closed or died
+            for row in slots[slot]:
+                packer.fill_row(row)
+            ready.send((slot, packer.epoch))
+    except (EOFError, BrokenPipeError):
+        return
+    except BaseException as error:                 # handed to the parent, which raises it
+        try:
+            ready.send(("error", error))
+        except Exception:                          # unpicklable: keep its message
+            ready.send(("error", RuntimeError(f"{type(error).__name__}: {error}")))
+
+
 class DataLoader:
     """Iterator of (inputs, targets, epoch); inputs/targets are [B, T] int64 on `device`.
 
-    On CUDA the two tensors are views of one persistent device buffer, overwritten by the next
-    batch's copy (stream-ordered after the work queued on the previous batch), as in the reference.
+    A child process packs up to `prefetch` batches ahead into shared-memory slots (int32 rows of
+    T+1 tokens); the slot indices go back and forth over two pipes. On CUDA the two tensors are
+    views of one persistent device buffer, overwritten by the next batch's copy (stream-ordered
+    after the work queued on the previous batch), as in the reference.
     """
 
     def __init__(self, tokenizer, B: int, T: int, split: str, device=None, buffer_size: int = 1000,
                  prefetch: int = 4, directory: Path | None = None):
-        if B <= 0 or T <= 0:
-            raise ValueError(f"batch size and sequence length must be positive, got B={B} T={T}")
+        if B <= 0 or T <= 0 or prefetch <= 0:
+            raise ValueError(f"batch size, sequence length and prefetch must be positive, got B={B} T={T} prefetch={prefetch}")
         split_paths(split, directory)   # fail now, in the caller, when there is no data
         self.device = torch.device(device or _default_device())
-        self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._produce, args=(tokenizer, B, T, split, buffer_size, directory),
-            name=f"dataloader-{split}", daemon=True)
-        self._thread.start()
+        self._split = split
+        # Anonymous shared memory, inherited by the forked child: no names, freed with the last user.
+        self._shared = mmap.mmap(-1, prefetch * B * (T + 1) * 4)
+        self._slots = np.frombuffer(self._shared, dtype=np.int32).reshape(prefetch, B, T + 1)
+        # Fork: the child needs no imports and never re-runs the train file (spawn would re-import
+        # __main__). It is forked before this process pins memory or starts threads of its own.
+        context = multiprocessing.get_context("fork")
+        self._ready, ready_child = context.Pipe(duplex=False)
+        free_child, self._free = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_pack_into_slots, name=f"dataloader-{split}", daemon=True,
+            args=(tokenizer, split, directory, buffer_size, self._slots, free_child, ready_child,
+                  (self._ready, self._free)))
+        self._process.start()
+        ready_child.close()
+        free_child.close()
+        self._closed = False
+        for slot in range(prefetch):
+            self._free.send(slot)
         if self.device.type == "cuda":
             # Two pinned staging buffers: one may still be copying while the other is filled.
             self._pinned = [torch.empty((2, B, T), dtype=torch.long).pin_memory() for _ in range(2)]
             self._copied = [None, None]
-            self._slot = 0
+            self._staging = 0
             self._on_device = torch.empty((2, B, T), dtype=torch.long, device=self.device)
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _produce(self, tokenizer, B, T, split, buffer_size, directory) -> None:
-        try:
-            packer = BestFitPacker(token_documents(tokenizer, split, directory), buffer_size)
-            rows = np.empty((B, T + 1), dtype=np.int64)
-            while not self._stop.is_set():
-                for row in rows:
-                    packer.fill_row(row)
-                batch = np.empty((2, B, T), dtype=np.int64)
-                batch[0] = rows[:, :-1]
-                batch[1] = rows[:, 1:]
-                if not self._put((batch, packer.epoch)):
-                    return
-        except BaseException as error:  # handed to the consumer, which raises it
-            self._put(error)
 
     def __iter__(self):
         return self
 
-    def __next__(self):
-        if self._stop.is_set():
-            raise StopIteration
-        item = self._queue.get()
-        if isinstance(item, BaseException):
+    def _next_rows(self):
+        """(rows of the next batch in shared memory, its slot, epoch); raises the child's error."""
+        try:
+            slot, epoch = self._ready.recv()
+        except EOFError:
+            code = self._process.exitcode
             self.close()
-            raise item
-        batch, epoch = item
-        batch = torch.from_numpy(batch)
-        if self.device.type != "cuda":
+            raise RuntimeError(f"the {self._split} dataloader process ended unexpectedly (exit code {code})") from None
+        if slot == "error":
+            self.close()
+            raise epoch
+        return torch.from_numpy(self._slots[slot]), slot, epoch
+
+    def __next__(self):
+        if self._closed:
+            raise StopIteration
+        rows, slot, epoch = self._next_rows()
+        if self.device.type == "cuda":
+            staging = self._staging
+            self._staging ^= 1
+            if self._copied[staging] is not None:
+                self._copied[staging].synchronize()   # its previous copy to the device has finished
+            batch = self._pinned[staging]
+        else:
+            batch = torch.empty((2, rows.size(0), rows.size(1) - 1), dtype=torch.long)
+        batch[0].copy_(rows[:, :-1])   # int32 -> int64; torch copies without holding the GIL
+        batch[1].copy_(rows[:, 1:])
+        try:
+            self._free.send(slot)      # the rows are copied out: the child may refill the slot
+        except BrokenPipeError:        # the child is gone: this batch is whole, the next call says so
+            pass
+        if self.device.type == "cuda":
+            self._on_device.copy_(batch, non_blocking=True)
+            self._copied[staging] = torch.cuda.Event()
+            self._copied[staging].record()
+            batch = self._on_device
+        elif self.device.type != "cpu":
             batch = batch.to(self.device)
-            return batch[0], batch[1], epoch
-        slot = self._slot
-        self._slot ^= 1
-        if self._copied[slot] is not None:
-            self._copied[slot].synchronize()   # its previous copy to the device has finished
-        self._pinned[slot].copy_(batch)
-        self._on_device.copy_(self._pinned[slot], non_blocking=True)
-        self._copied[slot] = torch.cuda.Event()
-        self._copied[slot].record()
-        return self._on_device[0], self._on_device[1], epoch
+        return batch[0], batch[1], epoch
 
     def close(self) -> None:
-        if hasattr(self, "_stop"):   # __init__ may have failed before creating it
-            self._stop.set()
+        """Stop the child process (idempotent; also at garbage collection and interpreter exit)."""
+        if getattr(self, "_closed", True):   # __init__ may have failed before the child started
+            return
+        self._closed = True
+        for end in (self._free, self._ready):
+            end.close()
+        # Other loaders' children may hold copies of our pipe ends (fork), so EOF alone may not
+        # reach ours: stop it outright. It owns nothing that needs cleaning up.
+        self._process.terminate()
+        self._process.join(timeout=5)
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:   # interpreter shutdown: multiprocessing may already be torn down
+            pass
 
 
 def make_dataloader(tokenizer, B: int, T: int, split: str, device=None, buffer_size: int = 1000,

@@ -1,7 +1,11 @@
-"""Best-fit packing: same rows as the reference's scan, no padding, BOS first, deterministic."""
+"""Best-fit packing: same rows as the reference's scan, no padding, BOS first, deterministic;
+packed in a child process that closes cleanly and whose failures surface in the caller."""
 from __future__ import annotations
 
 import importlib.util
+import multiprocessing
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +67,45 @@ def test_rows_equal_the_reference_packer_batch_for_batch(tokenizer):
     ours.close()
 
 
+def test_rows_equal_the_reference_across_many_epochs_of_a_replayed_split(tokenizer):
+    """The validation split is small enough to be tokenized once and replayed: replaying must give
+    the rows the reference gets by reading and tokenizing the split again every epoch."""
+    reference = load_bench().reference_loader(tokenizer, 8, 256, "val", buffer_size=100)
+    ours = make_dataloader(tokenizer, 8, 256, "val", device="cpu", buffer_size=100)
+    epochs = set()
+    for _ in range(150):
+        ref_x, _, ref_epoch = next(reference)
+        x, _, epoch = next(ours)
+        assert torch.equal(x, ref_x) and epoch == ref_epoch
+        epochs.add(epoch)
+    assert len(epochs) >= 4, f"the split was not replayed enough to test it: epochs {sorted(epochs)}"
+    ours.close()
+
+
+def test_packing_runs_in_a_child_process_that_close_stops(tokenizer):
+    before = set(multiprocessing.active_children())
+    loader = make_dataloader(tokenizer, 2, 32, "train", device="cpu")
+    next(loader)
+    children = set(multiprocessing.active_children()) - before
+    assert len(children) == 1 and next(iter(children)).pid != os.getpid()
+    loader.close()
+    assert not (set(multiprocessing.active_children()) - before)
+    with pytest.raises(StopIteration):
+        next(loader)
+
+
+def test_a_dead_packing_process_is_a_clear_error_not_a_hang(tokenizer):
+    before = set(multiprocessing.active_children())
+    loader = make_dataloader(tokenizer, 2, 32, "train", device="cpu", prefetch=2)
+    (child,) = set(multiprocessing.active_children()) - before
+    next(loader)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(timeout=10)
+    with pytest.raises(RuntimeError, match="dataloader process ended unexpectedly"):
+        for _ in range(3):   # the batches already packed may still come out first
+            next(loader)
+
+
 def test_batches_have_no_padding_start_with_bos_and_shift_targets(tokenizer):
     B, T = 8, 128
     loader = make_dataloader(tokenizer, B, T, "train", device="cpu")
@@ -95,6 +138,8 @@ def test_missing_data_fails_at_construction_with_a_hint(tokenizer, tmp_path, mon
         make_dataloader(tokenizer, 2, 32, "train", device="cpu")
     with pytest.raises(ValueError, match="split"):
         make_dataloader(tokenizer, 2, 32, "test", device="cpu")
+    with pytest.raises(ValueError, match="prefetch"):
+        make_dataloader(tokenizer, 2, 32, "train", device="cpu", prefetch=0)
 
 
 def test_a_corrupt_shard_surfaces_as_a_clear_error(tokenizer, tmp_path, monkeypatch):
