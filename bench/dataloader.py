@@ -2,7 +2,7 @@
 """Dataloader benchmark: how much a loader disturbs a training loop that shares its process.
 
     python bench/dataloader.py CACHE [--batch 128] [--seq 2048] [--batches 100]
-                               [--step-ms 175] [--python-ms 30] [--loaders reference prepare]
+                               [--step-ms 175] [--python-ms 30] [--loaders none prepare] [--pin]
 
 CACHE is a prepared cache root (data/ and tokenizer/, as `python -m prepare` leaves it). Every
 loader packs the same training documents with the same tokenizer on the CPU, inside a simulated
@@ -13,13 +13,19 @@ stretches the Python part; one that cannot keep up makes next() wait. Per loader
 the simulated step time p10/p50/p90 and their ratio, the Python part's mean and p90 against its
 time alone, the wait in next(), and batches/s. `none` is the loop without any loader.
 
+--pin (Linux) keeps the loop on CPU 0 and moves the loader (its threads, or its process) to the
+other CPUs, so that on a small or shared machine the comparison measures GIL contention rather
+than a fight for cores.
+
 `reference` is the reference's make_dataloader on the CPU (synchronous, a Python scan of the whole
 buffer per placed document); the test that checks prepare's loader yields identical rows uses it.
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import threading
 import sys
 import time
 from pathlib import Path
@@ -95,10 +101,25 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
-def simulate(loader, n_batches: int, step_s: float, work_n: int) -> dict:
+def pin_loader_away_from_loop() -> None:
+    """The calling (loop) thread on CPU 0; every other thread and child process on the rest.
+    Threads they start later (the tokenizer's) inherit their CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    loop_cpu, others = {cpus[0]}, set(cpus[1:])
+    os.sched_setaffinity(threading.get_native_id(), loop_cpu)   # Linux: a thread id pins one thread
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and thread.native_id is not None:
+            os.sched_setaffinity(thread.native_id, others)
+    for child in multiprocessing.active_children():
+        os.sched_setaffinity(child.pid, others)
+
+
+def simulate(loader, n_batches: int, step_s: float, work_n: int, pin: bool = False) -> dict:
     """The training loop: Python work (GIL), GIL-free wait to step_s, next(loader)."""
     if loader is not None:
         next(loader)   # first buffer fill, process or thread start: outside the measurement
+    if pin:
+        pin_loader_away_from_loop()
     steps, python, waits = [], [], []
     start = time.perf_counter()
     for _ in range(n_batches):
@@ -138,6 +159,8 @@ def main(argv=None) -> int:
                         help="pure-Python part of each step, GIL held (default 30)")
     parser.add_argument("--loaders", nargs="+", default=["none", "prepare"], choices=["none", "reference", "prepare"],
                         help="what to run (default: none prepare; reference is slow at B=128)")
+    parser.add_argument("--pin", action="store_true",
+                        help="loop on CPU 0, loader on the other CPUs (Linux, 2 or more CPUs)")
     args = parser.parse_args(argv)
     if not (args.cache / "data").is_dir() or not (args.cache / "tokenizer").is_dir():
         print(f"error: {args.cache} is not a prepared cache (no data/ or tokenizer/); run `python -m prepare`", file=sys.stderr)
@@ -145,19 +168,29 @@ def main(argv=None) -> int:
     if min(args.batch, args.seq, args.batches) < 1 or args.python_ms < 0 or args.step_ms < 0:
         print("error: --batch, --seq and --batches must be positive, --step-ms and --python-ms not negative", file=sys.stderr)
         return 1
+    if args.pin and len(getattr(os, "sched_getaffinity", lambda _: ())(0)) < 2:
+        print("error: --pin needs Linux and at least 2 CPUs", file=sys.stderr)
+        return 1
     os.environ["AUTORESEARCH_CACHE"] = str(args.cache)
     from prepare import Tokenizer, make_dataloader
 
     tokenizer = Tokenizer.from_directory()
-    work_n = calibrate(args.python_ms)
+    all_cpus = os.sched_getaffinity(0) if args.pin else set()
+    if args.pin:
+        os.sched_setaffinity(threading.get_native_id(), {min(all_cpus)})
+    work_n = calibrate(args.python_ms)   # on the loop's CPU when pinned
     make = {
         "none": lambda: None,
         "reference": lambda: reference_loader(tokenizer, args.batch, args.seq),
         "prepare": lambda: make_dataloader(tokenizer, args.batch, args.seq, "train", device="cpu"),
     }
-    results = {name: simulate(make[name](), args.batches, args.step_ms / 1e3, work_n) for name in args.loaders}
+    results = {}
+    for name in args.loaders:
+        if args.pin:   # each loader starts on every CPU, then simulate() moves it off the loop's
+            os.sched_setaffinity(threading.get_native_id(), all_cpus)
+        results[name] = simulate(make[name](), args.batches, args.step_ms / 1e3, work_n, args.pin)
     print(f"B={args.batch} T={args.seq} batches={args.batches} step={args.step_ms:g} ms "
-          f"python={args.python_ms:g} ms cores={os.cpu_count()}")
+          f"python={args.python_ms:g} ms cores={os.cpu_count()}{' pinned' if args.pin else ''}")
     columns = list(next(iter(results.values())))
     print(f"{'loader':10s}" + "".join(f"{c:>10s}" for c in columns))
     for name, row in results.items():
