@@ -739,15 +739,8 @@ def main():
     forced_attention(device_type)  # bad input fails before any work
     device = torch.device(device_type)
     torch.manual_seed(seed)
-    if device_type == "cuda":
-        torch.set_float32_matmul_precision("high")
-        autocast, sync = torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16), torch.cuda.synchronize
-    else:  # fp32 on a CPU: its bf16 matmuls are emulated and slow
-        autocast, sync = nullcontext(), (lambda: None)
-        if "OMP_NUM_THREADS" not in os.environ:  # a tiny model gains nothing from threads that
-            torch.set_num_threads(1)             # spin-wait, and collapse when cores are shared
-
-    # Data first: the loader's thread tokenizes and packs while the rest is set up.
+    # Data first: the loader's process tokenizes and packs while the rest is set up, and never
+    # takes this process's GIL. It is forked here, before autocast creates the CUDA context.
     try:
         tokenizer = Tokenizer.from_directory()
         config = build_config(tokenizer.get_vocab_size())
@@ -759,6 +752,14 @@ def main():
         train_loader = make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train", device=device)
     except (OSError, ValueError) as exc:  # prepare's errors say what to run
         raise ConfigError(str(exc)) from None
+
+    if device_type == "cuda":
+        torch.set_float32_matmul_precision("high")
+        autocast, sync = torch.amp.autocast(device_type="cuda", dtype=torch.bfloat16), torch.cuda.synchronize
+    else:  # fp32 on a CPU: its bf16 matmuls are emulated and slow
+        autocast, sync = nullcontext(), (lambda: None)
+        if "OMP_NUM_THREADS" not in os.environ:  # a tiny model gains nothing from threads that
+            torch.set_num_threads(1)             # spin-wait, and collapse when cores are shared
 
     attention = select_attention(device_type)
     print(f"attention: {attention.backend}")
