@@ -29,9 +29,14 @@ from .corpus import document_batches
 
 
 class BestFitPacker:
-    """Packs token documents into rows; `epoch` is that of the last document batch read."""
+    """Packs documents into rows; `epoch` is that of the last document batch read.
 
-    def __init__(self, documents: Iterator[tuple[list[np.ndarray], int]], buffer_size: int = 1000):
+    `documents` yields (token arrays, their full lengths, epoch). An array may be cut short of its
+    length, down to the row capacity: the length alone decides where a document goes, a document
+    that fits is never longer than a row, and one that does not is only ever cropped to a row.
+    """
+
+    def __init__(self, documents: Iterator[tuple[list[np.ndarray], list[int], int]], buffer_size: int = 1000):
         self._documents = documents
         self._buffer_size = buffer_size
         self._by_length: dict[int, deque[np.ndarray]] = {}
@@ -40,9 +45,8 @@ class BestFitPacker:
         self.epoch = 1
 
     def _refill(self) -> None:
-        docs, self.epoch = next(self._documents)
-        for doc in docs:
-            length = len(doc)
+        docs, lengths, self.epoch = next(self._documents)
+        for doc, length in zip(docs, lengths):
             bucket = self._by_length.get(length)
             if bucket is None:
                 bucket = self._by_length[length] = deque()
@@ -69,49 +73,51 @@ class BestFitPacker:
             remaining = capacity - pos
             fits = bisect.bisect_right(self._lengths, remaining)
             if fits:
-                doc = self._pop(fits - 1)
-                row[pos:pos + len(doc)] = doc
-                pos += len(doc)
+                length = self._lengths[fits - 1]
+                row[pos:pos + length] = self._pop(fits - 1)
+                pos += length
             else:
                 row[pos:] = self._pop(0)[:remaining]
                 pos = capacity
 
 
-REPLAY_TOKENS = 32 * 1024 * 1024   # a split this small is tokenized once and replayed
+# A split whose documents, cut to one row each, fit in this many tokens (256 MB) is tokenized once
+# and replayed. A long document only ever gives a row its first T+1 tokens, so keeping those and
+# its length replays the reference's rows exactly, without tokenizing the split again every epoch.
+REPLAY_TOKENS = 64 * 1024 * 1024
 
 
-def token_documents(tokenizer, split: str, directory: Path | None = None, batch_size: int = 128,
-                    num_threads: int = 8) -> Iterator[tuple[list[np.ndarray], int]]:
-    """(BOS-prefixed token arrays, epoch) for the split's documents, forever.
-
-    A split that fits in REPLAY_TOKENS is tokenized only once: small corpora (tests, the
-    validation shard) would otherwise be re-tokenized many times just to fill the buffer.
-    """
+def token_documents(tokenizer, split: str, directory: Path | None = None, max_tokens: int | None = None,
+                    batch_size: int = 128, num_threads: int = 8) -> Iterator[tuple[list[np.ndarray], list[int], int]]:
+    """(BOS-prefixed token arrays cut at max_tokens, their full lengths, epoch) for the split's
+    documents, forever, in file order."""
     bos = tokenizer.get_bos_token_id()
-    replay: list[list[np.ndarray]] | None = []
+    replay: list[tuple[list[np.ndarray], list[int]]] | None = []
     replay_tokens = 0
     for texts, epoch in document_batches(split, batch_size, directory):
         if epoch > 1 and replay is not None:
             break
-        docs = [np.array(ids, dtype=np.int32) for ids in tokenizer.encode(texts, prepend=bos, num_threads=num_threads)]
+        encoded = tokenizer.encode(texts, prepend=bos, num_threads=num_threads)
+        lengths = [len(ids) for ids in encoded]
+        docs = [np.array(ids[:max_tokens], dtype=np.int32) for ids in encoded]
         if replay is not None:
             replay_tokens += sum(len(doc) for doc in docs)
             if replay_tokens <= REPLAY_TOKENS:
-                replay.append(docs)
+                replay.append((docs, lengths))
             else:
                 replay = None   # too big to keep: later epochs are read and tokenized again
-        yield docs, epoch
+        yield docs, lengths, epoch
     epoch = 2
     while True:
-        for docs in replay:
-            yield docs, epoch
+        for docs, lengths in replay:
+            yield docs, lengths, epoch
         epoch += 1
 
 
 def pack_rows(tokenizer, n_rows: int, T: int, split: str = "val", directory: Path | None = None,
               buffer_size: int = 1000) -> np.ndarray:
     """The first n_rows packed rows of T+1 tokens (synchronous; used to fix the eval set)."""
-    packer = BestFitPacker(token_documents(tokenizer, split, directory), buffer_size)
+    packer = BestFitPacker(token_documents(tokenizer, split, directory, max_tokens=T + 1), buffer_size)
     rows = np.empty((n_rows, T + 1), dtype=np.int64)
     for row in rows:
         packer.fill_row(row)
@@ -129,7 +135,8 @@ def _pack_into_slots(tokenizer, split, directory, buffer_size, slots, free, read
     for end in parent_ends:
         end.close()
     try:
-        packer = BestFitPacker(token_documents(tokenizer, split, directory), buffer_size)
+        row_tokens = slots.shape[-1]
+        packer = BestFitPacker(token_documents(tokenizer, split, directory, max_tokens=row_tokens), buffer_size)
         while True:
             slot = free.recv()                     # EOFError once the parent has closed or died
             for row in slots[slot]:

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+import prepare.dataloader as dataloader
 from prepare import Tokenizer, make_dataloader
-from prepare.dataloader import BestFitPacker
+from prepare.dataloader import BestFitPacker, token_documents
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "dataloader.py"
 
@@ -30,16 +31,17 @@ def tokenizer(prepared_cache):
     return Tokenizer.from_directory()
 
 
-def docs_source(lengths_per_batch):
-    """Documents [id, id+1, ...] of the given lengths, batch by batch, epoch = batch number."""
+def docs_source(lengths_per_batch, cut_at=None):
+    """Documents [id, id+1, ...] of the given lengths (their arrays cut at `cut_at`), batch by
+    batch, epoch = batch number."""
     def gen():
         next_id = 0
         for epoch, lengths in enumerate(lengths_per_batch, start=1):
             docs = []
             for n in lengths:
-                docs.append(np.arange(next_id, next_id + n, dtype=np.int32))
+                docs.append(np.arange(next_id, next_id + n, dtype=np.int32)[:cut_at])
                 next_id += n
-            yield docs, epoch
+            yield docs, list(lengths), epoch
     return gen()
 
 
@@ -54,6 +56,49 @@ def test_packer_takes_the_largest_fit_oldest_first_and_crops_the_shortest():
     # 1 slot left nothing fits, so the shortest (the oldest 4, ids 24..27) is cropped to 1 token.
     assert row.tolist() == [8, 9, 10, 11, 12, 22, 23, 24]
     assert packer.epoch == 2
+
+
+def test_documents_cut_to_a_row_pack_exactly_like_whole_ones():
+    """Only a document's length decides where it goes, and no row takes more than its capacity
+    from one document: arrays cut at the capacity (what the replay keeps) give the same rows."""
+    rng = np.random.default_rng(0)
+    batches = [list(rng.integers(1, 40, size=16)) for _ in range(30)]   # many longer than a row
+    whole = BestFitPacker(docs_source(batches), buffer_size=20)
+    cut = BestFitPacker(docs_source(batches, cut_at=12), buffer_size=20)
+    a, b = np.empty(12, dtype=np.int64), np.empty(12, dtype=np.int64)
+    for _ in range(25):
+        whole.fill_row(a)
+        cut.fill_row(b)
+        assert a.tolist() == b.tolist()
+
+
+class CountingTokenizer:
+    def __init__(self, tokenizer):
+        self.tokenizer, self.calls = tokenizer, 0
+
+    def get_bos_token_id(self):
+        return self.tokenizer.get_bos_token_id()
+
+    def encode(self, texts, **kwargs):
+        self.calls += 1
+        return self.tokenizer.encode(texts, **kwargs)
+
+
+def calls_per_epoch(tokenizer, epochs):
+    counting = CountingTokenizer(tokenizer)
+    calls = {}
+    for _, _, epoch in token_documents(counting, "val", max_tokens=257):
+        if epoch > epochs:
+            return calls
+        calls[epoch] = counting.calls
+
+
+def test_a_small_split_is_tokenized_once_and_replayed(tokenizer, monkeypatch):
+    calls = calls_per_epoch(tokenizer, 3)
+    assert calls[1] > 0 and calls[3] == calls[1]            # epochs 2 and 3 come from the replay
+    monkeypatch.setattr(dataloader, "REPLAY_TOKENS", 1000)  # too big to keep: tokenized every epoch
+    calls = calls_per_epoch(tokenizer, 3)
+    assert calls[3] == 3 * calls[1]
 
 
 def test_rows_equal_the_reference_packer_batch_for_batch(tokenizer):
