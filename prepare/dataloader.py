@@ -7,9 +7,11 @@ thrown away). No padding, every row starts with BOS, no shuffling (the same rows
 
 What differs is the cost. The buffer is indexed by length (a sorted list of distinct lengths, a
 FIFO per length, so ties go to the oldest document like the reference's linear scan), which makes
-a placement O(log n) instead of O(buffer). And tokenizing plus packing run in a forked child
-process that writes finished rows into shared memory: the training process keeps its GIL for
-launching GPU work (a packing thread in the same process stretched the steps: bench/dataloader.py).
+a placement O(log n) instead of O(buffer). A split whose documents, cut to one row each, fit in
+REPLAY_TOKENS is tokenized once and replayed (a small corpus repeats many times in a run). And
+tokenizing plus packing run in a forked child process that writes finished rows into shared
+memory: the training process keeps its GIL for launching GPU work (a packing thread in the same
+process stretched the steps: bench/dataloader.py).
 """
 from __future__ import annotations
 
