@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="living members kept; beyond it members are culled (default: %(default)s)")
     pop.add_argument("--tournament-size", type=_integer, default=C.DEFAULT_TOURNAMENT_SIZE, metavar="K",
                      help="members drawn per tournament (parent = best of K); must be <= population size "
-                          "(default: %(default)s)")
+                          "(default: the population size, i.e. the best living member: it found better code "
+                          "than K=3 on the landscape bench, BENCHMARKS.md)")
     pop.add_argument("--cull", choices=CULL_POLICIES, default="age",
                      help="who dies when the population is full: the oldest (age) or the worst of a tournament "
                           "(default: %(default)s)")

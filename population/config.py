@@ -2,7 +2,7 @@
 
 Pure: no Ray, no git, no files. The CLI builds a RunConfig from its flags; tests and the bench build
 one directly. `validate` raises ConfigError naming the bad setting; `resolve` fills the defaults that
-depend on other settings (noise runs, train timeout, tag).
+depend on other settings (noise runs, tournament size, train timeout, tag).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ DEFAULT_BUDGET_S = 300.0
 DEFAULT_AGENT = "mutate"
 DEFAULT_AGENT_TIMEOUT_S = 1800.0
 DEFAULT_POPULATION_SIZE = 8
-DEFAULT_TOURNAMENT_SIZE = 3
+DEFAULT_TOURNAMENT_SIZE = None     # the whole population: the landscape bench's better rule (BENCHMARKS.md)
 DEFAULT_SEED = 42
 MAX_NOISE_RUNS_DEFAULT = 3
 DEVICES = ("cuda", "cpu")
@@ -40,7 +40,7 @@ class RunConfig:
     tag: str | None = None                  # None: a date-based tag
     runs_dir: str = "runs"
     population_size: int = DEFAULT_POPULATION_SIZE
-    tournament_size: int = DEFAULT_TOURNAMENT_SIZE
+    tournament_size: int | None = DEFAULT_TOURNAMENT_SIZE   # None: the population size
     cull: str = "age"
     max_experiments: int | None = None      # None: until stopped
     noise_runs: int | None = None           # None: min(workers, 3)
@@ -92,8 +92,9 @@ def validate(config: RunConfig) -> None:
     need(not config.resume or config.tag is not None, "--resume needs --run TAG (the run to continue)")
     need(bool(config.runs_dir.strip()), "--runs-dir must not be empty")
     need(config.population_size >= 1, f"--population-size must be >= 1, got {config.population_size}")
-    need(config.tournament_size >= 1, f"--tournament-size must be >= 1, got {config.tournament_size}")
-    need(config.tournament_size <= config.population_size,
+    need(config.tournament_size is None or config.tournament_size >= 1,
+         f"--tournament-size must be >= 1, got {config.tournament_size}")
+    need(config.tournament_size is None or config.tournament_size <= config.population_size,
          f"--tournament-size ({config.tournament_size}) must be <= --population-size ({config.population_size})")
     need(config.cull in CULL_POLICIES, f"--cull must be one of {', '.join(CULL_POLICIES)}, got {config.cull!r}")
     need(config.max_experiments is None or config.max_experiments >= 1,
@@ -138,5 +139,6 @@ def resolve(config: RunConfig, workers: int) -> RunConfig:
         workers=workers,
         tag=config.tag or default_tag(),
         noise_runs=config.noise_runs or default_noise_runs(workers),
+        tournament_size=config.tournament_size or config.population_size,
         train_timeout_s=config.train_timeout_s or default_train_timeout(config.budget_s),
     )

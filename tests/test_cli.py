@@ -76,6 +76,14 @@ def test_config_defaults_resolve_from_the_number_of_workers():
     validate(cfg)
 
 
+def test_the_tournament_defaults_to_the_whole_population_unless_given():
+    parser = cli.build_parser()
+    assert resolve(cli.config_from_args(parser.parse_args(["--population-size", "5"])), workers=2).tournament_size == 5
+    assert resolve(cli.config_from_args(parser.parse_args([])), workers=2).tournament_size == 8
+    given = resolve(cli.config_from_args(parser.parse_args(["--tournament-size", "2"])), workers=2)
+    assert given.tournament_size == 2
+
+
 def test_default_tag_is_date_based_and_valid():
     tag = default_tag(time.mktime((2026, 3, 5, 14, 3, 4, 0, 0, -1)))
     assert tag == "mar05-140304"
