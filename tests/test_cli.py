@@ -78,10 +78,13 @@ def test_config_defaults_resolve_from_the_number_of_workers():
 
 def test_the_tournament_defaults_to_the_whole_population_unless_given():
     parser = cli.build_parser()
-    assert resolve(cli.config_from_args(parser.parse_args(["--population-size", "5"])), workers=2).tournament_size == 5
-    assert resolve(cli.config_from_args(parser.parse_args([])), workers=2).tournament_size == 8
-    given = resolve(cli.config_from_args(parser.parse_args(["--tournament-size", "2"])), workers=2)
-    assert given.tournament_size == 2
+
+    def resolved(*argv):
+        return resolve(with_run_settings(cli.config_from_args(parser.parse_args(list(argv)))), workers=2)
+
+    assert resolved("--population-size", "5").tournament_size == 5
+    assert resolved().tournament_size == 8
+    assert resolved("--tournament-size", "2").tournament_size == 2
 
 
 def test_default_tag_is_date_based_and_valid():
