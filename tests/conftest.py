@@ -40,3 +40,12 @@ def prepared_cache(tmp_path_factory) -> Path:
         code = main(["--from-files", str(corpus), "--val-fraction", "0.1", "--vocab-size", str(TEST_VOCAB_SIZE)])
         assert code == 0, "building the test cache failed"
         yield root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_without_token_auth():
+    """Every local test Ray runs without token auth. With it, Ray caches the first token in this
+    process for good, so a later test's Ray (another HOME, another cluster) kills its actors at start."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        yield
