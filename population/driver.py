@@ -388,8 +388,6 @@ class Driver:
             if not self.refs:
                 if all(s.dead for s in self.slots):
                     raise DriverError("every worker died; see the Ray logs")
-                if any(s.ready is not None for s in self.slots if not s.dead):
-                    raise DriverError("no work can proceed (children wait for a noise phase that cannot finish)")
                 break   # nothing in flight and nothing left to hand out
             refs = list(self.refs)
             if refs:
@@ -572,11 +570,10 @@ class Driver:
                 self._start_prepare(slot, work)
 
     def _feed_gpu(self, slot: Slot) -> None:
-        """Start the slot's prepared experiment if its GPU is free (children wait for the noise)."""
+        """Start the slot's prepared experiment if its GPU is free. Children of the noise round train
+        too (no GPU idles); only their verdict waits for the noise std."""
         if slot.train is None and slot.ready is not None:
-            flight = self.flights[slot.ready]
-            if flight.work.kind != "child" or self._noise_done():
-                self._start_training(slot, flight)
+            self._start_training(slot, self.flights[slot.ready])
 
     def _next_work(self) -> Work | None:
         if self.pending:
@@ -870,6 +867,23 @@ class Driver:
         self.console.line(f"noise: {self.task.metric} std {std:.6f} from {len(member.runs)} baseline run(s), "
                           f"mean {member.mean:.6f}")
         self._promote(BASELINE_MEMBER)
+        self._judge_noise_round_children()
+
+    def _judge_noise_round_children(self) -> None:
+        """Children that finished while the noise was unknown get their verdict now, in id order
+        (the best of them becomes champion only by beating the seed, then each other, by the margin)."""
+        waiting = sorted((m for m in self.state.living() if m.name != BASELINE_MEMBER and m.runs),
+                         key=lambda m: m.first_id)
+        for member in waiting:
+            if not member.alive or member.name == self.state.champion:
+                continue
+            decision = self._decision(member.name)
+            if decision == "promote":
+                self._promote(member.name)
+            elif decision == "rerun":
+                self._queue_rerun(member.name)
+        if waiting:
+            self._cull()
 
     def _decision(self, member: str) -> str:
         if member == self.state.champion:
