@@ -26,6 +26,7 @@ from pathlib import Path
 import ray
 
 from population import gitops, readiness, sandbox
+from population.processes import signal_group, stop_group
 from population.agents.env import is_secret_name
 from population.secrets import leaked_names
 
@@ -206,12 +207,12 @@ class WorkerCore:
 def stop_process_groups(groups: list[int], grace_s: float) -> None:
     """SIGTERM the groups, wait up to `grace_s` for their leaders to go, then SIGKILL them."""
     for pgid in groups:
-        _signal_group(pgid, signal.SIGTERM)
+        signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(_leader_alive(pgid) for pgid in groups):
         time.sleep(0.1)
     for pgid in groups:
-        _signal_group(pgid, signal.SIGKILL)
+        signal_group(pgid, signal.SIGKILL)
 
 
 def _leader_alive(pid: int) -> bool:
@@ -309,24 +310,6 @@ def gpu_name(job: TrainJob, cuda_visible_devices: str) -> str:
     return job.accelerator or "unknown"
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _stop(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM the training's process group, then SIGKILL what is left after `grace` seconds."""
-    _signal_group(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    _signal_group(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 def read_log(path: Path, limit: int = MAX_LOG_BYTES) -> str:
     """The log, its head and tail kept when it is over `limit` bytes (the summary is at the end)."""
     size = path.stat().st_size if path.exists() else 0
@@ -358,14 +341,14 @@ def run_training(job: TrainJob) -> TrainResult:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     timed_out = True
-                    _stop(proc, KILL_GRACE_S)
+                    stop_group(proc, KILL_GRACE_S)
                     break
                 try:
                     proc.wait(timeout=min(remaining, 0.5))
                 except subprocess.TimeoutExpired:
                     pass
         except BaseException:                # cancelled (KeyboardInterrupt) or dying: no orphans
-            _stop(proc, 2.0)
+            stop_group(proc, 2.0)
             raise
     finished = time.time()
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from population.agents.env import scrub, secret_values
+from population.processes import stop_group
 
 AGENT_DIR = ".agent"                     # scratch space in the worktree, never committed
 DESCRIPTION_FILE = f"{AGENT_DIR}/description"
@@ -166,31 +166,12 @@ def run_agent_process(argv: list[str], *, cwd: Path, env: dict[str, str], stdin_
             proc.wait(timeout=max(timeout, 0.001))
         except subprocess.TimeoutExpired:
             timed_out = True
-            _kill_group(proc)
+            stop_group(proc)
         else:
-            _kill_group(proc, grace=0)   # leftover children of a finished agent
+            stop_group(proc, grace_s=0)   # leftover children of a finished agent
         seconds = time.monotonic() - start
         return ProcessResult(proc.returncode, _read_bounded(out, max_chars), _read_bounded(err, max_chars),
                              seconds, timed_out)
-
-
-def _kill_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
-    """SIGTERM the group, give it `grace` seconds, then SIGKILL whatever is left of it."""
-    if grace:
-        _signal_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-    _signal_group(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _read_bounded(handle, max_chars: int) -> str:
