@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ import pytest
 from population.agents import make_agent, openai_agent
 from population.agents.openai_agent import EditError, apply_edits, parse_edits
 from population.context import build_prompt
+from chat_stub import ChatServer, scripted
 
 TRAIN = "import math\n\nLR = 0.04\nDEPTH = 8\n\n\ndef main():\n    return LR * DEPTH\n"
 PLANTED_KEY = "sk-test-PLANTED-0123456789abcdef"
@@ -19,43 +18,6 @@ PLANTED_KEY = "sk-test-PLANTED-0123456789abcdef"
 
 def block(search: str, replace: str) -> str:
     return f"<<<<<<< SEARCH\n{search}=======\n{replace}>>>>>>> REPLACE\n"
-
-
-class ChatServer:
-    """Answers every POST /v1/chat/completions with the next scripted (status, body, delay)."""
-
-    def __init__(self, replies):
-        self.replies = list(replies)
-        self.requests: list[dict] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                status, reply, delay = server.replies.pop(0) if len(server.replies) > 1 else server.replies[0]
-                time.sleep(delay)
-                data = json.dumps(reply).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass   # the agent gave up waiting (the timeout test)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def completion(content: str, usage: dict | None = None) -> dict:
@@ -69,7 +31,7 @@ def serve():
     servers = []
 
     def start(*replies):
-        server = ChatServer([(r if isinstance(r, tuple) else (200, r, 0.0)) for r in replies])
+        server = ChatServer(scripted([(r if isinstance(r, tuple) else (200, r, 0.0)) for r in replies]))
         servers.append(server)
         return server
 

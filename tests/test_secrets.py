@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,6 +16,7 @@ from population.secrets import leaked_names
 from population.state import PopulationState
 from population.store import RunStore
 from population.worker import PrepareJob, TrainJob, WorkerCore, run_training
+from chat_stub import ChatServer
 
 PLANTED = {"OPENAI_API_KEY": "sk-PLANTED-openai-0123456789abcdef",
            "ANTHROPIC_API_KEY": "sk-ant-PLANTED-anthropic-0123456789",
@@ -107,45 +106,18 @@ def seed_repo(tmp_path) -> Path:
     return repo
 
 
-class EchoingChatServer:
-    """A chat-completions server that repeats the caller's Authorization header (its key) in its
-    answer and in the description, and changes LR."""
-
-    def __init__(self):
-        self.auth: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                auth = self.headers.get("Authorization", "")
-                server.auth.append(auth)
-                answer = (f"Called with {auth}.\n<<<<<<< SEARCH\nLR = 0.04\n=======\nLR = 0.05\n>>>>>>> REPLACE\n"
-                          f"DESCRIPTION: lr 0.05 ({auth})\n")
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}],
-                                   "usage": {"total_tokens": 10}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def echo_the_key(request: dict) -> tuple[int, dict, float]:
+    """A chat answer that repeats the caller's Authorization header (its key) in its text and in the
+    description, and changes LR."""
+    auth = request["auth"] or ""
+    answer = (f"Called with {auth}.\n<<<<<<< SEARCH\nLR = 0.04\n=======\nLR = 0.05\n>>>>>>> REPLACE\n"
+              f"DESCRIPTION: lr 0.05 ({auth})\n")
+    return 200, {"choices": [{"message": {"role": "assistant", "content": answer}}], "usage": {"total_tokens": 10}}, 0.0
 
 
 @pytest.fixture
 def chat_server():
-    server = EchoingChatServer()
+    server = ChatServer(echo_the_key)
     yield server
     server.close()
 
