@@ -213,6 +213,8 @@ class Driver:
             self.store = RunStore.create(run_dir, self._meta())
         self.store.lock()
         self.locked = True
+        for ref in gitops.clear_run_ref_locks(self.repo, self.tag):   # a driver killed inside git
+            self.console.line(f"removed the stale git lock of {ref}")
         self.fingerprint = self._seed_fingerprint()
         gitops.set_ref(self.repo, gitops.member_branch(self.tag, BASELINE_MEMBER), self.seed_commit)
         self.state = PopulationState.replay(self.store.events(), self.task.metric, self.task.lower_is_better)
@@ -415,25 +417,36 @@ class Driver:
         train_refs = [slot.train[0] for slot in self.slots if slot.train]
         self.refs.clear()
         if self.locked and self.state is not None:
-            lost = sorted(self.flights)
-            for exp_id in lost:
-                self.record({"type": "experiment_lost", "id": exp_id,
-                             "reason": f"driver stopped ({self.stop_reason or 'error'})"})
-            self.flights.clear()
-            for slot in self.slots:
-                slot.prep = slot.ready = slot.train = None
-            state = "finished" if finished else "stopped"
-            self.record({"type": "run_state", "state": state})
-            self.refresh_tables(force=True)
-            self.store.update_meta(state=state)
-            note = f" ({len(lost)} in flight marked lost; --resume re-queues them)" if lost else ""
-            self.console.line(f"run {self.tag} {state}{note}: " + self._status())
+            try:
+                self._record_stop(finished)
+            except StoreError as e:       # a full disk: Ray and the lock are still released
+                finished = False
+                if self.failed:           # the error that stopped the run is reported already
+                    self.console.line(f"could not record the stop: {e}")
+                else:
+                    self.console.error(str(e))
         self._shutdown_ray(train_refs)
         if self.locked:
             self.store.unlock()
         if self.stop_reason == "interrupted":
             return EXIT_INTERRUPTED
         return EXIT_OK if finished else EXIT_ERROR
+
+    def _record_stop(self, finished: bool) -> None:
+        """Journal what was in flight as lost, then the run's final state."""
+        lost = sorted(self.flights)
+        for exp_id in lost:
+            self.record({"type": "experiment_lost", "id": exp_id,
+                         "reason": f"driver stopped ({self.stop_reason or 'error'})"})
+        self.flights.clear()
+        for slot in self.slots:
+            slot.prep = slot.ready = slot.train = None
+        state = "finished" if finished else "stopped"
+        self.record({"type": "run_state", "state": state})
+        self.refresh_tables(force=True)
+        self.store.update_meta(state=state)
+        note = f" ({len(lost)} in flight marked lost; --resume re-queues them)" if lost else ""
+        self.console.line(f"run {self.tag} {state}{note}: " + self._status())
 
     def _shutdown_ray(self, train_refs: list) -> None:
         if not ray.is_initialized():      # (any Ray call would start a local Ray)
@@ -528,8 +541,11 @@ class Driver:
         self._requeue_undecided_reruns()
 
     def _requeue_undecided_reruns(self) -> None:
-        """A "rerun" decision is not journaled: re-derive it for members whose latest run came
-        after the last promotion (the decision an uninterrupted driver would have made)."""
+        """Decisions are not journaled: re-derive them for members whose latest run came after the
+        last promotion, in the order those runs finished (the decisions an uninterrupted driver
+        would have made; a driver killed right after recording a result never made its own)."""
+        if not self._noise_done():
+            return          # verdicts wait for the noise, as in the live driver
         last_champion, last_run = -1, {}
         for index, event in enumerate(self.store.events()):
             if event["type"] == "champion":
@@ -539,11 +555,17 @@ class Driver:
                 if exp is not None:
                     last_run[exp.member] = index
         queued = {w.member for w in self.pending if w.kind == "rerun"}
-        for member in self.state.living():
-            if member.name in queued or last_run.get(member.name, -1) < last_champion:
-                continue
-            if self._decision(member.name) == "rerun":
+        undecided = sorted((m for m in self.state.living()
+                            if m.name not in queued and last_run.get(m.name, -1) > last_champion),
+                           key=lambda m: last_run[m.name])
+        for member in undecided:
+            decision = self._decision(member.name)
+            if decision == "promote":
+                self._promote(member.name)
+            elif decision == "rerun":
                 self._queue_rerun(member.name)
+        if undecided:
+            self._cull()
 
     # ================================================================ handing out work
 
@@ -860,14 +882,20 @@ class Driver:
             return
         member = self.state.members.get(BASELINE_MEMBER)
         if member is None:
-            raise DriverError(f"the unmodified seed failed in every baseline run; see "
-                              f"{self.store.dir / 'experiments'}/*/run.log")
+            raise DriverError(f"the unmodified seed failed in every baseline run ({self._last_baseline_error()}); "
+                              f"see {self.store.dir / 'experiments'}/*/run.log")
         std = estimate_noise(member.runs)
         self.record({"type": "noise", "std": std})
         self.console.line(f"noise: {self.task.metric} std {std:.6f} from {len(member.runs)} baseline run(s), "
                           f"mean {member.mean:.6f}")
         self._promote(BASELINE_MEMBER)
         self._judge_noise_round_children()
+
+    def _last_baseline_error(self) -> str:
+        """The last line of the latest baseline's failure (often the train file's own advice)."""
+        runs = [e for e in self.state.experiments.values() if e.kind == "baseline" and e.phase == "finished"]
+        reason = str(runs[-1].row.get("reason") or "") if runs else ""
+        return next((line.strip() for line in reversed(reason.splitlines()) if line.strip()), "no log")
 
     def _judge_noise_round_children(self) -> None:
         """Children that finished while the noise was unknown get their verdict now, in id order

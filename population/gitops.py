@@ -92,6 +92,21 @@ def set_ref(repo: git.Repo, branch: str, commit: str) -> None:
     repo.git.update_ref(f"refs/heads/{branch}", commit)
 
 
+def clear_run_ref_locks(repo: git.Repo, tag: str) -> list[str]:
+    """Delete the `.lock` files of the run's own refs (refs/heads/population/<tag>/...), left by a
+    driver killed inside `git update-ref`. Only the driver holding the run's lock writes these
+    refs, so any lock there is stale; the user's other locks (index.lock...) are left alone.
+    Returns the removed ref names."""
+    common = Path(repo.git.rev_parse("--git-common-dir"))
+    common = common if common.is_absolute() else Path(repo.working_tree_dir) / common
+    refs = common / "refs" / "heads" / "population" / tag
+    removed = []
+    for lock in sorted(refs.rglob("*.lock")) if refs.is_dir() else []:
+        lock.unlink(missing_ok=True)
+        removed.append(str(lock.relative_to(common))[: -len(".lock")])
+    return removed
+
+
 def ref_commit(repo: git.Repo, branch: str) -> str | None:
     try:
         return repo.git.rev_parse("--verify", "--quiet", f"refs/heads/{branch}^{{commit}}")
