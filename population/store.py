@@ -43,17 +43,26 @@ class CorruptJournalError(StoreError):
 
 def atomic_write(path: Path, data: str | bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):      # a full disk, a read-only mount: the old file is intact
+            raise StoreError(_write_error(path, e)) from None
         raise
+
+
+def _write_error(path: Path, error: OSError) -> str:
+    return f"cannot write {path}: {error.strerror or error}; the store keeps its last complete state " \
+           "(free the space, then --resume)"
 
 
 class RunStore:
@@ -129,10 +138,20 @@ class RunStore:
         if not self._journal_checked:
             self._cut_torn_tail()
             self._journal_checked = True
-        with open(self.journal_path, "ab") as f:
-            f.write(line.encode())
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.journal_path, "ab", buffering=0) as f:      # unbuffered: no late flush at close
+                size = os.fstat(f.fileno()).st_size
+                try:
+                    data = memoryview(line.encode())
+                    while data:
+                        data = data[f.write(data):]
+                    os.fsync(f.fileno())
+                except OSError:
+                    self._journal_checked = False     # the next append cuts what part of it landed
+                    _truncate_quietly(f, size)
+                    raise
+        except OSError as e:
+            raise StoreError(_write_error(self.journal_path, e)) from None
 
     def _cut_torn_tail(self) -> None:
         """Drop a half-written last line so the next event starts on a line of its own."""
@@ -248,6 +267,15 @@ class RunStore:
 
     def __exit__(self, *exc) -> None:
         self.unlock()
+
+
+def _truncate_quietly(f, size: int) -> None:
+    """Cut a failed append back to where it started (best effort: the disk may refuse even that)."""
+    try:
+        f.truncate(size)
+        os.fsync(f.fileno())
+    except OSError:
+        pass
 
 
 # ---- table formats (pure) --------------------------------------------------------------------

@@ -55,7 +55,10 @@ class Agent:
         finally:
             file_description = read_description_file(worktree)
             clear_agent_dir(worktree)
+            unlocked = remove_git_locks(worktree) if head_before is not None else []
             undone = undo_agent_commits(worktree, head_before)
+        if unlocked:
+            proposal.transcript += f"\n[driver] the agent left git lock files, removed: {', '.join(unlocked)}\n"
         if undone:
             proposal.transcript += f"\n[driver] the agent committed: {undone}\n"
         proposal.seconds = proposal.seconds or time.monotonic() - start
@@ -122,6 +125,26 @@ def git_head(worktree: Path) -> str | None:
     if result.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != worktree.resolve():
         return None
     return lines[1]
+
+
+def remove_git_locks(worktree: Path) -> list[str]:
+    """Delete the git lock files an agent left behind (killed mid-commit, or on purpose), so the
+    worker's own git commands after it do not fail. Safe because the agent's process group is
+    gone by now and nothing else uses the worker's clone while its agent runs. Returns the
+    removed paths, relative to the git directories."""
+    result = subprocess.run(["git", "-C", str(worktree), "rev-parse", "--absolute-git-dir", "--git-common-dir"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        return []
+    git_dir = Path(result.stdout.split("\n")[0])
+    common_dir = (worktree / result.stdout.split("\n")[1]).resolve()
+    locks = {*git_dir.glob("*.lock"), *common_dir.glob("*.lock"), *(common_dir / "refs").rglob("*.lock")}
+    removed = []
+    for lock in sorted(locks):
+        lock.unlink(missing_ok=True)
+        base = git_dir if lock.is_relative_to(git_dir) else common_dir
+        removed.append(str(lock.relative_to(base)))
+    return removed
 
 
 def undo_agent_commits(worktree: Path, head_before: str | None) -> str:
