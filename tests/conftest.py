@@ -49,3 +49,12 @@ def ray_without_token_auth():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_AUTH_MODE", "disabled")
         yield
+
+
+@pytest.fixture(scope="session")
+def enwik8_cache(tmp_path_factory) -> Path:
+    """A prepared enwik8 cache built once (2 MB of stdlib text split 90/5/5; tests/enwik8_support.py).
+    Returns the cache root for AUTORESEARCH_CACHE; tests must not write into it."""
+    from enwik8_support import prepare_stub_cache
+
+    return prepare_stub_cache(tmp_path_factory.mktemp("enwik8"))

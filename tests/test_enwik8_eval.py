@@ -1,37 +1,20 @@
 """The fixed enwik8 metric: which characters it scores, its independence from the caller's
 batch size and training context, and the causality guard."""
-import glob
 import importlib.util
 import math
-import sysconfig
-from pathlib import Path
 
 import pytest
 import torch
 from x_transformers import Decoder, TransformerWrapper
 
 import prepare.enwik8 as enwik8
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def stub_bytes(n: int) -> bytes:
-    files = sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/*.py"))
-    data = b""
-    for f in files:
-        data += Path(f).read_bytes()
-        if len(data) >= n:
-            return data[:n]
-    raise RuntimeError("not enough stdlib text")
+from enwik8_support import REPO
 
 
 @pytest.fixture
-def small_eval(tmp_path, monkeypatch):
-    """Prepared stub data and a small, unaligned evaluation (64-char windows, stride 32)."""
-    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
-    source = tmp_path / "text"
-    source.write_bytes(stub_bytes(1_200_000))
-    enwik8.prepare([str(source)])
+def small_eval(enwik8_cache, monkeypatch):
+    """The shared prepared stub data and a small, unaligned evaluation (64-char windows, stride 32)."""
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(enwik8_cache))
     monkeypatch.setattr(enwik8, "EVAL_SEQ_LEN", 64)
     monkeypatch.setattr(enwik8, "EVAL_STRIDE", 32)
     monkeypatch.setattr(enwik8, "EVAL_CHARS", 3_001)

@@ -1,11 +1,9 @@
 """enwik8 data preparation: local archives, the download path (loopback stub server), the split."""
-import glob
 import gzip
 import http.server
 import json
 import subprocess
 import sys
-import sysconfig
 import threading
 import zipfile
 from argparse import Namespace
@@ -15,19 +13,7 @@ import numpy as np
 import pytest
 
 import prepare.enwik8 as enwik8
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def stub_bytes(n: int) -> bytes:
-    """n bytes of real text: the standard library's own sources, in a fixed order."""
-    files = sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/*.py"))
-    data = b""
-    for f in files:
-        data += Path(f).read_bytes()
-        if len(data) >= n:
-            return data[:n]
-    raise RuntimeError("not enough stdlib text")
+from enwik8_support import REPO, stub_bytes
 
 
 @pytest.fixture

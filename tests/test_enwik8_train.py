@@ -1,49 +1,17 @@
 """The enwik8 train file end to end on the CPU: the smoke configuration trains, is scored by the
 fixed metric and prints the summary block; failures are one line and a non-zero exit."""
-import glob
 import math
-import os
 import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
-import pytest
-
+from enwik8_support import REPO, smoke_env
 from population.summary import parse_summary
 from prepare.tasks import get_task
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN_FILE = REPO / get_task("enwik8").train_file
-
-
-def stub_bytes(n: int) -> bytes:
-    files = sorted(glob.glob(sysconfig.get_paths()["stdlib"] + "/*.py"))
-    data = b""
-    for f in files:
-        data += Path(f).read_bytes()
-        if len(data) >= n:
-            return data[:n]
-    raise RuntimeError("not enough stdlib text")
-
-
-@pytest.fixture(scope="module")
-def prepared_cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("enwik8")
-    (root / "text").write_bytes(stub_bytes(2_000_000))
-    done = subprocess.run([sys.executable, "-m", "prepare.enwik8", "--from-files", str(root / "text")],
-                          cwd=REPO, env=smoke_env(root / "cache"), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    return root / "cache"
-
-
-def smoke_env(cache: Path, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTORESEARCH_", "USE_FP"))}
-    env.update(AUTORESEARCH_CACHE=str(cache), AUTORESEARCH_SMOKE="1", AUTORESEARCH_TIME_BUDGET="4",
-               AUTORESEARCH_DEVICE="cpu", PYTHONPATH=str(REPO), **extra)
-    return env
 
 
 def train(train_file: Path, env: dict, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -51,9 +19,9 @@ def train(train_file: Path, env: dict, cwd: Path = REPO) -> subprocess.Completed
                           capture_output=True, text=True, timeout=300)
 
 
-def test_smoke_training_prints_a_summary_with_val_bpc(prepared_cache, tmp_path):
+def test_smoke_training_prints_a_summary_with_val_bpc(enwik8_cache, tmp_path):
     checkpoint = tmp_path / "model.pt"
-    done = train(TRAIN_FILE, smoke_env(prepared_cache, USE_FP8="1", AUTORESEARCH_CHECKPOINT=str(checkpoint)))
+    done = train(TRAIN_FILE, smoke_env(enwik8_cache, USE_FP8="1", AUTORESEARCH_CHECKPOINT=str(checkpoint)))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     summary = parse_summary(done.stdout, get_task("enwik8").summary_keys)
     assert set(summary) == set(get_task("enwik8").summary_keys)
@@ -67,7 +35,7 @@ def test_smoke_training_prints_a_summary_with_val_bpc(prepared_cache, tmp_path):
     assert checkpoint.stat().st_size > 0
 
 
-def test_exploding_training_stops_with_one_line(prepared_cache, tmp_path):
+def test_exploding_training_stops_with_one_line(enwik8_cache, tmp_path):
     """A mutated copy of the train file (as an agent might write it): an absurd learning rate from step 0."""
     (tmp_path / "engine").mkdir()
     source = TRAIN_FILE.read_text()
@@ -77,7 +45,7 @@ def test_exploding_training_stops_with_one_line(prepared_cache, tmp_path):
     (tmp_path / "engine" / "train_enwik8.py").write_text(exploding)
     shutil.copytree(REPO / "prepare", tmp_path / "prepare")
     done = train(tmp_path / "engine" / "train_enwik8.py",
-                 {**smoke_env(prepared_cache), "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+                 {**smoke_env(enwik8_cache), "PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
     assert done.returncode == 1
     assert re.search(r"^FAIL: training loss \S+ at step \d+ \(NaN or exploded\)", done.stdout, re.M)
     assert "\n---\n" not in done.stdout and "Traceback" not in done.stderr
