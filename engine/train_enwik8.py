@@ -5,7 +5,7 @@ model with the fixed metric of prepare/enwik8.py (val_bpc: bits per character ov
 validation characters at the same context, whatever this file does) and prints a summary block.
 
     python engine/train_enwik8.py                       # GPU, bf16 autocast, 300 s
-    USE_FP8=1 python engine/train_enwik8.py             # torchao float8 (compute capability >= 8.9)
+    USE_FP8=1 python engine/train_enwik8.py             # torchao float8 training (compute capability >= 8.9)
     AUTORESEARCH_SMOKE=1 python engine/train_enwik8.py  # tiny CPU configuration
 """
 import os
@@ -124,6 +124,32 @@ def build_model() -> AutoregressiveWrapper:
 
 
 # ---------------------------------------------------------------------------------------------
+# FP8 (USE_FP8=1): train with torchao Float8Linear layers, evaluate with plain ones
+
+
+def use_float8_linears(model: AutoregressiveWrapper) -> None:
+    """Swap the decoder's nn.Linear layers for torchao's Float8Linear (dynamic per-tensor scaling).
+    Off the GPU torchao emulates the FP8 matmuls (CPU tests)."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    config = Float8LinearConfig(pad_inner_dim=True, emulate=DEVICE != "cuda")
+    convert_to_float8_training(model.net.attn_layers, config=config)
+
+
+def use_plain_linears(model: torch.nn.Module) -> None:
+    """Swap every Float8Linear back to an nn.Linear sharing its weight and bias (no copy), so the
+    model evaluates in bf16. A Float8Linear scales its input by the max over the whole batch, which
+    makes one window's predictions depend on the other windows: the metric's guard refuses that."""
+    from torchao.float8.float8_linear import Float8Linear
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Float8Linear):
+            plain = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                    device="meta")         # no allocation: the parameters are shared
+            plain.weight, plain.bias = module.weight, module.bias
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, plain)
+
+
+# ---------------------------------------------------------------------------------------------
 # Optimizer
 
 
@@ -155,7 +181,7 @@ def lr_multiplier(progress: float) -> float:
 def autocast():
     if PRECISION == "fp32":
         return torch.autocast(device_type=DEVICE, enabled=False)
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return torch.autocast(device_type=DEVICE, dtype=torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,13 +224,21 @@ def quick_val_loss(model: AutoregressiveWrapper) -> float:
     return sum(losses) / len(losses)
 
 
+def final_val_bpc(model: AutoregressiveWrapper) -> float:
+    """The fixed metric; an FP8-trained model is scored in bf16 on the same weights."""
+    if PRECISION == "fp8":
+        use_plain_linears(model)
+    model.eval()
+    with autocast():
+        return evaluate_bpc(lambda x: model.net(x), EVAL_BATCH_SIZE, DEVICE)
+
+
 def main() -> None:
     torch.manual_seed(SEED)
     model = build_model().to(DEVICE)
     num_params = sum(p.numel() for p in model.parameters())
     if PRECISION == "fp8":
-        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
-        convert_to_float8_training(model.net.attn_layers, config=Float8LinearConfig(pad_inner_dim=True))
+        use_float8_linears(model)
     optimizer = build_optimizer(model)
     step_fn = torch.compile(model, dynamic=False) if COMPILE and DEVICE == "cuda" else model
     tokens_per_step = BATCH_SIZE * GRAD_ACCUM * SEQ_LEN
@@ -255,9 +289,7 @@ def main() -> None:
     checkpoint = os.environ.get("AUTORESEARCH_CHECKPOINT")
     if checkpoint:
         torch.save(model.state_dict(), checkpoint)
-    model.eval()
-    with autocast():
-        val_bpc = evaluate_bpc(lambda x: model.net(x), EVAL_BATCH_SIZE, DEVICE)
+    val_bpc = final_val_bpc(model)
     t_end = time.time()
     counted_steps = step - COMPILE_WARMUP_STEPS - 1
     mfu = 100 * flops_token * tokens_per_step * counted_steps / max(total_training_time, 1e-9) / peak
