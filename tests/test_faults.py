@@ -8,7 +8,6 @@ One Ray instance is shared by the module; drivers in a subprocess join it throug
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
@@ -117,7 +116,6 @@ def _kind(events: list[dict], exp_id: int) -> str:
     return next(e["kind"] for e in events if e["type"] == "experiment_started" and e["id"] == exp_id)
 
 
-
 @pytest.mark.parametrize("fault", ["agent-hangs", "agent-crashes"])
 def test_an_agent_that_hangs_or_crashes_is_an_agent_error_without_a_commit(faulty_run, fault):
     repo, run_dir, events = faulty_run
@@ -224,8 +222,8 @@ def test_a_worker_actor_killed_while_its_agent_works_is_lost_retired_and_its_wor
         code, out = _run(_config(repo, "killactor", workers=2, max_experiments=3, agents=[agent_spec(plan), "mutate"]))
     finally:
         killer.join(5)
-        if len(pids) == 2:
-            os.killpg(pids[1], signal.SIGKILL) if _alive(pids[1]) else None    # the orphaned agent
+        if len(pids) == 2 and _alive(pids[1]):
+            os.killpg(pids[1], signal.SIGKILL)        # the agent its dead worker left behind
     assert code == EXIT_OK, out
     assert "worker w0 died" in out
     events = assert_nothing_lost_or_twice(repo / "runs" / "killactor")
