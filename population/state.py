@@ -9,9 +9,15 @@ state the live driver had. Rules that make replay safe:
 - in flight = started, neither finished nor lost.
 A finished child with status ok becomes a living member; a finished re-run (or another baseline
 run) with status ok adds a run to its member. Selection uses the mean of a member's runs.
+
+The driver asks its questions after every event, over 100,000 experiments and more, so each query
+the driver makes per experiment costs O(living members + in flight), never O(experiments): the
+state keeps indexes (in flight, living, counts, the recent failures) and each recorded
+experiment's lineage row, built once; only the member columns are filled in when asked.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import statistics
@@ -43,6 +49,9 @@ _LINEAGE_SCHEMA: tuple[tuple[str, str], ...] = (
 _STARTED_FIELDS = ("kind", "member", "parent_id", "parent_commit", "worker", "agent", "seed", "budget_s")
 
 IN_FLIGHT, FINISHED, LOST = "in_flight", "finished", "lost"
+# Columns that follow the member's current state; the rest of a recorded row never changes.
+_MEMBER_COLUMNS = ("metric_mean", "alive", "champion", "culled_at")
+RECENT_FAILURES_KEPT = 64          # the newest failures (by id) context_rows() can show
 
 
 def lineage_columns(metric: str) -> list[tuple[str, str]]:
@@ -95,6 +104,17 @@ class PopulationState:
         self.noise_std: float | None = None
         self.run_state: str | None = None
         self.warnings: list[str] = []
+        # indexes, so that the driver's per-experiment questions do not scan every experiment
+        self._in_flight: dict[int, Experiment] = {}
+        self._living: dict[str, Member] = {}           # in birth order
+        self._recorded: list[int] = []                 # ids of finished or lost experiments, sorted
+        self._static_rows: dict[int, dict] = {}        # id -> lineage row without the member columns
+        self._ids_by_member: dict[str, list[int]] = {}
+        self._failures: list[int] = []                 # the newest failed ids, sorted
+        self._max_id = -1
+        self._lost = 0
+        self._finished = 0
+        self._ok = 0
 
     @classmethod
     def replay(cls, events: Iterable[dict], metric: str, lower_is_better: bool = True) -> "PopulationState":
@@ -127,10 +147,13 @@ class PopulationState:
             self._warn(f"experiment {exp_id} started twice; the second start is ignored")
             return
         parent_id = event.get("parent_id")
-        self.experiments[exp_id] = Experiment(
-            id=exp_id, kind=event["kind"], member=event["member"],
-            parent_id=None if parent_id is None else int(parent_id),
-            started=dict(event), generation=self._generation_of(event))
+        exp = Experiment(id=exp_id, kind=event["kind"], member=event["member"],
+                         parent_id=None if parent_id is None else int(parent_id),
+                         started=dict(event), generation=self._generation_of(event))
+        self.experiments[exp_id] = exp
+        self._in_flight[exp_id] = exp
+        self._ids_by_member.setdefault(exp.member, []).append(exp_id)
+        self._max_id = max(self._max_id, exp_id)
 
     def _generation_of(self, event: dict) -> int:
         """0 for a baseline, the member's generation for a re-run, the parent's + 1 for a child."""
@@ -154,8 +177,15 @@ class PopulationState:
             self._warn(f"experiment {exp.id} already {exp.phase}; its finished event is ignored")
             return
         exp.phase, exp.row = FINISHED, dict(event.get("row") or {})
+        self._recorded_now(exp)
+        self._finished += 1
+        status = exp.row.get("status")
+        if status == "ok":
+            self._ok += 1
+        elif status is not None:
+            self._note_failure(exp.id)
         value = _as_float(exp.row.get(self.metric))
-        if exp.row.get("status") != "ok" or not math.isfinite(value):
+        if status != "ok" or not math.isfinite(value):
             return
         member = self.members.get(exp.member)
         if member is None:
@@ -163,10 +193,11 @@ class PopulationState:
                 self._warn(f"re-run {exp.id} of unknown member {exp.member} does not count")
                 return
             parent = self.experiments.get(exp.parent_id)
-            self.members[exp.member] = Member(
+            member = self.members[exp.member] = Member(
                 name=exp.member, first_id=exp.id, commit=str(exp.row.get("commit") or ""),
                 branch=str(exp.row.get("branch") or ""), runs=[value], born=len(self.members),
                 generation=exp.generation, parent=parent.member if parent else None, run_ids=[exp.id])
+            self._living[member.name] = member
             return
         if exp.row.get("commit") and member.commit and exp.row["commit"] != member.commit:
             self._warn(f"experiment {exp.id} ran commit {exp.row['commit']} but member "
@@ -184,6 +215,18 @@ class PopulationState:
             self._warn(f"experiment {exp.id} already {exp.phase}; its lost event is ignored")
             return
         exp.phase, exp.lost_reason, exp.lost_at = LOST, str(event.get("reason", "")), event.get("time")
+        self._recorded_now(exp)
+        self._lost += 1
+
+    def _recorded_now(self, exp: Experiment) -> None:
+        """An experiment left flight: index it and build its row (it never changes again)."""
+        self._in_flight.pop(exp.id, None)
+        bisect.insort(self._recorded, exp.id)
+        self._static_rows[exp.id] = self._static_row(exp)
+
+    def _note_failure(self, exp_id: int) -> None:
+        bisect.insort(self._failures, exp_id)
+        del self._failures[:-RECENT_FAILURES_KEPT]
 
     def _on_member_culled(self, event: dict) -> None:
         member = self.members.get(event["member"])
@@ -192,6 +235,7 @@ class PopulationState:
             return
         if member.alive:
             member.alive, member.culled_at = False, event.get("time")
+            self._living.pop(member.name, None)
 
     def _on_champion(self, event: dict) -> None:
         if event["member"] not in self.members:
@@ -209,15 +253,26 @@ class PopulationState:
 
     def next_id(self) -> int:
         """The id of the next experiment (ids are never reused, not even those of lost ones)."""
-        return max(self.experiments, default=-1) + 1
+        return self._max_id + 1
 
     def in_flight(self) -> list[Experiment]:
         """Started, neither finished nor lost, in id order."""
-        return [e for e in self.experiments.values() if e.phase == IN_FLIGHT]
+        return sorted(self._in_flight.values(), key=lambda e: e.id)
+
+    def counted(self) -> int:
+        """Experiments that count toward --max-experiments: started and not lost."""
+        return len(self.experiments) - self._lost
+
+    def finished_count(self) -> int:
+        return self._finished
+
+    def ok_count(self) -> int:
+        """Finished experiments with status ok."""
+        return self._ok
 
     def living(self) -> list[Member]:
         """The living members, oldest first."""
-        return sorted((m for m in self.members.values() if m.alive), key=lambda m: m.born)
+        return list(self._living.values())
 
     def score(self, member: str) -> float:
         """The member's mean oriented lower-is-better (what selection compares)."""
@@ -240,9 +295,38 @@ class PopulationState:
     def lineage_rows(self) -> list[dict]:
         """One dict per finished or lost experiment, in id order, with exactly the columns of
         lineage.parquet; member state (metric_mean, alive, champion, culled_at) is the current one."""
-        columns = lineage_columns(self.metric)
-        return [self._row(exp, columns) for exp in sorted(self.experiments.values(), key=lambda e: e.id)
-                if exp.phase != IN_FLIGHT]
+        return [self._lineage_row(exp_id) for exp_id in self._recorded]
+
+    def context_rows(self, parent_id: int | None) -> list[dict]:
+        """The lineage rows an agent's prompt draws on (population/context.py), in id order:
+        the parent's ancestry, every experiment of the parent's member and of each living member,
+        and the newest failures. build_prompt gives the same text from these as from every row,
+        at a cost that does not grow with the number of experiments."""
+        ids = set(self._failures)
+        current, seen = parent_id, set()
+        while current is not None and current in self.experiments and current not in seen:
+            seen.add(current)
+            current = self.experiments[current].parent_id
+        ids |= seen
+        parent = self.experiments.get(parent_id) if parent_id is not None else None
+        members = [parent.member] if parent is not None else []
+        for name in members + list(self._living):
+            ids.update(self._ids_by_member.get(name, ()))
+        return [self._lineage_row(exp_id) for exp_id in sorted(ids) if exp_id in self._static_rows]
+
+    def _lineage_row(self, exp_id: int) -> dict:
+        row = dict(self._static_rows[exp_id])
+        member = self.members.get(row["member"])
+        row["metric_mean"] = member.mean if member else math.nan
+        row["alive"] = bool(member and member.alive)
+        row["champion"] = row["member"] == self.champion
+        culled_at = member.culled_at if member else None
+        row["culled_at"] = _as_float(culled_at)
+        return row
+
+    def _static_row(self, exp: Experiment) -> dict:
+        """The experiment's lineage row without the member columns (which follow the member)."""
+        return self._row(exp, lineage_columns(self.metric))   # member columns: placeholders, kept in order
 
     def _row(self, exp: Experiment, columns: list[tuple[str, str]]) -> dict:
         values: dict[str, Any] = {name: exp.started.get(name) for name in _STARTED_FIELDS}
@@ -252,11 +336,8 @@ class PopulationState:
                       generation=exp.generation)
         if exp.phase == LOST:
             values.update(status="lost", reason=exp.lost_reason, finished_at=exp.lost_at)
-        member = self.members.get(exp.member)
-        values["metric_mean"] = member.mean if member else math.nan
-        values["alive"] = bool(member and member.alive)
-        values["champion"] = exp.member == self.champion
-        values["culled_at"] = member.culled_at if member else None
+        for name in _MEMBER_COLUMNS:
+            values.pop(name, None)
         return {name: _coerce(values.get(name), kind) for name, kind in columns}
 
 

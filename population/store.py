@@ -73,6 +73,7 @@ class RunStore:
         self._lock_fd: int | None = None
         self._journal_checked = False
         self._tables_written_at: float | None = None
+        self._tables_write_s = 0.0          # how long the last rewrite took
 
     # ---- paths -------------------------------------------------------------------------------
 
@@ -121,9 +122,12 @@ class RunStore:
             raise StoreError(f"cannot read {path}: {e}") from None
 
     def update_meta(self, **changes: Any) -> dict:
-        """Merge `changes` into run.json (atomically) and return the new meta."""
-        meta = self.meta | changes
-        self._write_meta(meta)
+        """Merge `changes` into run.json (atomically) and return the new meta. Nothing is
+        written when nothing changes (the driver calls this after every experiment)."""
+        old = self.meta
+        meta = old | changes
+        if meta != old:
+            self._write_meta(meta)
         return meta
 
     def _write_meta(self, meta: dict) -> None:
@@ -217,19 +221,26 @@ class RunStore:
         atomic_write(self.dir / RESULTS, results_tsv(rows, metric, lower_is_better))
 
     def write_tables_if_due(self, rows: Callable[[], list[dict]], metric: str, *,
-                            min_interval_s: float = 30.0, force: bool = False) -> bool:
+                            min_interval_s: float = 30.0, force: bool = False,
+                            max_share: float | None = None) -> bool:
         """Rewrite the tables unless they were rewritten less than `min_interval_s` ago.
 
         At 100,000 experiments a rewrite costs seconds, so the driver calls this after every
         event and with `force=True` on stop; the journal stays the per-event source of truth.
-        `rows` is called only when a rewrite is due. Returns whether it wrote.
+        `max_share` (e.g. 0.02) stretches the interval to the last rewrite's cost / max_share,
+        so rewrites, which grow with the run, never take more than that share of the driver's
+        time. `rows` is called only when a rewrite is due. Returns whether it wrote.
         """
         now = time.monotonic()
+        interval = min_interval_s
+        if max_share:
+            interval = max(interval, self._tables_write_s / max_share)
         if not force and self._tables_written_at is not None \
-                and now - self._tables_written_at < min_interval_s:
+                and now - self._tables_written_at < interval:
             return False
         self.write_tables(rows(), metric)
         self._tables_written_at = time.monotonic()
+        self._tables_write_s = self._tables_written_at - now
         return True
 
     def read_lineage(self):
