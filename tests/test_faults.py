@@ -314,22 +314,30 @@ def test_driver_killed_just_after_recording_a_result_makes_its_decision_on_resum
     assert (run_dir / "members" / child / "engine" / "train.py").read_text().count(BETTER_LR) == 1
 
 
-def test_driver_killed_inside_git_update_ref_resumes_over_the_lock_it_left(cluster, better_child, tmp_path):
+@pytest.mark.parametrize("ref", ["best", "m0001"])      # promoting the seed; fetching the child's bundle
+def test_driver_killed_inside_git_update_ref_resumes_over_the_lock_it_left(cluster, better_child, tmp_path, ref):
     repo, agent, env = better_child
     marker = Path(env["AUTORESEARCH_FAULT_MARKER"])
-    ref_transaction_hook(repo, "refs/heads/population/ingit/best", marker)
+    ref_transaction_hook(repo, f"refs/heads/population/ingit/{ref}", marker)
     proc = _start_driver(repo, cluster, "ingit", "--max-experiments", "2", "--agent", agent, env=env)
     _kill_when(marker, proc)
-    lock = repo / ".git" / "refs" / "heads" / "population" / "ingit" / "best.lock"
+    lock = repo / ".git" / "refs" / "heads" / "population" / "ingit" / f"{ref}.lock"
     assert lock.exists(), "the kill should have left git's ref lock behind"
     run_dir = repo / "runs" / "ingit"
 
     code, out = _run(_config(repo, "ingit", resume=True, max_experiments=2, agents=[agent]))
     assert code == EXIT_OK, out
+    assert f"removed the stale git lock of refs/heads/population/ingit/{ref}" in out
     events = assert_nothing_lost_or_twice(run_dir)
     assert not lock.exists()
+    refs = branches(repo, "ingit")
     champion = [e["member"] for e in events if e["type"] == "champion"][-1]
-    assert branches(repo, "ingit")["best"] == branches(repo, "ingit")[champion]
+    assert refs["best"] == refs[champion]
+    # every branch holds a recorded commit, except the branch of a child lost before its result
+    # (kept: the agent's work stays reachable, the lineage marks that member lost)
+    recorded = {e["row"]["commit"] for e in events if e["type"] == "experiment_finished"}
+    lost_members = {_member(events, e["id"]) for e in events if e["type"] == "experiment_lost"}
+    assert all(commit in recorded or name in lost_members for name, commit in refs.items() if name != "best")
 
 
 # ================================================================ the store and git at start-up
@@ -435,15 +443,15 @@ class _FullDisk:
         return Handle()
 
 
-@pytest.mark.parametrize("target", ["lineage.parquet", "events.jsonl"])
+@pytest.mark.parametrize("target, after", [("lineage.parquet", 4), ("events.jsonl", 4), ("run.log", 1)])
 def test_a_full_disk_stops_the_run_in_one_line_and_the_previous_store_stays_intact(cluster, tmp_path, monkeypatch,
-                                                                                  capsys, target):
+                                                                                  capsys, target, after):
     from population import driver, store
 
     monkeypatch.setenv("AUTORESEARCH_FAKE_SLEEP", "0.05")
     repo = make_seed_repo(tmp_path / "seed")
     run_dir = repo / "runs" / "full"
-    disk = _FullDisk(target, after=4)
+    disk = _FullDisk(target, after)
     real_os, real_open = store.os, open
 
     snapshots = {}
