@@ -94,6 +94,8 @@ if SMOKE:  # tiny CPU configuration (tests, laptops): the recipe above scaled do
     SEQ_LEN, BATCH_SIZE, GRAD_ACCUM = max(SEQ_LEN // 8, 16), 2 * BATCH_SIZE, max(GRAD_ACCUM // 4, 1)
     LR = 20 * LR
     VAL_EVERY, LOG_EVERY, EVAL_BATCH_SIZE = 50, 10, 64
+    if DEVICE == "cpu":
+        torch.set_num_threads(1)  # its matmuls are too small to gain from threads; a CPU population runs one per core
 
 # ---------------------------------------------------------------------------------------------
 # Data: random windows of SEQ_LEN + 1 characters (the splits live on the device)

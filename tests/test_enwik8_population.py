@@ -38,7 +38,8 @@ def enwik8_run(enwik8_cache, tmp_path_factory) -> tuple[Path, subprocess.Complet
     root = tmp_path_factory.mktemp("enwik8-population")
     repo = make_enwik8_seed_repo(root / "seed")
     # 2 s of training and 4,096 scored characters: the smallest run that still trains and scores
-    env = smoke_env(enwik8_cache, AUTORESEARCH_EVAL_TOKENS="4096", RAY_AUTH_MODE="disabled")
+    # RAY_ADDRESS=local: a Ray of its own, even where `ray start` left a cluster that ray.init() would join
+    env = smoke_env(enwik8_cache, AUTORESEARCH_EVAL_TOKENS="4096", RAY_AUTH_MODE="disabled", RAY_ADDRESS="local")
     for name in ("AUTORESEARCH_SMOKE", "AUTORESEARCH_DEVICE", "AUTORESEARCH_TIME_BUDGET"):
         env.pop(name)                               # the driver sets these for each training
     done = subprocess.run(
