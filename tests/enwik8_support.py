@@ -5,8 +5,10 @@ The `enwik8_cache` fixture (tests/conftest.py) prepares the cache once per sessi
 `prepare_stub_cache`; tests only read it."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import sysconfig
+import types
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,23 @@ def smoke_env(cache: Path, **extra: str) -> dict[str, str]:
                AUTORESEARCH_DEVICE="cpu", PYTHONPATH=str(REPO))
     env.update(extra)
     return env
+
+
+def load_train_module(name: str = "train_enwik8_under_test") -> types.ModuleType:
+    """A fresh import of engine/train_enwik8.py: its constants and functions, nothing built (main() is
+    not called), so a test can patch its hyperparameters and call build_model & co."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "engine" / "train_enwik8.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def use_small_evaluation(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
+    """Point prepare.enwik8 at `cache` and shrink its metric to 64-char windows sliding by 32 over
+    3,001 characters (deliberately not a multiple of the stride)."""
+    import prepare.enwik8 as enwik8
+
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
+    monkeypatch.setattr(enwik8, "EVAL_SEQ_LEN", 64)
+    monkeypatch.setattr(enwik8, "EVAL_STRIDE", 32)
+    monkeypatch.setattr(enwik8, "EVAL_CHARS", 3_001)

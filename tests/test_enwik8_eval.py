@@ -1,6 +1,5 @@
 """The fixed enwik8 metric: which characters it scores, its independence from the caller's
 batch size and training context, and the causality guard."""
-import importlib.util
 import math
 
 import pytest
@@ -8,16 +7,13 @@ import torch
 from x_transformers import Decoder, TransformerWrapper
 
 import prepare.enwik8 as enwik8
-from enwik8_support import REPO
+from enwik8_support import load_train_module, use_small_evaluation
 
 
 @pytest.fixture
 def small_eval(enwik8_cache, monkeypatch):
     """The shared prepared stub data and a small, unaligned evaluation (64-char windows, stride 32)."""
-    monkeypatch.setenv("AUTORESEARCH_CACHE", str(enwik8_cache))
-    monkeypatch.setattr(enwik8, "EVAL_SEQ_LEN", 64)
-    monkeypatch.setattr(enwik8, "EVAL_STRIDE", 32)
-    monkeypatch.setattr(enwik8, "EVAL_CHARS", 3_001)
+    use_small_evaluation(monkeypatch, enwik8_cache)
 
 
 def tiny_transformer(seed: int = 0) -> TransformerWrapper:
@@ -83,13 +79,6 @@ def test_matches_a_direct_per_character_computation(small_eval):
             targets = val[start + 1:start + 65]
             nats -= logp[first:].gather(-1, targets[first:, None]).sum().item()
     assert enwik8.evaluate_bpc(net, 16, "cpu") == pytest.approx(nats / math.log(2) / n, rel=1e-6)
-
-
-def load_train_module():
-    spec = importlib.util.spec_from_file_location("train_enwik8_under_test", REPO / "engine" / "train_enwik8.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)               # builds nothing: main() is not called
-    return module
 
 
 def test_training_context_of_the_train_file_changes_nothing(small_eval, monkeypatch):

@@ -3,7 +3,6 @@ with torchao's Float8Linear, but scored in bf16 on the same weights, because per
 couples the windows of a batch and the metric's causality guard refuses that. On the CPU torchao
 emulates the FP8 matmuls, so the swap is tested here for real."""
 import copy
-import importlib.util
 import sys
 import types
 
@@ -11,14 +10,7 @@ import pytest
 import torch
 
 import prepare.enwik8 as enwik8
-from enwik8_support import REPO
-
-
-def load_train_module():
-    spec = importlib.util.spec_from_file_location("train_enwik8_fp8_test", REPO / "engine" / "train_enwik8.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)               # builds nothing: main() is not called
-    return module
+from enwik8_support import load_train_module, use_small_evaluation
 
 
 @pytest.fixture
@@ -60,10 +52,7 @@ def tiny_fp8_run(train, enwik8_cache, monkeypatch):
     """A tiny model of the train file after one FP8 training step (emulated on the CPU), and a plain
     copy of it with the same weights; a small evaluation (64-char windows) on the shared stub data."""
     pytest.importorskip("torchao.float8")
-    monkeypatch.setenv("AUTORESEARCH_CACHE", str(enwik8_cache))
-    monkeypatch.setattr(enwik8, "EVAL_SEQ_LEN", 64)
-    monkeypatch.setattr(enwik8, "EVAL_STRIDE", 32)
-    monkeypatch.setattr(enwik8, "EVAL_CHARS", 2_001)
+    use_small_evaluation(monkeypatch, enwik8_cache)
     monkeypatch.setattr(train, "DIM", 32)
     monkeypatch.setattr(train, "DEPTH", 1)
     monkeypatch.setattr(train, "SEQ_LEN", 64)
