@@ -20,7 +20,7 @@ import signal
 import socket
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -46,6 +46,7 @@ MAX_ATTEMPTS = 3               # a piece of work lost this often (node loss...) 
 WORKER_START_TIMEOUT_S = 180.0
 NODE_READY_TIMEOUT_S = readiness.DEFAULT_LOCK_TIMEOUT_S + 600.0   # a node may first download its data
 CONNECT_TIMEOUT_S = 5.0
+CAPACITY_CHECK_EVERY_S = 5.0   # while a worker is dead: how often to look for a free slot (one ray.nodes())
 _BUNDLE_CACHE = 64
 TABLES_EVERY_S = 5.0
 
@@ -114,6 +115,19 @@ def node_slots(nodes: list[dict], device: str, accelerator: str | None) -> list[
     return slots
 
 
+def free_slots(capacity: list[tuple[str, str]], used: list[str], refused: set[str]) -> list[tuple[str, str]]:
+    """The slots of `capacity` (node_slots) that no live or starting worker takes (`used`: their
+    node ids), on nodes not refused."""
+    taken = Counter(used)
+    free = []
+    for node_id, accelerator in capacity:
+        if taken[node_id] > 0:
+            taken[node_id] -= 1
+        elif node_id not in refused:
+            free.append((node_id, accelerator))
+    return free
+
+
 @dataclass
 class Work:
     """A piece of work to hand out: train a member's commit (baseline, rerun) or make a child."""
@@ -156,6 +170,15 @@ class Slot:
     dead: bool = False
 
 
+@dataclass
+class Joining:
+    """A replacement worker starting where capacity returned; it takes a dead slot's place once
+    its actor answered and its node is ready."""
+    slot: Slot
+    ready: list                    # ObjectRefs: info(), then ensure_ready() when there is a cache to match
+    since: float
+
+
 class Driver:
     def __init__(self, config: RunConfig, ray_init_kwargs: dict | None = None, out: TextIO | None = None,
                  console: Console | None = None):
@@ -180,6 +203,9 @@ class Driver:
         self.started_at = time.time()
         self.last_status = time.time()
         self.member_counter = 0
+        self.joining: dict[int, Joining] = {}    # position in self.slots -> its replacement starting
+        self.refused_nodes: set[str] = set()     # nodes where a replacement failed: not tried again
+        self.capacity_checked_at = 0.0
 
     # ================================================================ set-up
 
@@ -320,19 +346,22 @@ class Driver:
             raise DriverError("no CPU in the Ray cluster")
         return slots
 
-    def _start_workers(self, slots: list[tuple[str, str]]) -> None:
+    def _launch_worker(self, number: int, position: int, node_id: str, accelerator: str) -> Slot:
+        """Worker `w<number>` in slot `position` (which picks its agent) on the node, not yet ready."""
         cfg = self.config
+        agent = cfg.agents[position % len(cfg.agents)]
+        name = f"w{number}"
+        actor = WorkerActor.options(
+            num_cpus=0, max_restarts=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        ).remote(name, self.tag, agent, self._agent_options(number), cfg.workdir, cfg.sandbox)
+        return Slot(name, actor, node_id, accelerator, agent)
+
+    def _start_workers(self, slots: list[tuple[str, str]]) -> None:
         pending = []
-        for index in range(cfg.workers):
-            node_id, accelerator = slots[index % len(slots)]
-            agent = cfg.agents[index % len(cfg.agents)]
-            name = f"w{index}"
-            actor = WorkerActor.options(
-                num_cpus=0, max_restarts=0,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            ).remote(name, self.tag, agent, self._agent_options(index), cfg.workdir, cfg.sandbox)
-            self.slots.append(Slot(name, actor, node_id, accelerator, agent))
-            pending.append(actor.info.remote())
+        for index in range(self.config.workers):
+            self.slots.append(self._launch_worker(index, index, *slots[index % len(slots)]))
+            pending.append(self.slots[-1].actor.info.remote())
         try:
             infos = ray.get(pending, timeout=WORKER_START_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
@@ -387,10 +416,15 @@ class Driver:
         self.started_at = self.last_status = time.time()
         while self.stop_reason is None:
             self._dispatch()
+            self._replace_dead_workers()
             if not self.refs:
-                if all(s.dead for s in self.slots):
-                    raise DriverError("every worker died; see the Ray logs")
-                break   # nothing in flight and nothing left to hand out
+                if not all(s.dead for s in self.slots) or not self._can_hand_out():
+                    break   # nothing in flight and nothing left to hand out
+                self._replace_dead_workers(force=True)
+                if not self.joining:
+                    raise DriverError("every worker died and no node has a free slot; see the Ray logs")
+                time.sleep(0.5)    # the run waits for its replacement workers
+                continue
             refs = list(self.refs)
             if refs:
                 done, _ = ray.wait(refs, num_returns=1, timeout=1.0)
@@ -457,7 +491,8 @@ class Driver:
             except Exception:
                 pass
         stops = []
-        for slot in self.slots:       # agents mid-proposal run in sessions of their own: end them
+        slots = self.slots + [joining.slot for joining in self.joining.values()]
+        for slot in slots:            # agents mid-proposal run in sessions of their own: end them
             try:
                 stops.append(slot.actor.stop.remote())
             except Exception:
@@ -467,7 +502,7 @@ class Driver:
                 ray.wait(stops, num_returns=len(stops), timeout=10)
         except Exception:
             pass
-        for slot in self.slots:
+        for slot in slots:
             try:
                 ray.kill(slot.actor)
             except Exception:
@@ -652,7 +687,8 @@ class Driver:
             agent = "none"
         self.record({"type": "experiment_started", "id": exp_id, "kind": work.kind, "member": member,
                      "parent_id": parent_id, "parent_commit": parent_commit, "worker": slot.name,
-                     "agent": agent, "seed": work.seed, "budget_s": self.config.budget_s})
+                     "agent": agent, "seed": work.seed, "budget_s": self.config.budget_s,
+                     "node_id": slot.node_id})
         flight = Flight(exp_id, work, slot.name, member, parent, parent_commit, commit, agent, time.time())
         self.flights[exp_id] = flight
         job = PrepareJob(exp_id=exp_id, commit=commit, bundle_ref="", prepare_fingerprint=self.fingerprint,
@@ -731,7 +767,7 @@ class Driver:
         except ray.exceptions.RayError as e:
             if self.stop_reason is None:
                 self._lose(slot, flight, f"{stage} failed: {_first_line(e)}")
-                if isinstance(e, ray.exceptions.RayActorError):
+                if isinstance(e, ray.exceptions.RayActorError) or not self._node_alive(slot.node_id):
                     self._retire(slot, _first_line(e))
             return
         if stage == "prep":
@@ -740,11 +776,74 @@ class Driver:
             self._trained(slot, flight, value)
 
     def _retire(self, slot: Slot, why: str) -> None:
-        """A worker whose actor died: its prepared experiment is lost too (the worktree was on it)."""
+        """A worker whose actor or node died: its prepared experiment is lost too (the worktree
+        was on it); a replacement starts once a node has a free slot (_replace_dead_workers)."""
+        if slot.dead:
+            return
         slot.dead = True
-        self.console.line(f"worker {slot.name} died: {why}")
+        self.console.line(f"worker {slot.name} died ({why}); the run goes on with fewer workers "
+                          f"({self._live_workers()} of {self.config.workers}) until capacity returns")
         if slot.ready is not None and slot.ready in self.flights:
             self._lose(slot, self.flights[slot.ready], f"worker {slot.name} died")
+
+    def _node_alive(self, node_id: str) -> bool:
+        return any(node["NodeID"] == node_id and node.get("Alive") for node in ray.nodes())
+
+    def _live_workers(self) -> int:
+        return sum(1 for slot in self.slots if not slot.dead)
+
+    # ---------------------------------------------------------------- replacing dead workers
+
+    def _replace_dead_workers(self, force: bool = False) -> None:
+        """Capacity back (a node rejoined, a new one came, a GPU freed): a dead worker's place gets
+        a new actor on a free slot of the run's kind. Looks every CAPACITY_CHECK_EVERY_S seconds."""
+        if self.joining:
+            self._admit_replacements()
+        dead = [position for position, slot in enumerate(self.slots)
+                if slot.dead and slot.prep is None and slot.train is None and position not in self.joining]
+        due = force or time.time() - self.capacity_checked_at >= CAPACITY_CHECK_EVERY_S
+        if not dead or not due or not self._can_hand_out():
+            return
+        self.capacity_checked_at = time.time()
+        used = [s.node_id for s in self.slots if not s.dead] + [j.slot.node_id for j in self.joining.values()]
+        capacity = node_slots(ray.nodes(), self.config.device, self.config.accelerator)
+        for position, (node_id, accelerator) in zip(dead, free_slots(capacity, used, self.refused_nodes)):
+            number = 1 + max(int(s.name[1:]) for s in self.slots + [j.slot for j in self.joining.values()])
+            slot = self._launch_worker(number, position, node_id, accelerator)
+            ready = [slot.actor.info.remote()]
+            if self.cache_fingerprint is not None:     # the node's data cache, as at the start
+                ready.append(slot.actor.ensure_ready.remote(self.task.name, self.cache_fingerprint,
+                                                            os.environ.get("AUTORESEARCH_CACHE")))
+            self.joining[position] = Joining(slot, ready, time.time())
+
+    def _admit_replacements(self) -> None:
+        """Replacements whose actor answered and whose node is ready take their dead slot's place;
+        a failed one is stopped, and its node not tried again."""
+        for position, joining in list(self.joining.items()):
+            slot = joining.slot
+            done, _ = ray.wait(joining.ready, num_returns=len(joining.ready), timeout=0)
+            reason = None
+            if len(done) < len(joining.ready):
+                if time.time() - joining.since < WORKER_START_TIMEOUT_S + NODE_READY_TIMEOUT_S:
+                    continue
+                reason = "not ready in time"
+            else:
+                try:
+                    info = ray.get(joining.ready)[0]
+                except ray.exceptions.RayError as e:
+                    cause = getattr(e, "cause", None)
+                    reason = (_first_line(cause) if isinstance(cause, readiness.NodeNotReady)
+                              else _raised_line(e, "SandboxUnavailable") or _first_line(e))
+            del self.joining[position]
+            if reason is not None:
+                self.refused_nodes.add(slot.node_id)
+                ray.kill(slot.actor)
+                self.console.line(f"replacement worker {slot.name} on node {slot.node_id[:8]} failed: {reason}")
+                continue
+            slot.hostname, slot.agent = info["hostname"], info["agent"]
+            replaced, self.slots[position] = self.slots[position], slot
+            self.console.line(f"worker {slot.name} replaces {replaced.name} on node {slot.node_id[:8]} "
+                              f"({slot.hostname}): {self._live_workers()} of {self.config.workers} workers")
 
     def _lose(self, slot: Slot, flight: Flight, reason: str) -> None:
         """Ray lost the work (node or worker died): journal it lost, queue it again."""
@@ -958,7 +1057,7 @@ class Driver:
             finished=sum(1 for e in exps if e.phase == "finished"),
             ok=sum(1 for e in exps if e.phase == "finished" and e.row.get("status") == "ok"),
             in_flight=len(self.flights), training=sum(1 for s in self.slots if s.train),
-            workers=len(self.slots), alive=len(self.state.living()), champion=self.state.champion,
+            workers=self._live_workers(), alive=len(self.state.living()), champion=self.state.champion,
             metric=self.task.metric, best=champion.mean if champion else None,
             elapsed_s=time.time() - self.started_at, max_experiments=self.config.max_experiments)
 
