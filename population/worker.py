@@ -272,6 +272,8 @@ def training_env(job: TrainJob, node_env: dict[str, str]) -> dict[str, str]:
     env["PYTHONPATH"] = job.worktree
     env["PYTHONUNBUFFERED"] = "1"
     env["CUDA_VISIBLE_DEVICES"] = "" if job.device == "cpu" else node_env.get("CUDA_VISIBLE_DEVICES", "")
+    if job.device == "cpu":   # a CPU training holds one Ray CPU: side-by-side trainings must not fight over cores
+        env.setdefault("OMP_NUM_THREADS", "1")
     return {name: value for name, value in env.items() if not is_secret_name(name)}
 
 

@@ -128,8 +128,10 @@ def test_training_environment_is_minimal_and_has_no_keys(tmp_path, monkeypatch):
                         "CUDA_PATH", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TORCH_HOME", "HF_HOME",
                         "HF_HUB_OFFLINE", "XDG_CACHE_HOME", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH",
                         "PYTHONUNBUFFERED", "CUDA_VISIBLE_DEVICES", "AUTORESEARCH_SEED"}
+    assert "OMP_NUM_THREADS" not in env          # a GPU training keeps torch's own thread count
     job.device = "cpu"
-    assert training_env(job, dict(os.environ))["CUDA_VISIBLE_DEVICES"] == ""
+    cpu_env = training_env(job, dict(os.environ))
+    assert cpu_env["CUDA_VISIBLE_DEVICES"] == "" and cpu_env["OMP_NUM_THREADS"] == "1"
 
 
 def test_training_runs_in_the_worktree_and_captures_the_log(tmp_path):
