@@ -99,6 +99,14 @@ def check_address(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
                           "is `ray start --head` running there?") from None
 
 
+def ray_address(address: str | None, environ) -> str | None:
+    """What ray.init joins: --address; else nothing, so Ray reads RAY_ADDRESS itself; else "local",
+    a Ray of our own (plain ray.init() would join whatever `ray start` left running on the machine)."""
+    if address:
+        return address
+    return None if environ.get("RAY_ADDRESS") else "local"
+
+
 def node_slots(nodes: list[dict], device: str, accelerator: str | None) -> list[tuple[str, str]]:
     """(node id, accelerator type) once per GPU (cuda) or CPU (cpu) of the usable alive nodes;
     worker i goes to slot i modulo the count."""
@@ -323,7 +331,9 @@ class Driver:
         kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if cfg.address:
             check_address(cfg.address)
-            kwargs["address"] = cfg.address
+        address = ray_address(cfg.address, os.environ)
+        if address:
+            kwargs["address"] = address
         # Workers import population/prepare from the project even when run outside its directory.
         project = str(Path(__file__).resolve().parent.parent)
         kwargs["job_config"] = ray.job_config.JobConfig(code_search_path=[project])
@@ -342,7 +352,9 @@ class Driver:
             if cfg.accelerator:
                 raise DriverError(f"no alive Ray node has accelerator type {cfg.accelerator}")
             if cfg.device == "cuda":
-                raise DriverError("no GPU in the Ray cluster; use --device cpu for a CPU run")
+                where = "the Ray cluster" if cfg.address or os.environ.get("RAY_ADDRESS") else "this machine's Ray"
+                raise DriverError(f"no GPU in {where}; use --device cpu for a CPU run"
+                                  + ("" if cfg.address else ", or --address auto to join a running cluster"))
             raise DriverError("no CPU in the Ray cluster")
         return slots
 

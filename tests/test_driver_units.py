@@ -9,7 +9,7 @@ import pytest
 
 from population.config import RunConfig
 from population.console import experiment_line, status_line
-from population.driver import DriverError, check_address, node_slots, train_env, training_outcome
+from population.driver import DriverError, check_address, node_slots, ray_address, train_env, training_outcome
 from population.worker import TrainResult
 
 KEYS = ("val_bpb", "training_seconds", "peak_vram_mb")
@@ -100,3 +100,9 @@ def test_status_line_counts():
                        metric="val_bpb", best=0.9903, elapsed_s=3723, max_experiments=100)
     assert line == ("status: 12/100 finished (9 ok), 4 in flight, 3/4 training, 6 alive, "
                     "best m0003 val_bpb 0.9903, elapsed 1:02:03")
+
+
+def test_without_an_address_the_driver_starts_a_ray_of_its_own():
+    assert ray_address(None, {}) == "local"                                   # not a `ray start` left running
+    assert ray_address(None, {"RAY_ADDRESS": "10.0.0.1:6379"}) is None        # Ray reads it itself
+    assert ray_address("auto", {"RAY_ADDRESS": "10.0.0.1:6379"}) == "auto"     # the flag wins
