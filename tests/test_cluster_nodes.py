@@ -5,12 +5,14 @@ that node's environment; the driver passes none), so nothing is shared but what 
     - a run's children travel as bundles and land as branches in the driver's repository, every
       experiment recorded once, every worker's node recorded;
     - a node removed mid-training: its experiments are journalled lost and run again elsewhere, the
-      run goes on with fewer workers, and a node added later gets replacement workers (to come).
+      run goes on with fewer workers, and a node added later gets replacement workers.
 
 Each test builds its own small cluster (a node is a raylet and a few processes: ~5 s on 2 cores)."""
 from __future__ import annotations
 
 import io
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -21,11 +23,27 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster                                  # noqa: E402
 
 from population.config import RunConfig                                 # noqa: E402
-from population.driver import EXIT_OK, run_population                   # noqa: E402
-from test_driver_support import branches, events, git, make_seed_repo   # noqa: E402
+from population.driver import EXIT_OK, free_slots, run_population                   # noqa: E402
+from test_driver_support import FAKE_TRAIN, branches, events, git, make_seed_repo   # noqa: E402
 
 GPU_KIND = "H100"
 GPUS_PER_NODE = 2
+
+# Before the fake trainer: while the file AUTORESEARCH_FAKE_GATE exists, a training waits (up to
+# 60 s) unless its worktree lies under the directory the file names; so a test decides on which
+# node trainings may finish.
+GATED_TRAIN = '''\
+import os as _os, time as _time
+_gate = _os.environ.get("AUTORESEARCH_FAKE_GATE")
+_until = _time.time() + 60
+while _gate and _os.path.exists(_gate) and _time.time() < _until:
+    with open(_gate) as _f:
+        _allowed = _f.read().strip()
+    if _allowed and _os.getcwd().startswith(_allowed):
+        break
+    _time.sleep(0.1)
+''' + FAKE_TRAIN
+
 
 class Nodes:
     """A test cluster whose GPU nodes each have their own working directory."""
@@ -96,6 +114,26 @@ def _recorded_once(evs: list[dict]) -> list[dict]:
     return [e for e in evs if e["type"] == "experiment_finished"]
 
 
+def _wait_for(what: str, condition, console: io.StringIO, timeout_s: float = 90.0) -> None:
+    deadline = time.time() + timeout_s
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}; the driver said:\n{console.getvalue()}"
+        time.sleep(0.1)
+
+
+def _training_logs(workdir: Path, tag: str) -> list[Path]:
+    """The run's trainings started on a node: each one's run.log is in its worker's logs/ there."""
+    return list(workdir.glob(f"{tag}/*/logs/*.log"))
+
+
+def test_free_slots_are_the_capacity_no_live_worker_takes_on_nodes_not_refused():
+    capacity = [("a", "H100"), ("a", "H100"), ("b", "H100"), ("b", "H100"), ("c", "H100")]
+    assert free_slots(capacity, used=["a", "b", "b"], refused=set()) == [("a", "H100"), ("c", "H100")]
+    assert free_slots(capacity, used=["a", "b", "b"], refused={"c"}) == [("a", "H100")]
+    assert free_slots(capacity, used=["a", "a", "a"], refused=set()) == capacity[2:]   # oversubscribed a
+    assert free_slots([], used=[], refused=set()) == []
+
+
 def test_children_travel_as_bundles_between_nodes_and_land_as_branches(nodes, tmp_path, monkeypatch):
     node_a, node_b = nodes.alive()
     monkeypatch.setenv("AUTORESEARCH_FAKE_SLEEP", "0.2")
@@ -111,13 +149,14 @@ def test_children_travel_as_bundles_between_nodes_and_land_as_branches(nodes, tm
     assert sorted(table["id"]) == sorted(rows)                     # one lineage row per experiment
 
     # one worker per GPU of the two GPU nodes, none on the head; each trains on its own node
+    started = {e["id"]: e for e in events(run_dir) if e["type"] == "experiment_started"}
     node_of = {}
-    for row in rows.values():
-        if row.get("node_id"):                                  # trained (not a duplicate)
-            assert node_of.setdefault(row["worker"], row["node_id"]) == row["node_id"]
-            assert row["gpu"] == GPU_KIND
-    assert set(node_of.values()) == {node_a, node_b}
-    assert max(Counter(node_of.values()).values()) <= GPUS_PER_NODE
+    for exp_id, start in started.items():
+        assert node_of.setdefault(start["worker"], start["node_id"]) == start["node_id"]
+        if rows[exp_id].get("node_id"):                         # trained (not a duplicate)
+            assert rows[exp_id]["node_id"] == start["node_id"]
+            assert rows[exp_id]["gpu"] == GPU_KIND
+    assert Counter(node_of.values()) == Counter({node_a: GPUS_PER_NODE, node_b: GPUS_PER_NODE})
 
     # each worker's clone is on its own node's disk, nowhere else
     for worker, node_id in node_of.items():
@@ -126,12 +165,58 @@ def test_children_travel_as_bundles_between_nodes_and_land_as_branches(nodes, tm
         assert not (nodes.workdirs[other] / "nodes" / worker).exists()
 
     # children committed in the workers' clones came back as bundles: branches of the driver's repo
-    kinds = {e["id"]: e["kind"] for e in events(run_dir) if e["type"] == "experiment_started"}
-    children = [row for exp_id, row in rows.items() if kinds[exp_id] == "child" and row["commit"]]
+    children = [row for exp_id, row in rows.items() if started[exp_id]["kind"] == "child" and row["commit"]]
     assert children, "no child was committed"
     refs = branches(repo, "nodes")
     for row in children:
         assert refs[row["branch"].rsplit("/", 1)[1]] == row["commit"]
-        if row["worker"] in node_of:                            # the same commit in the worker's clone
-            clone = nodes.workdirs[node_of[row["worker"]]] / "nodes" / row["worker"] / "clone"
-            git(clone, "cat-file", "-e", f"{row['commit']}^{{commit}}")
+        clone = nodes.workdirs[node_of[row["worker"]]] / "nodes" / row["worker"] / "clone"
+        git(clone, "cat-file", "-e", f"{row['commit']}^{{commit}}")   # made there, in the worker's clone
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_lost_node_is_rerun_elsewhere_and_replaced_when_capacity_returns(nodes, tmp_path, monkeypatch):
+    """Node a dies while its trainings run (a gate holds every training until then); the run goes on
+    on node b, node c joins and gets replacement workers, and the run ends with every experiment
+    recorded once: the lost ones journalled lost and run again, never counted twice."""
+    node_a, node_b = nodes.alive()
+    gate = tmp_path / "gate"
+    gate.write_text("-")                                        # no training may finish yet
+    monkeypatch.setenv("AUTORESEARCH_FAKE_GATE", str(gate))
+    monkeypatch.setenv("AUTORESEARCH_FAKE_SLEEP", "0.2")
+    repo = make_seed_repo(tmp_path / "seed", train=GATED_TRAIN)
+    out = io.StringIO()
+    result = {}
+    driver = threading.Thread(target=lambda: result.setdefault(
+        "code", run_population(_config(repo, "loss", noise_runs=2, max_experiments=12), out=out)))
+    driver.start()
+    try:
+        _wait_for("a training on node a", lambda: _training_logs(nodes.workdirs[node_a], "loss"), out)
+        nodes.remove(node_a)
+        _wait_for("the driver to go on with fewer workers", lambda: "fewer workers" in out.getvalue(), out)
+        node_c = nodes.add_gpu_node("node-c")
+        gate.write_text(str(nodes.workdirs[node_c]))            # only node c's trainings may finish
+        _wait_for("a replacement worker training on node c",
+                  lambda: _training_logs(nodes.workdirs[node_c], "loss"), out)
+    finally:
+        gate.unlink(missing_ok=True)                            # everyone may finish now
+        driver.join(timeout=180)
+    console = out.getvalue()
+    assert not driver.is_alive(), console
+    assert result["code"] == EXIT_OK, console
+
+    evs = events(repo / "runs" / "loss")
+    rows = _recorded_once(evs)
+    assert len(rows) == 12                                      # lost experiments do not count
+    lost = [e for e in evs if e["type"] == "experiment_lost"]
+    started_on = {e["id"]: e["node_id"] for e in evs if e["type"] == "experiment_started"}
+    assert lost and all(started_on[e["id"]] == node_a for e in lost)
+    table = pq.read_table(repo / "runs" / "loss" / "lineage.parquet").to_pandas()
+    assert len(table) == len(started_on) and (table["status"] == "lost").sum() == len(lost)
+    kinds = {e["id"]: e["kind"] for e in evs if e["type"] == "experiment_started"}
+    assert sum(kinds[e["id"]] == "baseline" for e in rows) == 2   # a lost baseline ran again
+    trained_on = Counter(e["row"].get("node_id") for e in rows if e["row"].get("node_id"))
+    assert node_a not in trained_on
+    assert trained_on[node_c] >= 1 and trained_on[node_b] >= 1
+    assert "replaces" in console
