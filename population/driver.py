@@ -793,7 +793,7 @@ class Driver:
         if slot.dead:
             return
         slot.dead = True
-        self.console.line(f"worker {slot.name} died ({why}); the run goes on with fewer workers "
+        self.console.line(f"worker {slot.name} died ({_first_sentence(why)}); the run goes on with fewer workers "
                           f"({self._live_workers()} of {self.config.workers}) until capacity returns")
         if slot.ready is not None and slot.ready in self.flights:
             self._lose(slot, self.flights[slot.ready], f"worker {slot.name} died")
@@ -869,7 +869,7 @@ class Driver:
         work.attempts += 1
         if work.attempts < MAX_ATTEMPTS:
             self.pending.appendleft(work)
-        self.console.line(f"e{flight.exp_id:04d} lost ({reason})" + ("; queued again" if work.attempts < MAX_ATTEMPTS else ""))
+        self.console.line(f"e{flight.exp_id:04d} lost ({_first_sentence(reason)})" + ("; queued again" if work.attempts < MAX_ATTEMPTS else ""))
 
     def _prepared(self, slot: Slot, flight: Flight, prepared: Prepared) -> None:
         flight.prepared = prepared
@@ -1077,6 +1077,12 @@ class Driver:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def _first_sentence(text: str) -> str:
+    """Ray's error lines run on with advice; the console keeps their first sentence (the journal all)."""
+    head, dot, _ = text.partition(". ")
+    return head + dot.strip()
 
 
 def _raised_line(error: BaseException, exception_name: str) -> str | None:
