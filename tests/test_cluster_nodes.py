@@ -7,7 +7,8 @@ that node's environment; the driver passes none), so nothing is shared but what 
     - a node removed mid-training: its experiments are journalled lost and run again elsewhere, the
       run goes on with fewer workers, and a node added later gets replacement workers.
 
-Each test builds its own small cluster (a node is a raylet and a few processes: ~5 s on 2 cores)."""
+The module shares one cluster (its head starts in ~20 s on 2 busy cores, a node in ~4 s); the last
+test removes node a and adds node c."""
 from __future__ import annotations
 
 import io
@@ -23,7 +24,8 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster                                  # noqa: E402
 
 from population.config import RunConfig                                 # noqa: E402
-from population.driver import EXIT_OK, free_slots, run_population                   # noqa: E402
+from population import readiness                                        # noqa: E402
+from population.driver import EXIT_OK, Driver, Joining, Slot, free_slots, run_population   # noqa: E402                   # noqa: E402
 from test_driver_support import FAKE_TRAIN, branches, events, git, make_seed_repo   # noqa: E402
 
 GPU_KIND = "H100"
@@ -132,6 +134,41 @@ def test_free_slots_are_the_capacity_no_live_worker_takes_on_nodes_not_refused()
     assert free_slots(capacity, used=["a", "b", "b"], refused={"c"}) == [("a", "H100")]
     assert free_slots(capacity, used=["a", "a", "a"], refused=set()) == capacity[2:]   # oversubscribed a
     assert free_slots([], used=[], refused=set()) == []
+
+
+@ray.remote(num_cpus=0)
+class StubWorker:
+    """Answers like a WorkerActor starting on a node whose cache is (or is not) the driver's."""
+
+    def __init__(self, cache_matches: bool):
+        self.cache_matches = cache_matches
+
+    def info(self) -> dict:
+        return {"hostname": "stub-host", "agent": "mutate"}
+
+    def ensure_ready(self) -> str:
+        if not self.cache_matches:
+            raise readiness.NodeNotReady("node stub-host: tokenizer/validation data differ from the driver's")
+        return "fingerprint"
+
+
+def test_a_replacement_takes_the_dead_slot_once_ready_and_a_node_that_is_not_is_refused(nodes):
+    out = io.StringIO()
+    driver = Driver(RunConfig(workers=2), out=out)
+    driver.slots = [Slot("w0", None, "gone-node", GPU_KIND, "mutate", dead=True),
+                    Slot("w1", None, "gone-node", GPU_KIND, "mutate", dead=True)]
+    for position, matches in ((0, True), (1, False)):
+        stub = StubWorker.remote(matches)
+        slot = Slot(f"w{2 + position}", stub, f"node-{position}", GPU_KIND, "mutate")
+        driver.joining[position] = Joining(slot, [stub.info.remote(), stub.ensure_ready.remote()], time.time())
+    _wait_for("the stubs to answer", lambda: (driver._admit_replacements() or not driver.joining), out, 60)
+
+    assert [s.name for s in driver.slots] == ["w2", "w1"]          # w1's replacement was refused
+    assert driver.slots[0].hostname == "stub-host" and not driver.slots[0].dead
+    assert driver.refused_nodes == {"node-1"}
+    console = out.getvalue()
+    assert "worker w2 replaces w0 on node node-0 (stub-host): 1 of 2 workers" in console
+    assert "replacement worker w3 on node node-1 failed: node stub-host: tokenizer/validation data differ" in console
 
 
 def test_children_travel_as_bundles_between_nodes_and_land_as_branches(nodes, tmp_path, monkeypatch):
