@@ -1085,6 +1085,14 @@ def _first_sentence(text: str) -> str:
     return head + dot.strip()
 
 
+def _git_error_line(error) -> str:
+    """`git <subcommand> failed: <git's first line>` from a GitCommandError's multi-line text."""
+    command = error.command if isinstance(error.command, (list, tuple)) else str(error.command).split()
+    stderr = str(error.stderr or "").strip().removeprefix("stderr:").strip().strip("'").strip()
+    said = next((line.strip() for line in stderr.splitlines() if line.strip()), f"exit code {error.status}")
+    return f"git {command[1] if len(command) > 1 else ''} failed: {said}"
+
+
 def _raised_line(error: BaseException, exception_name: str) -> str | None:
     """The message of `exception_name` quoted in a Ray error's remote traceback, if it is there."""
     marker = f"{exception_name}: "
@@ -1119,4 +1127,7 @@ def run_population(config: RunConfig, ray_init_kwargs: dict | None = None, out: 
         return EXIT_USAGE
     except (DriverError, gitops.GitOpsError, StoreError, AgentSpecError) as e:
         console.error(str(e))
+        return EXIT_ERROR
+    except gitops.git.GitCommandError as e:     # git refused (disk full, a path in the way...): its own words
+        console.error(_git_error_line(e))
         return EXIT_ERROR
