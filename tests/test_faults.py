@@ -584,3 +584,21 @@ def test_a_missing_data_cache_is_one_line_naming_the_fix(cluster, tmp_path, monk
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     events = assert_nothing_lost_or_twice(repo / "runs" / "nocache", state="stopped")
     assert [e["row"]["status"] for e in events if e["type"] == "experiment_finished"] == ["crash"]
+
+
+def test_a_git_command_that_fails_is_one_line_with_gits_own_words(cluster, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AUTORESEARCH_FAKE_SLEEP", "0.05")
+    repo = make_seed_repo(tmp_path / "seed")
+    code, out = _run(_config(repo, "squat", max_experiments=1))
+    assert code == EXIT_OK, out
+    member = repo / "runs" / "squat" / "members" / "m0000"
+    git(repo, "worktree", "remove", "--force", str(member))
+    member.write_text("a file where the member's worktree goes\n")
+    journal_before = (repo / "runs" / "squat" / "events.jsonl").read_bytes()
+
+    code, _ = _run(_config(repo, "squat", resume=True, max_experiments=2))
+    err = capsys.readouterr().err
+    assert code == EXIT_ERROR
+    assert "git worktree failed: fatal:" in err and "already exists" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert (repo / "runs" / "squat" / "events.jsonl").read_bytes().startswith(journal_before)
