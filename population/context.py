@@ -17,7 +17,7 @@ TRAIN_FILE_LINE = "The one file you may edit: `{train_file}`"
 _TRAIN_FILE_PATTERN = re.compile(r"The one file you may edit: `([^`]+)`")
 _MAX_BEST = 5
 _MAX_FAILURES = 8
-_MAX_IN_FLIGHT = 8
+IN_FLIGHT_SHOWN = 8                # the newest in-flight experiments a prompt lists
 _ERROR_TAIL_LINES = 6
 _ERROR_TAIL_CHARS = 500
 _DESCRIPTION_CHARS = 200
@@ -153,7 +153,7 @@ def _failure_items(rows: list[dict]) -> list[str]:
 
 def _in_flight_items(in_flight: list[dict]) -> list[str]:
     items = []
-    for record in in_flight[-_MAX_IN_FLIGHT:]:
+    for record in in_flight[-IN_FLIGHT_SHOWN:]:
         who = record.get("worker") or "a worker"
         parent = _int_or_none(record.get("parent_id"))
         on = f"from parent #{parent}" if parent is not None else f"({record.get('kind', 'baseline')})"

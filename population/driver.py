@@ -49,6 +49,7 @@ CONNECT_TIMEOUT_S = 5.0
 CAPACITY_CHECK_EVERY_S = 5.0   # while a worker is dead: how often to look for a free slot (one ray.nodes())
 _BUNDLE_CACHE = 64
 TABLES_EVERY_S = 5.0
+TABLES_MAX_SHARE = 0.02        # full rewrites grow with the run: at most this share of the driver's time
 
 
 class DriverError(Exception):
@@ -396,7 +397,8 @@ class Driver:
         """The derived tables (throttled: the journal is the per-event truth; the loop writes
         them once due when a rewrite was skipped) and run.json."""
         self.tables_stale = not self.store.write_tables_if_due(
-            self.state.lineage_rows, self.task.metric, min_interval_s=TABLES_EVERY_S, force=force)
+            self.state.lineage_rows, self.task.metric, min_interval_s=TABLES_EVERY_S, force=force,
+            max_share=TABLES_MAX_SHARE)
         champion = self.state.members.get(self.state.champion) if self.state.champion else None
         self.store.update_meta(noise_std=self.state.noise_std, champion_id=champion.first_id if champion else None,
                                workers=self.config.workers)
@@ -621,7 +623,7 @@ class Driver:
         if self.stop_reason is not None:
             return False
         limit = self.config.max_experiments
-        return limit is None or sum(1 for e in self.state.experiments.values() if e.phase != "lost") < limit
+        return limit is None or self.state.counted() < limit
 
     def _noise_done(self) -> bool:
         return self.state.noise_std is not None
@@ -716,16 +718,17 @@ class Driver:
         self.refs[ref] = (slot, "prep", exp_id)
 
     def _prompt(self, parent_id: int | None) -> str:
-        from population.context import build_prompt
+        from population.context import IN_FLIGHT_SHOWN, build_prompt
+        parent_id = parent_id if parent_id is not None else 0
         in_flight = []
-        for exp in self.state.in_flight():
+        for exp in self.state.in_flight(newest=IN_FLIGHT_SHOWN):   # not all 1,000 of a large run
             record = dict(exp.started)
             flight = self.flights.get(exp.id)
             if flight and flight.prepared and flight.prepared.description:
                 record["description"] = flight.prepared.description
             in_flight.append(record)
-        return build_prompt(self.program_md, self.task, self.state.lineage_rows(),
-                            parent_id if parent_id is not None else 0, in_flight)
+        # the rows the prompt draws on, not every experiment of the run (bench/simulate.py)
+        return build_prompt(self.program_md, self.task, self.state.context_rows(parent_id), parent_id, in_flight)
 
     def _bundle(self, commit: str) -> tuple:
         """(ObjectRef of the bundle bytes, ref inside it) for `commit`, cached: parents recur."""

@@ -18,6 +18,7 @@ experiment's lineage row, built once; only the member columns are filled in when
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import math
 import statistics
@@ -255,9 +256,13 @@ class PopulationState:
         """The id of the next experiment (ids are never reused, not even those of lost ones)."""
         return self._max_id + 1
 
-    def in_flight(self) -> list[Experiment]:
-        """Started, neither finished nor lost, in id order."""
-        return sorted(self._in_flight.values(), key=lambda e: e.id)
+    def in_flight(self, newest: int | None = None) -> list[Experiment]:
+        """Started, neither finished nor lost, in id order; only the `newest` ones when given
+        (the prompt shows a few: no need to walk all 1,000 of a large run)."""
+        if newest is None:
+            return sorted(self._in_flight.values(), key=lambda e: e.id)
+        recent = list(itertools.islice(reversed(self._in_flight.values()), newest)) if newest > 0 else []
+        return sorted(recent, key=lambda e: e.id)   # started in id order, so these are the newest
 
     def counted(self) -> int:
         """Experiments that count toward --max-experiments: started and not lost."""
