@@ -671,7 +671,7 @@ class Driver:
     def _first_id(self, member: str) -> int | None:
         if member in self.state.members:
             return self.state.members[member].first_id
-        ids = [e.id for e in self.state.experiments.values() if e.member == member and e.kind != "rerun"]
+        ids = [i for i in self.state.experiment_ids(member) if self.state.experiments[i].kind != "rerun"]
         return min(ids) if ids else None
 
     def _member_parent(self, member: str) -> tuple[str | None, int | None, str]:

@@ -264,6 +264,10 @@ class PopulationState:
         recent = list(itertools.islice(reversed(self._in_flight.values()), newest)) if newest > 0 else []
         return sorted(recent, key=lambda e: e.id)   # started in id order, so these are the newest
 
+    def experiment_ids(self, member: str) -> list[int]:
+        """Ids of every experiment started for `member` (its first run, re-runs, lost tries)."""
+        return list(self._ids_by_member.get(member, ()))
+
     def counted(self) -> int:
         """Experiments that count toward --max-experiments: started and not lost."""
         return len(self.experiments) - self._lost

@@ -121,6 +121,7 @@ def test_state_indexes_match_a_scan(tmp_path):
     assert state.in_flight() == scan
     assert state.in_flight(newest=IN_FLIGHT_SHOWN) == scan[-IN_FLIGHT_SHOWN:]
     assert state.next_id() == 300
+    assert state.experiment_ids("m0007") == [e.id for e in state.experiments.values() if e.member == "m0007"]
     assert state.counted() == sum(1 for e in state.experiments.values() if e.phase != "lost")
     assert [m.name for m in state.living()] == [m.name for m in sorted(state.members.values(), key=lambda m: m.born)
                                                if m.alive]
