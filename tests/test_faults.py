@@ -474,6 +474,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_previous_store_stays_inta
     monkeypatch.setattr(store, "os", Os())
     monkeypatch.setattr(store, "open", journal_open, raising=False)
     monkeypatch.setattr(driver, "TABLES_EVERY_S", 0.0)     # rewrite the tables after every event
+    monkeypatch.setattr(driver, "TABLES_MAX_SHARE", None)
     code, out = _run(_config(repo, "full", max_experiments=4))
     monkeypatch.undo()
     err = capsys.readouterr().err
