@@ -172,7 +172,7 @@ def main() -> int:
         return 2
 
     import ray
-    ray.init(num_gpus=args.gpus, num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
+    ray.init(address="local", num_gpus=args.gpus, num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     rows = []
     with tempfile.TemporaryDirectory(prefix="driver-bench-") as tmp:

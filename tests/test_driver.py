@@ -39,7 +39,7 @@ def cluster():
     # this module inherit the setting.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
         yield ray.get_runtime_context().gcs_address
         ray.shutdown()
 
