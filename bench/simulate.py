@@ -697,10 +697,13 @@ def report(outcome: Outcome, git: dict | None, disk_fsync_s: float | None = None
         ("simulation wall time", f"{outcome.wall_s:.0f} s"),
     ]
     if git:
-        rows.append((f"real git per child (driver side), {git['refs']:,} member branches, median / p90",
-                     f"{1e3 * git['driver_median']:.1f} / {1e3 * git['driver_p90']:.1f} ms"))
-        rows.append(("real git per child (worker side: fetch, worktree, commit, bundle), median",
-                     f"{1e3 * git['worker_median']:.1f} ms"))
+        per_call = ", ".join(f"{name} {1e3 * seconds:.0f}" for name, seconds in sorted(git["driver"].items()))
+        git_s = git_per_experiment(git, outcome.simgit.calls, n)
+        rate = n / virtual
+        rows.append((f"real git calls, median ms ({git['refs']:,} member branches)", per_call))
+        rows.append(("real git per experiment on the driver (stubbed calls x their cost)",
+                     f"{1e3 * git_s:.0f} ms; driver busy with it: {100 * (driver_s / virtual + git_s * rate):.1f}%"))
+        rows.append(("real git per child on its worker (fetch, worktree, commit, bundle)", f"{1e3 * git['worker']:.0f} ms"))
     lines += ["", "| measure | result |", "| --- | --- |"] + [f"| {a} | {b} |" for a, b in rows]
     return "\n".join(lines) + "\n"
 
@@ -713,9 +716,10 @@ def _git(cwd: Path, *args: str, stdin: str | None = None) -> None:
 
 
 def measure_git(work: Path, samples: int, refs: int) -> dict:
-    """The gitops calls of one child, for real: the driver bundles the parent, the worker fetches
-    it, checks out a worktree, edits one constant, commits and bundles the child back; the driver
-    fetches it, compares blobs, diffs, adds the member's worktree, moves `best`, culls one."""
+    """The gitops calls of `samples` children, for real, each timed: the driver bundles the parent,
+    the worker fetches it, checks out a worktree, edits one constant, commits and bundles the child
+    back; the driver fetches it, compares blobs, diffs, adds the member's worktree, moves `best` and
+    culls one. Returns {"refs", "worker": seconds per child, "driver": {gitops call: seconds}}."""
     from population import gitops as g
 
     seed = work / "seed"
@@ -730,35 +734,44 @@ def measure_git(work: Path, samples: int, refs: int) -> dict:
             f"create refs/heads/{g.member_branch('sim', g.member_name(i))} {base}\n" for i in range(refs)))
         _git(seed, "pack-refs", "--all")
     clone = g.init_clone(work / "clone")
-    driver_s, worker_s, parent = [], [], base
+    driver: dict[str, list[float]] = defaultdict(list)
+    worker_s, parent = [], base
+
+    def timed(name, fn, *args):
+        start = time.perf_counter()
+        value = fn(*args)
+        driver[name].append(time.perf_counter() - start)
+        return value
+
     for i in range(samples):
         member = g.member_name(refs + i)
-        start = time.perf_counter()
-        data, ref = g.bundle_bytes(repo, parent)
-        driver = time.perf_counter() - start
+        branch = g.member_branch("sim", member)
+        data, ref = timed("bundle_bytes", g.bundle_bytes, repo, parent)
         start = time.perf_counter()
         if not g.has_commit(clone, parent):
             g.fetch_bundle(clone, data, ref)
         tree = work / "worktrees" / str(i)
-        g.add_detached_worktree(clone, tree, parent, g.member_branch("sim", member))
+        g.add_detached_worktree(clone, tree, parent, branch)
         train = tree / "engine" / "train.py"
         train.write_text(train.read_text().replace(" = ", f" = {i}+", 1))
         child = g.commit_worktree(tree, f"child {i}", ["engine/train.py"])
         child_bundle, child_ref = g.bundle_bytes(clone, child, exclude=[parent])
         g.remove_worktree(clone, tree)
         worker_s.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        branch = g.member_branch("sim", member)
-        commit = g.fetch_bundle(repo, child_bundle, child_ref, f"refs/heads/{branch}")
-        g.file_blob(repo, commit, "engine/train.py") != g.file_blob(repo, parent, "engine/train.py")
-        g.diff(repo, parent, commit)
-        g.add_worktree(repo, work / "members" / member, branch)
-        g.set_ref(repo, g.best_branch("sim"), commit)
-        g.remove_worktree(repo, work / "members" / member)
-        driver_s.append(driver + time.perf_counter() - start)
+        commit = timed("fetch_bundle", g.fetch_bundle, repo, child_bundle, child_ref, f"refs/heads/{branch}")
+        timed("file_blob", g.file_blob, repo, commit, "engine/train.py")
+        timed("diff", g.diff, repo, parent, commit)
+        timed("add_worktree", g.add_worktree, repo, work / "members" / member, branch)
+        timed("set_ref", g.set_ref, repo, g.best_branch("sim"), commit)
+        timed("remove_worktree", g.remove_worktree, repo, work / "members" / member)
         parent = commit
-    return {"refs": refs, "driver_median": statistics.median(driver_s), "driver_p90": percentile(driver_s, 0.9),
-            "worker_median": statistics.median(worker_s)}
+    return {"refs": refs, "worker": statistics.median(worker_s),
+            "driver": {name: statistics.median(times) for name, times in driver.items()}}
+
+
+def git_per_experiment(git: dict, calls: Counter, experiments: int) -> float:
+    """Seconds of real git per experiment on the driver: each stubbed call's rate x its measured cost."""
+    return sum(git["driver"][name] * count / experiments for name, count in calls.items() if name in git["driver"])
 
 
 # ================================================================ CLI
