@@ -77,10 +77,10 @@ class Landscape:
         return self.true_value(code) + rng.gauss(0.0, self.noise)
 
     def mutate(self, code: tuple[float, ...], rng: random.Random) -> tuple[tuple[float, ...], int]:
-        """One constant moved by about one step (to three decimals, so two agents can still
+        """One constant moved by about one step (to four decimals, so two agents can still
         propose the same file): (the new code, which constant)."""
         which = rng.randrange(len(code))
-        new = round(code[which] + rng.choice((-1, 1)) * rng.uniform(0.2, 1.5), 3)
+        new = round(code[which] + rng.choice((-1, 1)) * rng.uniform(0.2, 1.5), 4)
         return code[:which] + (new,) + code[which + 1:], which
 
 
