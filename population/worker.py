@@ -117,9 +117,10 @@ class WorkerCore:
         from population.agents import make_agent
 
         if use_sandbox:
-            sandbox.require()      # SandboxUnavailable (one line): this node cannot run sandboxed trainings
+            sandbox.require()      # SandboxUnavailable (one line): this node cannot sandbox trainings and agents
         self.name = name
         self.agent = make_agent(agent_spec, **agent_options)
+        self.agent.use_sandbox = use_sandbox
         self.root = worker_root(workdir, tag, name)
         shutil.rmtree(self.root, ignore_errors=True)   # leftovers of an earlier driver: bundles refill it
         self.clone = gitops.init_clone(self.root / "clone")
