@@ -1,18 +1,23 @@
 """`--sandbox`: run trainings and agents inside bubblewrap (`bwrap`).
 
 Inside the sandbox the whole filesystem is read-only, the experiment's worktree is the only
-writable place besides a private /tmp, the data cache is read-only, /dev is minimal (plus the GPU
-device nodes), /proc is the sandbox's own, every namespace is unshared and the sandbox dies with
-its parent. A training gets no network at all (its own empty network namespace, so not even a
-loopback server of the host is reachable); an agent keeps the host's network, it has to talk to
-its model.
+writable place besides a private /tmp, the data cache is read-only, /dev is minimal, /proc is
+the sandbox's own, every namespace is unshared and the sandbox dies with its parent.
 
-The environment is exactly the one given. It is handed to bwrap's own process (bwrap passes its
-environment to the command unchanged) rather than put on the command line with --setenv: an
-agent's API key on a command line could be read by any user of the node in `ps`. `Sandboxed`
-carries both, so a caller does `subprocess.Popen(s.argv, env=s.env, ...)`.
+- A training gets the GPU device nodes and no network at all (its own empty network namespace,
+  so not even a loopback server of the host is reachable).
+- An agent (a subprocess agent: claude, codex, command:) keeps the host's network, it has to
+  talk to its model; it gets no GPU, and a private HOME inside the private /tmp (tools like
+  Claude Code write their config and state under ~), so the host's HOME is never written.
 
-`bwrap_argv` is pure; `available`, `gpu_device_nodes` and `sandboxed` look at the machine.
+The environment is exactly the one given (plus HOME, TMPDIR and the caches pointed into the
+sandbox). It is handed to bwrap's own process (bwrap passes its environment to the command
+unchanged) rather than put on the command line with --setenv: an agent's API key on a command
+line could be read by any user of the node in `ps`. `Sandboxed` carries both, so a caller does
+`subprocess.Popen(s.argv, env=s.env, ...)`.
+
+`bwrap_argv`, `sandbox_env` and `agent_env` are pure; `available`, `gpu_device_nodes` and
+`sandboxed` look at the machine.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from population.agents.env import is_secret_name
 TRAINING, AGENT = "training", "agent"
 MODES = (TRAINING, AGENT)
 SANDBOX_TMP = "/tmp"
+AGENT_HOME = f"{SANDBOX_TMP}/home"      # an agent's private HOME, gone with its sandbox
 PROBE_TIMEOUT_S = 20.0
 
 # What a training may see of its node's environment: the basics, the run's settings, compile caches.
@@ -76,26 +82,30 @@ def _paths(paths: Iterable[str | os.PathLike]) -> list[str]:
     return [os.path.abspath(p) for p in paths]
 
 
-def bwrap_argv(command: Sequence[str], *, worktree: str | os.PathLike, data_cache: str | os.PathLike,
+def bwrap_argv(command: Sequence[str], *, worktree: str | os.PathLike, data_cache: str | os.PathLike | None,
                mode: str = TRAINING, gpu_devices: Iterable[str] = (), writable: Iterable[str | os.PathLike] = (),
                readonly: Iterable[str | os.PathLike] = (), bwrap: str = "bwrap") -> list[str]:
     """The bwrap command line that runs `command` in `worktree` (its working directory).
 
-    `writable`: further read-write paths (a persistent compile cache); `readonly`: paths bound
-    read-only last, so they are visible even under the private /tmp and win over the worktree
-    (a virtual environment living in /tmp; `prepare/` inside the worktree). Later binds cover
-    earlier ones, hence the order: the root, then /dev, /proc and /tmp, then what is re-exposed.
+    `data_cache`: bound read-only (None: nothing to bind; it is read-only like the rest, or
+    hidden under the private /tmp). `writable`: further read-write paths (a persistent compile
+    cache); `readonly`: paths bound read-only last, so they are visible even under the private
+    /tmp and win over the worktree (a virtual environment living in /tmp; `prepare/` inside the
+    worktree). Later binds cover earlier ones, hence the order: the root, then /dev, /proc and
+    /tmp, then what is re-exposed. An agent also gets its HOME directory made in the private /tmp.
     """
     if mode not in MODES:
         raise ValueError(f"sandbox mode must be one of {', '.join(MODES)}, got {mode!r}")
-    worktree, data_cache = os.path.abspath(worktree), os.path.abspath(data_cache)
+    worktree = os.path.abspath(worktree)
     argv = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", SANDBOX_TMP]
+    if mode == AGENT:
+        argv += ["--dir", AGENT_HOME]
     for device in gpu_devices:
         argv += ["--dev-bind", device, device]
     for path in _paths(writable):
         argv += ["--bind", path, path]
-    argv += ["--bind", worktree, worktree, "--ro-bind", data_cache, data_cache]
-    for path in _paths(readonly):
+    argv += ["--bind", worktree, worktree]
+    for path in _paths([data_cache] if data_cache is not None else []) + _paths(readonly):
         argv += ["--ro-bind", path, path]
     argv += ["--unshare-all"] + (["--share-net"] if mode == AGENT else [])
     argv += ["--die-with-parent", "--chdir", worktree, "--"]
@@ -117,6 +127,12 @@ def sandbox_env(env: Mapping[str, str], data_cache: str | os.PathLike,
         if not path or not (_under(path, SANDBOX_TMP) or path in kept):
             env[name] = default
     return env
+
+
+def agent_env(env: Mapping[str, str]) -> dict[str, str]:
+    """An agent's `env` (its minimal environment, its own key) with HOME and TMPDIR in the
+    private /tmp: writable there, and the host's HOME never touched."""
+    return {**env, "HOME": AGENT_HOME, "TMPDIR": SANDBOX_TMP}
 
 
 def _under(path: str, root: str) -> bool:
@@ -169,16 +185,31 @@ def python_paths_under_tmp() -> list[str]:
     return sorted(p for p in prefixes if _under(p, SANDBOX_TMP))
 
 
-def sandboxed(command: Sequence[str], *, worktree: str | os.PathLike, data_cache: str | os.PathLike,
-              env: Mapping[str, str], mode: str = TRAINING, readonly: Iterable[str | os.PathLike] = (),
-              writable: Iterable[str | os.PathLike] = ()) -> Sandboxed:
-    """`command` wrapped for this node: its GPU device nodes, its Python, the node's own compile
-    caches (when the environment names existing ones) kept across runs. Raises SandboxUnavailable."""
+def program_under_tmp(command: Sequence[str]) -> list[str]:
+    """The command's program file, when it is a path in /tmp (hidden by the private /tmp)."""
+    program = command[0] if command else ""
+    return [program] if os.path.isabs(program) and _under(os.path.abspath(program), SANDBOX_TMP) else []
+
+
+def sandboxed(command: Sequence[str], *, worktree: str | os.PathLike, env: Mapping[str, str],
+              data_cache: str | os.PathLike | None = None, mode: str = TRAINING,
+              readonly: Iterable[str | os.PathLike] = (), writable: Iterable[str | os.PathLike] = ()) -> Sandboxed:
+    """`command` wrapped for this node: its Python and the program itself re-exposed when they
+    live in /tmp; a training also gets the GPU device nodes and the node's own compile caches
+    (when the environment names existing ones) kept across runs, and needs its `data_cache`; an
+    agent gets its private HOME. Raises SandboxUnavailable."""
     require()
+    readonly = [*python_paths_under_tmp(), *program_under_tmp(command), *readonly]
+    bwrap = shutil.which("bwrap") or "bwrap"
+    if mode == AGENT:
+        argv = bwrap_argv(command, worktree=worktree, data_cache=data_cache, mode=AGENT, writable=writable,
+                          readonly=readonly, bwrap=bwrap)
+        return Sandboxed(argv, agent_env(env))
+    if data_cache is None:
+        raise ValueError("a training's sandbox needs its data cache")
     caches = [env[name] for name in COMPILE_CACHE_DEFAULTS
               if env.get(name) and not _under(env[name], SANDBOX_TMP) and os.path.isdir(env[name])]
     env = sandbox_env(env, data_cache, kept_caches=caches)
     argv = bwrap_argv(command, worktree=worktree, data_cache=data_cache, mode=mode,
-                      gpu_devices=gpu_device_nodes(), writable=[*caches, *writable],
-                      readonly=[*python_paths_under_tmp(), *readonly], bwrap=shutil.which("bwrap") or "bwrap")
+                      gpu_devices=gpu_device_nodes(), writable=[*caches, *writable], readonly=readonly, bwrap=bwrap)
     return Sandboxed(argv, env)

@@ -1,5 +1,6 @@
 """What every agent shares: the Proposal it returns, the description protocol, and running an
-agent process under a wall-clock limit with its output captured and bounded."""
+agent process under a wall-clock limit with its output captured and bounded (in bubblewrap with
+`--sandbox`)."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from population import sandbox
 from population.agents.env import scrub, secret_values
 from population.processes import stop_group
 
@@ -35,9 +37,15 @@ class Proposal:
 
 
 class Agent:
-    """Edits the task's train file in a worktree; never commits. Subclasses implement `_propose`."""
+    """Edits the task's train file in a worktree; never commits. Subclasses implement `_propose`.
+
+    `use_sandbox` (set by the worker under `--sandbox`): run the agent's program in bubblewrap,
+    the worktree its only writable place besides a private /tmp and HOME. Only subprocess agents
+    (claude, codex, command:) act on it; the built-in `openai:` and `mutate` agents run no
+    external program (our own code applies their edits), so they have nothing to confine."""
 
     spec: str = ""
+    use_sandbox: bool = False
 
     def __init__(self, *, max_transcript_chars: int = MAX_TRANSCRIPT_CHARS, api_key: str | None = None):
         self.max_transcript_chars = max_transcript_chars
@@ -127,17 +135,26 @@ def git_head(worktree: Path) -> str | None:
     return lines[1]
 
 
+def git_dirs(worktree: Path) -> list[Path]:
+    """The worktree's own git directory and the common one of its repository (one path when they
+    are the same; none outside a repository)."""
+    result = subprocess.run(["git", "-C", str(worktree), "rev-parse", "--absolute-git-dir", "--git-common-dir"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        return []
+    git_dir, common = result.stdout.split("\n")[:2]
+    return list(dict.fromkeys([Path(git_dir), (worktree / common).resolve()]))
+
+
 def remove_git_locks(worktree: Path) -> list[str]:
     """Delete the git lock files an agent left behind (killed mid-commit, or on purpose), so the
     worker's own git commands after it do not fail. Safe because the agent's process group is
     gone by now and nothing else uses the worker's clone while its agent runs. Returns the
     removed paths, relative to the git directories."""
-    result = subprocess.run(["git", "-C", str(worktree), "rev-parse", "--absolute-git-dir", "--git-common-dir"],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
+    dirs = git_dirs(worktree)
+    if not dirs:
         return []
-    git_dir = Path(result.stdout.split("\n")[0])
-    common_dir = (worktree / result.stdout.split("\n")[1]).resolve()
+    git_dir, common_dir = dirs[0], dirs[-1]
     locks = {*git_dir.glob("*.lock"), *common_dir.glob("*.lock"), *(common_dir / "refs").rglob("*.lock")}
     removed = []
     for lock in sorted(locks):
@@ -174,9 +191,16 @@ class ProcessResult:
 
 
 def run_agent_process(argv: list[str], *, cwd: Path, env: dict[str, str], stdin_text: str | None,
-                      timeout: float, max_chars: int = MAX_TRANSCRIPT_CHARS) -> ProcessResult:
+                      timeout: float, max_chars: int = MAX_TRANSCRIPT_CHARS,
+                      use_sandbox: bool = False) -> ProcessResult:
     """Run `argv` in its own process group; at `timeout` kill the whole group (agents spawn
-    shells and tools). Output goes to temporary files so a chatty agent cannot exhaust memory."""
+    shells and tools). Output goes to temporary files so a chatty agent cannot exhaust memory.
+    With `use_sandbox`, in bubblewrap: `cwd` (the worktree) writable, its git directories
+    read-only (visible even when they live in /tmp; agents never commit), the rest of the
+    filesystem read-only, the network kept. Raises SandboxUnavailable."""
+    if use_sandbox:
+        boxed = sandbox.sandboxed(argv, worktree=cwd, env=env, mode=sandbox.AGENT, readonly=git_dirs(Path(cwd)))
+        argv, env = boxed.argv, boxed.env
     start = time.monotonic()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.TemporaryFile() as stdin:

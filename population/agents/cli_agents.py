@@ -1,7 +1,8 @@
 """Agents that are command-line programs: Claude Code, Codex, and any CLI through a template.
 
 Each runs with the worktree as its working directory, a minimal environment holding only its own
-key, and a wall-clock limit that kills its whole process group. The one-line description is read
+key, and a wall-clock limit that kills its whole process group; under `--sandbox` in bubblewrap
+(`Agent.use_sandbox`, see population/sandbox.py). The one-line description is read
 from `.agent/description` (what program.md asks for), else from a `DESCRIPTION: ...` line of the
 agent's final answer.
 """
@@ -44,7 +45,7 @@ class CliAgent(Agent):
         argv, prompt_on_stdin = self._argv(worktree, prompt_file)
         result = run_agent_process(argv, cwd=worktree, env=minimal_env(self.key_names),
                                    stdin_text=prompt if prompt_on_stdin else None, timeout=timeout,
-                                   max_chars=self.max_transcript_chars)
+                                   max_chars=self.max_transcript_chars, use_sandbox=self.use_sandbox)
         answer, tokens, cost, reported_error = self._parse(result.stdout)
         return Proposal(description=description_from_text(answer), transcript=result.transcript(),
                         seconds=result.seconds, tokens=tokens, cost_usd=cost,
