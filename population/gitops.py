@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import git
@@ -187,18 +189,104 @@ def bundle_bytes(repo: git.Repo, commit: str, exclude: list[str] | tuple[str, ..
 
 
 def fetch_bundle(repo: git.Repo, data: bytes, bundle_ref: str, dest_ref: str | None = None) -> str:
-    """Fetch `bundle_ref` from bundle bytes into `repo` (under `dest_ref`, a full ref name, when
-    given); returns the commit it points to."""
-    with tempfile.TemporaryDirectory(prefix="population-bundle-") as tmp:
-        source = Path(tmp) / "in.bundle"
-        source.write_bytes(data)
-        heads = repo.git.bundle("list-heads", str(source), bundle_ref)
-        if not heads.strip():
-            raise GitOpsError(f"bundle has no ref {bundle_ref}")
-        commit = heads.split()[0]
-        refspec = f"+{bundle_ref}:{dest_ref}" if dest_ref else bundle_ref
-        repo.git.fetch("--quiet", "--no-tags", str(source), refspec)
+    """Import `bundle_ref` from bundle bytes into `repo` (and point `dest_ref`, a full ref name, at
+    it when given, forced); returns the commit it points to.
+
+    Not `git fetch <bundle>`: fetch and `bundle verify` walk every ref of the receiving repository
+    (advertisement, connectivity, prerequisite check against --all), so their cost grows with the
+    run's branches (one per experiment). Here the prerequisites are looked up by id, the pack is
+    stored as fetch would store it, and one `update-ref` moves the ref: no step reads all refs."""
+    refs, prerequisites, pack = read_bundle(data)
+    commit = refs.get(bundle_ref)
+    if commit is None:
+        raise GitOpsError(f"bundle has no ref {bundle_ref}")
+    missing = _missing_commits(repo, prerequisites)
+    if missing:
+        raise GitOpsError(f"bundle needs commit {missing[0]}, which {repo.working_dir} lacks")
+    _store_pack(repo, pack)
+    if dest_ref:
+        try:
+            repo.git.update_ref(dest_ref, commit)
+        except git.GitCommandError:
+            if has_commit(repo, commit):
+                raise                               # git's own reason (a lock, a full disk...)
+            raise GitOpsError(f"bundle lacks the commit {commit} of its ref {bundle_ref}") from None
+    elif not has_commit(repo, commit):
+        raise GitOpsError(f"bundle lacks the commit {commit} of its ref {bundle_ref}")
+    _imports[repo.git_dir] += 1
+    if _imports[repo.git_dir] % _MAINTENANCE_EVERY == 1:     # fetch ran it after every fetch
+        repo.git.maintenance("run", "--auto", "--quiet")     # gc once loose objects or packs pile up
     return commit
+
+
+_BUNDLE_SIGNATURES = (b"# v2 git bundle", b"# v3 git bundle")
+_OBJECT_ID_LENGTHS = (40, 64)       # sha1, sha256
+_UNPACK_LIMIT = 100                 # git's transfer.unpackLimit: smaller packs become loose objects
+_MAINTENANCE_EVERY = 20             # imports per `maintenance run --auto` (a process; gc needs thousands)
+_imports: Counter[str] = Counter()  # imports per repository, in this process
+
+
+def read_bundle(data: bytes) -> tuple[dict[str, str], list[str], bytes]:
+    """({ref: commit}, prerequisite commits, pack bytes) of a git bundle (gitformat-bundle(5));
+    GitOpsError (one line) when the bytes are not one."""
+    header_end = data.find(b"\n\n")
+    lines = data[:max(header_end, 0)].split(b"\n")
+    if header_end < 0 or lines[0] not in _BUNDLE_SIGNATURES:
+        raise GitOpsError("corrupt bundle: no git bundle header")
+    refs, prerequisites = {}, []
+    for line in lines[1:]:
+        text = line.decode("utf-8", "replace")
+        if text.startswith("@"):
+            if not text.startswith("@object-format="):      # a filter (partial bundle) or newer
+                raise GitOpsError(f"unsupported bundle capability {text[1:]!r}")
+            continue
+        object_id, _, name = text.removeprefix("-").partition(" ")
+        if len(object_id) not in _OBJECT_ID_LENGTHS or not all(c in "0123456789abcdef" for c in object_id):
+            raise GitOpsError(f"corrupt bundle: bad header line {text[:80]!r}")
+        if text.startswith("-"):
+            prerequisites.append(object_id)
+        elif name:
+            refs[name] = object_id
+        else:
+            raise GitOpsError(f"corrupt bundle: bad header line {text[:80]!r}")
+    pack = data[header_end + 2:]
+    if not pack.startswith(b"PACK") or len(pack) < 12:
+        raise GitOpsError("corrupt bundle: no pack after the header")
+    return refs, prerequisites, pack
+
+
+def _missing_commits(repo: git.Repo, commits: list[str]) -> list[str]:
+    """The `commits` that `repo` does not hold as commits (GitPython's long-lived `cat-file
+    --batch-check`: no process per call)."""
+    def is_commit(object_id: str) -> bool:
+        try:
+            return repo.git.get_object_header(object_id)[1] in (b"commit", "commit")   # bytes in GitPython 3
+        except ValueError:                  # "<id> missing"
+            return False
+    return [c for c in commits if not is_commit(c)]
+
+
+def _store_pack(repo: git.Repo, pack: bytes) -> None:
+    """Store the pack's objects as `git fetch` would: a small (thin) pack as loose objects, so a
+    long run leaves one pack per gc rather than one per child; a large one as a pack (thin bases
+    appended). Git checks the pack either way and refuses a corrupt one; --strict writes commits
+    and trees only once every object parsed and every link resolved, so a commit that lands has
+    all it needs (a worker skips the fetch of a commit it has)."""
+    objects = int.from_bytes(pack[8:12], "big")
+    args = (["unpack-objects", "-q", "--strict"] if objects < _UNPACK_LIMIT
+            else ["index-pack", "--stdin", "--fix-thin"])       # written whole or not at all
+    _git_with_input(repo, args, pack, "could not import the bundle")
+
+
+def _git_with_input(repo: git.Repo, args: list[str], data: bytes, what: str) -> bytes:
+    """stdout of `git <args>` run in `repo` with `data` on stdin; GitOpsError with git's first line."""
+    done = subprocess.run([git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git", *args], cwd=repo.working_dir,
+                          input=data, capture_output=True)
+    if done.returncode != 0:
+        said = next((line.strip() for line in done.stderr.decode("utf-8", "replace").splitlines() if line.strip()),
+                    f"exit code {done.returncode}")
+        raise GitOpsError(f"{what}: git {args[0]}: {said}")
+    return done.stdout
 
 
 # ---------------------------------------------------------------- a worker's clone

@@ -77,8 +77,140 @@ def test_bundle_moves_a_commit_into_a_separate_clone_and_back(seed, tmp_path):
 def test_fetch_bundle_without_the_ref_is_an_error(seed):
     repo = gitops.open_run_repo(seed)
     data, _ = gitops.bundle_bytes(repo, gitops.head_commit(repo))
-    with pytest.raises((gitops.GitOpsError, git.GitCommandError)):
+    with pytest.raises(gitops.GitOpsError, match="bundle has no ref refs/population-tmp/nope"):
         gitops.fetch_bundle(repo, data, "refs/population-tmp/nope")
+
+
+# ---------------------------------------------------------------- fetch_bundle without `git fetch`
+
+BIG_TRAIN = "".join(f"LAYER_{i}_WIDTH = {64 * i}  # a long file, so git stores the child as a delta\n"
+                    for i in range(300))
+
+
+def _child(clone: git.Repo, tmp_path: Path, parent: str, name: str, line: str) -> str:
+    """A child of `parent` committed in `clone`, whose train.py gains `line`."""
+    worktree = tmp_path / "wt" / name
+    gitops.add_detached_worktree(clone, worktree, parent, f"population/t/{name}")
+    train = worktree / "engine" / "train.py"
+    train.write_text(train.read_text() + line + "\n")
+    commit = gitops.commit_worktree(worktree, f"child {name}", ["engine/train.py"])
+    gitops.remove_worktree(clone, worktree)
+    return commit
+
+
+@pytest.fixture
+def driver_and_clone(tmp_path):
+    """(driver repo, parent commit, a worker's clone holding the parent) with a long train.py."""
+    repo = gitops.open_run_repo(make_seed_repo(tmp_path / "seed", train=BIG_TRAIN))
+    parent = gitops.head_commit(repo)
+    clone = gitops.init_clone(tmp_path / "clone")
+    gitops.fetch_bundle(clone, *gitops.bundle_bytes(repo, parent))
+    return repo, parent, clone
+
+
+def _packs(repo: git.Repo) -> list[Path]:
+    return sorted((Path(repo.git_dir) / "objects" / "pack").glob("*.pack"))
+
+
+def test_fetch_bundle_lands_a_thin_child_and_moves_the_ref(driver_and_clone, tmp_path):
+    repo, parent, clone = driver_and_clone
+    child = _child(clone, tmp_path, parent, "m0001", "DEPTH = 9")
+    data, ref = gitops.bundle_bytes(clone, child, exclude=[parent])
+    assert gitops.read_bundle(data)[1] == [parent]               # thin: the parent is a prerequisite
+    packs = _packs(repo)
+
+    assert gitops.fetch_bundle(repo, data, ref, "refs/heads/population/t/m0001") == child
+    assert gitops.ref_commit(repo, "population/t/m0001") == child
+    assert run_git(Path(repo.working_dir), "show", f"{child}:engine/train.py") == BIG_TRAIN + "DEPTH = 9\n"
+    assert run_git(Path(repo.working_dir), "fsck", "--connectivity-only", "--no-dangling").strip() == ""
+    assert _packs(repo) == packs          # a child's few objects land loose: no pack per experiment
+
+
+def test_fetch_bundle_keeps_a_large_bundle_as_one_pack(tmp_path):
+    seed = make_seed_repo(tmp_path / "seed")
+    for i in range(120):                  # more objects than git's unpack limit (100)
+        (seed / "prepare" / f"part{i}.py").write_text(f"PART = {i}\n")
+    run_git(seed, "add", "-A")
+    run_git(seed, "commit", "-qm", "many files")
+    repo = gitops.open_run_repo(seed)
+    clone = gitops.init_clone(tmp_path / "clone")
+    head = gitops.head_commit(repo)
+
+    assert gitops.fetch_bundle(clone, *gitops.bundle_bytes(repo, head)) == head
+    assert len(_packs(clone)) == 1
+    assert run_git(Path(clone.working_dir), "show", f"{head}:prepare/part119.py") == "PART = 119\n"
+    assert run_git(Path(clone.working_dir), "rev-list", "--count", head).strip() == "2"
+
+
+def test_fetch_bundle_refuses_a_bundle_whose_prerequisite_is_missing(driver_and_clone, tmp_path):
+    repo, parent, clone = driver_and_clone
+    child = _child(clone, tmp_path, parent, "m0001", "DEPTH = 9")
+    data, ref = gitops.bundle_bytes(clone, child, exclude=[parent])
+    empty = gitops.init_clone(tmp_path / "empty")              # lacks the parent
+    with pytest.raises(gitops.GitOpsError, match=f"bundle needs commit {parent}"):
+        gitops.fetch_bundle(empty, data, ref, "refs/heads/population/t/m0001")
+    assert gitops.ref_commit(empty, "population/t/m0001") is None
+    assert not gitops.has_commit(empty, child)
+
+
+def _pack_cut_in_half(data: bytes) -> bytes:
+    start = data.index(b"PACK")
+    return data[:start + (len(data) - start) // 2]
+
+
+def _trailer_cut(data: bytes) -> bytes:
+    return data[:-7]                                               # every object whole, the checksum not
+
+
+def _byte_flipped_in_pack(data: bytes) -> bytes:
+    at = data.index(b"PACK") + 20                                  # inside the first object
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+
+
+def _header_cut(data: bytes) -> bytes:
+    return data[:data.index(b"\n") + 10]
+
+
+@pytest.mark.parametrize("corrupt", [_pack_cut_in_half, _trailer_cut, _byte_flipped_in_pack, _header_cut,
+                                     lambda data: b"not a bundle"],
+                         ids=["pack cut in half", "trailer cut", "byte flipped in the pack", "header cut",
+                              "not a bundle"])
+def test_fetch_bundle_refuses_a_corrupt_bundle_with_one_line(driver_and_clone, tmp_path, corrupt):
+    repo, parent, clone = driver_and_clone
+    child = _child(clone, tmp_path, parent, "m0001", "DEPTH = 9")
+    data, ref = gitops.bundle_bytes(clone, child, exclude=[parent])
+    with pytest.raises(gitops.GitOpsError) as raised:
+        gitops.fetch_bundle(repo, corrupt(data), ref, "refs/heads/population/t/m0001")
+    assert "\n" not in str(raised.value) and str(raised.value)
+    assert gitops.ref_commit(repo, "population/t/m0001") is None
+    # A worker skips the fetch when it has the commit: a commit may land only with all it needs.
+    if corrupt is not _trailer_cut:
+        assert not gitops.has_commit(repo, child)
+    elif gitops.has_commit(repo, child):
+        run_git(Path(repo.working_dir), "rev-list", "--objects", child)       # raises if an object is missing
+
+
+def test_fetch_bundle_refuses_a_bundle_whose_pack_lacks_the_ref_commit(driver_and_clone, tmp_path):
+    repo, parent, clone = driver_and_clone
+    child = _child(clone, tmp_path, parent, "m0001", "DEPTH = 9")
+    other = _child(clone, tmp_path, parent, "m0002", "DEPTH = 10")
+    data, ref = gitops.bundle_bytes(clone, child, exclude=[parent])
+    lying = data.replace(child.encode(), other.encode(), 1)     # the header names a commit not in the pack
+    for dest in ("refs/heads/population/t/m0002", None):
+        with pytest.raises(gitops.GitOpsError, match=f"bundle lacks the commit {other}"):
+            gitops.fetch_bundle(repo, lying, ref, dest)
+    assert gitops.ref_commit(repo, "population/t/m0002") is None
+
+
+def test_fetch_bundle_overwrites_an_existing_dest_ref(driver_and_clone, tmp_path):
+    repo, parent, clone = driver_and_clone
+    first = _child(clone, tmp_path, parent, "m0001", "DEPTH = 9")
+    sibling = _child(clone, tmp_path, parent, "m0002", "DEPTH = 10")     # not a fast-forward of `first`
+    dest = "refs/heads/population/t/m0001"
+    gitops.fetch_bundle(repo, *gitops.bundle_bytes(clone, first, exclude=[parent]), dest)
+    assert gitops.ref_commit(repo, "population/t/m0001") == first
+    assert gitops.fetch_bundle(repo, *gitops.bundle_bytes(clone, sibling, exclude=[parent]), dest) == sibling
+    assert gitops.ref_commit(repo, "population/t/m0001") == sibling
 
 
 def test_worktree_removal_keeps_the_branch(seed, tmp_path):
