@@ -198,7 +198,7 @@ class Attention:
             return y[0] if isinstance(y, tuple) else y
         gqa = k.size(2) != q.size(2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if self.backend == "flex":
+        if self.backend == "flex" and window < T - 1:  # full layers: SDPA's flash kernel is faster
             y = flex_attention(q, k, v, block_mask=self.mask(T, window, q.device), enable_gqa=gqa)
         elif window >= T - 1:  # the window covers the whole sequence: plain causal
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
