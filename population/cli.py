@@ -104,10 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="use only nodes of this Ray accelerator_type (H100, H200...): results compare "
                             "only within one GPU type (default: any)")
     where.add_argument("--sandbox", action="store_true",
-                       help="run every training inside bubblewrap (bwrap, Linux user namespaces): no network at "
-                            "all, everything outside the experiment's worktree read-only (its prepare/ too), a "
-                            "private /tmp; each worker checks that bwrap works on its node before it starts "
-                            "(default: off)")
+                       help="run every training and every subprocess agent (claude, codex, command:) inside "
+                            "bubblewrap (bwrap, Linux user namespaces): everything outside the experiment's "
+                            "worktree read-only (its prepare/ too), a private /tmp; trainings get no network at "
+                            "all, agents keep it for their model and get a private HOME; each worker checks that "
+                            "bwrap works on its node before it starts (default: off)")
     # Hidden, for tests and laptops: a local Ray with fake GPUs / a set CPU count.
     p.add_argument("--ray-num-gpus", type=_integer, default=None, help=argparse.SUPPRESS)
     p.add_argument("--ray-num-cpus", type=_integer, default=None, help=argparse.SUPPRESS)

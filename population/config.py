@@ -54,7 +54,7 @@ class RunConfig:
     workdir: str | None = None              # workers' clones; None: $AUTORESEARCH_WORKDIR or the temp dir
     status_every_s: float = 60.0
     max_runs_per_member: int = 3            # promotion: at most this many runs before "keep"
-    sandbox: bool = False                   # trainings in bubblewrap: no network, read-only outside the worktree
+    sandbox: bool = False                   # trainings and subprocess agents in bubblewrap: read-only outside the worktree
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
