@@ -124,10 +124,22 @@ def list_branches(repo: git.Repo, prefix: str) -> dict[str, str]:
 
 def file_blob(repo: git.Repo, commit: str, path: str) -> str | None:
     """The blob id of `path` at `commit` (equal ids = identical content), None when absent."""
+    found = object_header(repo, f"{commit}:{path}")
+    return found[0] if found else None
+
+
+def object_header(repo: git.Repo, name: str) -> tuple[str, str] | None:
+    """(object id, type) of `name` (an id or `<commit>:<path>`), None when absent. Asks GitPython's
+    long-lived `cat-file --batch-check`: no git process per call (the driver asks per experiment)."""
     try:
-        return repo.git.rev_parse("--verify", "--quiet", f"{commit}:{path}")
-    except git.GitCommandError:
+        object_id, kind, _ = repo.git.get_object_header(name)
+    except ValueError:                      # "<name> missing"
         return None
+    return _text(object_id), _text(kind)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value     # GitPython 3 answers bytes
 
 
 def diff(repo: git.Repo, old: str, new: str) -> str:
@@ -200,7 +212,7 @@ def fetch_bundle(repo: git.Repo, data: bytes, bundle_ref: str, dest_ref: str | N
     commit = refs.get(bundle_ref)
     if commit is None:
         raise GitOpsError(f"bundle has no ref {bundle_ref}")
-    missing = _missing_commits(repo, prerequisites)
+    missing = [c for c in prerequisites if not has_commit(repo, c)]
     if missing:
         raise GitOpsError(f"bundle needs commit {missing[0]}, which {repo.working_dir} lacks")
     _store_pack(repo, pack)
@@ -255,17 +267,6 @@ def read_bundle(data: bytes) -> tuple[dict[str, str], list[str], bytes]:
     return refs, prerequisites, pack
 
 
-def _missing_commits(repo: git.Repo, commits: list[str]) -> list[str]:
-    """The `commits` that `repo` does not hold as commits (GitPython's long-lived `cat-file
-    --batch-check`: no process per call)."""
-    def is_commit(object_id: str) -> bool:
-        try:
-            return repo.git.get_object_header(object_id)[1] in (b"commit", "commit")   # bytes in GitPython 3
-        except ValueError:                  # "<id> missing"
-            return False
-    return [c for c in commits if not is_commit(c)]
-
-
 def _store_pack(repo: git.Repo, pack: bytes) -> None:
     """Store the pack's objects as `git fetch` would: a small (thin) pack as loose objects, so a
     long run leaves one pack per gc rather than one per child; a large one as a pack (thin bases
@@ -305,11 +306,8 @@ def init_clone(path: Path) -> git.Repo:
 
 
 def has_commit(repo: git.Repo, commit: str) -> bool:
-    try:
-        repo.git.cat_file("-e", f"{commit}^{{commit}}")
-        return True
-    except git.GitCommandError:
-        return False
+    found = object_header(repo, f"{commit}^{{commit}}")
+    return found is not None and found[1] == "commit"
 
 
 def commit_worktree(worktree: Path, message: str, paths: list[str]) -> str:
