@@ -226,7 +226,7 @@ def fetch_bundle(repo: git.Repo, data: bytes, bundle_ref: str, dest_ref: str | N
     elif not has_commit(repo, commit):
         raise GitOpsError(f"bundle lacks the commit {commit} of its ref {bundle_ref}")
     _imports[repo.git_dir] += 1
-    if _imports[repo.git_dir] % _MAINTENANCE_EVERY == 1:     # fetch ran it after every fetch
+    if _imports[repo.git_dir] % _MAINTENANCE_EVERY == 0:     # fetch ran it after every fetch
         repo.git.maintenance("run", "--auto", "--quiet")     # gc once loose objects or packs pile up
     return commit
 

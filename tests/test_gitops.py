@@ -244,3 +244,24 @@ def test_full_diff_includes_new_files_and_leaves_the_index_clean(seed):
     text = gitops.full_diff(seed, gitops.head_commit(repo))
     assert "prepare/new.py" in text and "SNEAKY = 1" in text
     assert run_git(seed, "diff", "--cached", "--name-only").strip() == ""
+
+
+def test_fetch_bundle_runs_gits_auto_maintenance_as_fetch_did(tmp_path, monkeypatch):
+    """Imports pile up packs (or loose objects); git's own gc --auto thresholds fold them."""
+    monkeypatch.setattr(gitops, "_MAINTENANCE_EVERY", 1)
+    seed = make_seed_repo(tmp_path / "seed")
+    repo = gitops.open_run_repo(seed)
+    clone = gitops.init_clone(tmp_path / "clone")
+    run_git(Path(clone.working_dir), "config", "gc.auto", "6700")            # init_clone turns gc off
+    run_git(Path(clone.working_dir), "config", "gc.autoPackLimit", "1")
+    run_git(Path(clone.working_dir), "config", "gc.autoDetach", "false")     # finish before we look
+    commits = []
+    for batch in range(2):                # two large bundles: two packs, over the limit of one
+        for i in range(110):
+            (seed / "prepare" / f"b{batch}_{i}.py").write_text(f"PART = {batch}, {i}\n")
+        run_git(seed, "add", "-A")
+        run_git(seed, "commit", "-qm", f"batch {batch}")
+        commits.append(gitops.head_commit(repo))
+        gitops.fetch_bundle(clone, *gitops.bundle_bytes(repo, commits[-1]), f"refs/heads/b{batch}")
+    assert len(_packs(clone)) == 1
+    assert [gitops.ref_commit(clone, f"b{batch}") for batch in range(2)] == commits
