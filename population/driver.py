@@ -883,8 +883,13 @@ class Driver:
             slot.ready = flight.exp_id
             return
         branch = gitops.member_branch(self.tag, flight.member)
-        flight.commit = gitops.fetch_bundle(self.repo, prepared.bundle, prepared.bundle_ref, f"refs/heads/{branch}")
-        prepared.bundle = None
+        try:
+            flight.commit = gitops.fetch_bundle(self.repo, prepared.bundle, prepared.bundle_ref, f"refs/heads/{branch}")
+        except gitops.GitOpsError as e:  # the worker's bundle is broken, not the driver's repository
+            self._finish_untrained(slot, flight, "crash", f"the child's bundle could not be imported: {e}")
+            return
+        finally:
+            prepared.bundle = None
         flight.train_blob = gitops.file_blob(self.repo, flight.commit, self.task.train_file)
         parent_blob = gitops.file_blob(self.repo, flight.parent_commit, self.task.train_file)
         if flight.train_blob == parent_blob:

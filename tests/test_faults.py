@@ -603,3 +603,29 @@ def test_a_git_command_that_fails_is_one_line_with_gits_own_words(cluster, tmp_p
     assert "git worktree failed: fatal:" in err and "already exists" in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert (repo / "runs" / "squat" / "events.jsonl").read_bytes().startswith(journal_before)
+
+
+def test_a_corrupt_bundle_from_a_worker_is_that_childs_crash_and_the_run_goes_on(cluster, tmp_path, monkeypatch):
+    """The driver imports every child as a bundle; a broken one (here the first child's, cut in
+    half on arrival) is recorded against that child, never imported, and the run goes on."""
+    from population import gitops
+
+    monkeypatch.setenv("AUTORESEARCH_FAKE_SLEEP", "0.05")
+    real_fetch, cut = gitops.fetch_bundle, []
+
+    def fetch_first_child_cut(repo, data, bundle_ref, dest_ref=None):
+        if dest_ref is not None and not cut:
+            cut.append(dest_ref)
+            data = data[: len(data) // 2]
+        return real_fetch(repo, data, bundle_ref, dest_ref)
+
+    monkeypatch.setattr(gitops, "fetch_bundle", fetch_first_child_cut)
+    repo = make_seed_repo(tmp_path / "seed")
+    code, out = _run(_config(repo, "cutbundle", max_experiments=4))
+    assert code == EXIT_OK, out
+    events = assert_nothing_lost_or_twice(repo / "runs" / "cutbundle")
+    rows = [e["row"] for e in events if e["type"] == "experiment_finished"]
+    broken = [r for r in rows if "bundle could not be imported" in r["reason"]]
+    assert len(broken) == 1 and broken[0]["status"] == "crash" and not broken[0]["commit"], broken
+    assert cut and cut[0].rsplit("/", 1)[1] not in branches(repo, "cutbundle")
+    assert sum(r["status"] == "ok" for r in rows) >= 2
