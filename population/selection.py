@@ -92,12 +92,14 @@ def noise_margin(noise_std: float, n_candidate: int, n_champion: int, z: float =
 
 
 def promotion_decision(candidate_runs: Sequence[float], champion_runs: Sequence[float],
-                       noise_std: float, *, z: float = 2.0, max_runs: int = 3,
+                       noise_std: float, *, z: float = 2.0, max_runs: int = 3, min_runs: int = 1,
                        lower_is_better: bool = True, rerun_optimism: float | None = 1.0) -> Decision:
     """What to do with a candidate after its latest run, given every ok run of both commits.
 
-    "promote": its mean beats the champion's by at least `noise_margin` (or there is no champion).
-    "rerun":   it beats the champion, but by less than the margin, has fewer than `max_runs` runs,
+    "promote": its mean beats the champion's by at least `noise_margin` (or there is no champion),
+               over at least `min_runs` runs (capped at `max_runs`).
+    "rerun":   it clears the margin on fewer than `min_runs` runs (a confirming run), or
+               it beats the champion, but by less than the margin, has fewer than `max_runs` runs,
                and could still clear the margin it will face after `max_runs` runs: its gain plus
                `rerun_optimism` standard errors of its own mean reaches that margin. None re-runs
                every candidate with a positive gain (the first rule; many such re-runs cannot succeed).
@@ -112,7 +114,7 @@ def promotion_decision(candidate_runs: Sequence[float], champion_runs: Sequence[
     runs, champion = len(candidate_runs), len(champion_runs)
     gain = sign * (statistics.fmean(champion_runs) - statistics.fmean(candidate_runs))
     if gain >= noise_margin(noise_std, runs, champion, z):
-        return "promote"
+        return "promote" if runs >= min(min_runs, max_runs) else "rerun"
     if gain <= 0 or runs >= max_runs:
         return "keep"
     if rerun_optimism is None:

@@ -137,6 +137,23 @@ def test_a_confirmed_gain_promotes_after_reruns():
     assert promotion_decision(runs, [1.0, 1.0001], 0.0004) == "promote"
 
 
+def test_min_runs_confirms_a_first_run_past_the_margin_before_promoting():
+    # 0.0020 better on one run clears any margin here, but one run may be luck: re-run it first
+    champion = [1.0, 1.0, 1.0]
+    assert promotion_decision([0.998], champion, 0.0004, min_runs=2, max_runs=2) == "rerun"
+    # the confirming run kept the mean past the margin: promoted; it regressed: kept, not promoted
+    assert promotion_decision([0.998, 0.9985], champion, 0.0004, min_runs=2, max_runs=2) == "promote"
+    assert promotion_decision([0.998, 1.0018], champion, 0.0004, min_runs=2, max_runs=2) == "keep"
+    # min_runs above max_runs is capped, so a member is never re-run past max_runs
+    assert promotion_decision([0.998], champion, 0.0004, min_runs=5, max_runs=1) == "promote"
+    assert promotion_decision([0.998], champion, 0.0004, min_runs=1) == "promote"
+
+
+def test_min_runs_respects_higher_is_better():
+    assert promotion_decision([0.81], [0.80] * 3, 0.0004, min_runs=2, lower_is_better=False) == "rerun"
+    assert promotion_decision([0.79], [0.80] * 3, 0.0004, min_runs=2, lower_is_better=False) == "keep"
+
+
 def test_a_worse_child_is_kept_without_rerun():
     assert promotion_decision([1.01], [1.0], 0.0004) == "keep"
 
