@@ -217,6 +217,7 @@ class PopulationSettings:
     cull: str = "age"
     z: float = 2.0
     max_runs: int = 3
+    min_runs: int = 1                       # runs a member needs before it can be promoted
     noise_runs: int = MAX_NOISE_RUNS_DEFAULT
     rerun_optimism: float | None = 1.0      # None: re-run every positive gain (the first rule)
 
@@ -228,7 +229,8 @@ class PopulationSettings:
         optimism = "any gain" if self.rerun_optimism is None else \
             f"gains within {self.rerun_optimism:g} standard error of the margin"
         return (f"population size {self.population_size}, tournament {self.k}, cull by {self.cull}, "
-                f"z {self.z:g}, at most {self.max_runs} runs a member, re-runs for {optimism}")
+                f"z {self.z:g}, promoted after at least {min(self.min_runs, self.max_runs)} and at most "
+                f"{self.max_runs} runs, re-runs for {optimism}")
 
 
 # The rules this bench started with (config.py's tournament of 3, a re-run for every positive gain).
@@ -304,7 +306,7 @@ class _Simulation:
         if not member.alive or name == champion.name:
             return
         decision = promotion_decision(member.runs, champion.runs, self.state.noise_std, z=self.settings.z,
-                                      max_runs=self.settings.max_runs,
+                                      max_runs=self.settings.max_runs, min_runs=self.settings.min_runs,
                                       rerun_optimism=self.settings.rerun_optimism)
         if decision == "promote":
             self.outcome.promotions += 1
@@ -399,14 +401,16 @@ def _plans(trainings: int, workers: int, settings: PopulationSettings) -> list[t
 
 
 def compare(seeds: int, trainings: int, workers: int, settings: PopulationSettings | None = None,
-            noise_std: float = NOISE_STD, landscape: Landscape = BOWL, progress: bool = False) -> list[Row]:
+            noise_std: float = NOISE_STD, landscape: Landscape = BOWL, progress: bool = False,
+            seed_offset: int = 0) -> list[Row]:
     """Greedy with T trainings (1 agent, and N agents on one branch) against ours with T trainings
     (N workers, and 1 worker) and with T x N trainings on N workers (the same hours as one agent).
-    Seed s gives every method the same random stream, so the seeds pair up."""
+    Seed s gives every method the same random stream, so the seeds pair up; `seed_offset` picks
+    another set of seeds (to check that a difference is not the noise of one set)."""
     settings = replace(settings or PopulationSettings(), workers=workers)
     plans = _plans(trainings, workers, settings)
     rows = [Row(label, n, hours) for label, _, n, hours in plans]
-    iterator = range(seeds)
+    iterator = range(seed_offset, seed_offset + seeds)
     if progress:
         from tqdm import tqdm
         iterator = tqdm(iterator, desc=f"{landscape.name} seeds", unit="seed", file=sys.stderr)
@@ -417,13 +421,15 @@ def compare(seeds: int, trainings: int, workers: int, settings: PopulationSettin
 
 
 def markdown_table(rows: list[Row], seeds: int, noise_std: float = NOISE_STD,
-                   settings: PopulationSettings | None = None, landscape: Landscape = BOWL) -> str:
+                   settings: PopulationSettings | None = None, landscape: Landscape = BOWL,
+                   seed_offset: int = 0) -> str:
     """The comparison as a markdown table (for BENCHMARKS.md), with a line saying what was run."""
     settings = settings or PopulationSettings()
     baseline = landscape.true_value(SEED_SOURCE)
     greedy = rows[0]
     lines = [f"Landscape `{landscape.name}` (`bench/landscape.py`): noise std {noise_std}, baseline true "
-             f"val_bpb {baseline:.4f}, optimum {landscape.floor:.4f}; {seeds} seeds; {settings.describe()}. "
+             f"val_bpb {baseline:.4f}, optimum {landscape.floor:.4f}; {seeds} seeds"
+             f"{f' from {seed_offset}' if seed_offset else ''}; {settings.describe()}. "
              "Wall time in training slots (one training = one slot). Held: the best true value the method "
              "still holds at the end (our best living member, greedy's tip). Confirming: trainings of code "
              "already trained. A lucky promotion: promoted/kept although its true value is not better "
@@ -466,25 +472,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cull", choices=("age", "tournament"), default=defaults.cull)
     parser.add_argument("--z", type=float, default=defaults.z, help="promotion margin in standard errors")
     parser.add_argument("--max-runs", type=int, default=defaults.max_runs, help="runs of one member at most")
+    parser.add_argument("--min-runs", type=int, default=defaults.min_runs,
+                        help="runs a member needs before it can be promoted: a first run past the margin "
+                             "is re-run to confirm it (default %(default)s)")
+    parser.add_argument("--seed-offset", type=int, default=0,
+                        help="first seed (default 0): another offset gives an independent set of seeds")
     parser.add_argument("--rerun-optimism", type=_optimism, default=defaults.rerun_optimism,
                         help="re-run a candidate only if its gain plus this many standard errors can clear "
                              "the margin after --max-runs runs; 'off' re-runs every gain (default 1)")
     parser.add_argument("--noise", type=float, default=NOISE_STD, help=f"run-to-run std (default {NOISE_STD})")
     args = parser.parse_args(argv)
-    for name in ("seeds", "trainings", "workers", "population_size", "tournament_size", "max_runs"):
+    for name in ("seeds", "trainings", "workers", "population_size", "tournament_size", "max_runs", "min_runs"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.exit(2, f"error: --{name.replace('_', '-')} must be >= 1\n")
-    if args.noise < 0 or args.z < 0:
-        parser.exit(2, "error: --noise and --z must be >= 0\n")
+    if args.noise < 0 or args.z < 0 or args.seed_offset < 0:
+        parser.exit(2, "error: --noise, --z and --seed-offset must be >= 0\n")
     settings = PopulationSettings(workers=args.workers, population_size=args.population_size,
                                   tournament_size=args.tournament_size, cull=args.cull, z=args.z,
-                                  max_runs=args.max_runs, rerun_optimism=args.rerun_optimism)
+                                  max_runs=args.max_runs, min_runs=args.min_runs,
+                                  rerun_optimism=args.rerun_optimism)
     names = list(LANDSCAPES) if args.landscape == "all" else [args.landscape]
     tables = []
     for name in names:
         rows = compare(args.seeds, args.trainings, args.workers, settings, args.noise, LANDSCAPES[name],
-                       progress=True)
-        tables.append(markdown_table(rows, args.seeds, args.noise, settings, LANDSCAPES[name]))
+                       progress=True, seed_offset=args.seed_offset)
+        tables.append(markdown_table(rows, args.seeds, args.noise, settings, LANDSCAPES[name], args.seed_offset))
     print("\n\n".join(tables))
     return 0
 

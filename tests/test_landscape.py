@@ -197,13 +197,28 @@ def test_markdown_table_lists_every_method():
     assert wall_time.trainings == 4 * 16 and wall_time.hours == rows[0].hours
 
 
+def test_seed_offset_selects_another_set_of_the_same_paired_seeds():
+    def finals(seeds, offset):
+        rows = landscape.compare(seeds=seeds, trainings=12, workers=2, landscape=landscape.BOWL, seed_offset=offset)
+        return [row.finals for row in rows]
+
+    both, second = finals(2, 0), finals(1, 1)
+    assert [row[1:] for row in both] == second          # seed 1 is the same runs wherever the set starts
+    assert [row[:1] for row in both] != second
+
+
 def test_cli_prints_the_table_and_refuses_bad_input(capsys):
     assert landscape.main(["--seeds", "2", "--trainings", "8", "--workers", "2", "--landscape", "bowl",
                            "--rerun-optimism", "off", "--tournament-size", "3"]) == 0
     out = capsys.readouterr().out
     assert "| greedy, 1 agent | 8 |" in out and "tournament 3" in out and "re-runs for any gain" in out
     assert "`plateau`" not in out
-    for bad in (["--seeds", "0"], ["--rerun-optimism", "-1"], ["--landscape", "cliff"], ["--max-runs", "0"]):
+    assert landscape.main(["--seeds", "1", "--trainings", "8", "--workers", "2", "--landscape", "plateau",
+                           "--min-runs", "2", "--seed-offset", "7"]) == 0
+    out = capsys.readouterr().out
+    assert "1 seeds from 7" in out and "promoted after at least 2 and at most 3 runs" in out
+    for bad in (["--seeds", "0"], ["--rerun-optimism", "-1"], ["--landscape", "cliff"], ["--max-runs", "0"],
+                ["--min-runs", "0"], ["--seed-offset", "-1"]):
         with pytest.raises(SystemExit) as exit_info:
             landscape.main(bad)
         assert exit_info.value.code == 2
