@@ -1,6 +1,6 @@
 """The search-quality benchmark on its synthetic landscapes, CPU-small (about 20 seconds).
 
-What the comparisons assert is what the full bench (50 seeds, /tmp/landscape_final.md, BENCHMARKS.md)
+What the comparisons assert is what the full bench (50 seeds, bench/results/2026-11-21/landscape.md)
 shows: at equal wall time the population wins on both landscapes; at equal trainings it does not
 beat greedy, it ties it within one noise std (its best member ties greedy's tip, its champion trails
 by part of the noise margin), with far fewer lucky promotions; the new selection rules beat the first ones.
