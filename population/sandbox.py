@@ -202,14 +202,14 @@ def sandboxed(command: Sequence[str], *, worktree: str | os.PathLike, env: Mappi
     readonly = [*python_paths_under_tmp(), *program_under_tmp(command), *readonly]
     bwrap = shutil.which("bwrap") or "bwrap"
     if mode == AGENT:
-        argv = bwrap_argv(command, worktree=worktree, data_cache=data_cache, mode=AGENT, writable=writable,
-                          readonly=readonly, bwrap=bwrap)
-        return Sandboxed(argv, agent_env(env))
-    if data_cache is None:
-        raise ValueError("a training's sandbox needs its data cache")
-    caches = [env[name] for name in COMPILE_CACHE_DEFAULTS
-              if env.get(name) and not _under(env[name], SANDBOX_TMP) and os.path.isdir(env[name])]
-    env = sandbox_env(env, data_cache, kept_caches=caches)
-    argv = bwrap_argv(command, worktree=worktree, data_cache=data_cache, mode=mode,
-                      gpu_devices=gpu_device_nodes(), writable=[*caches, *writable], readonly=readonly, bwrap=bwrap)
+        gpu_devices, env = [], agent_env(env)
+    else:
+        if data_cache is None:
+            raise ValueError("a training's sandbox needs its data cache")
+        caches = [env[name] for name in COMPILE_CACHE_DEFAULTS
+                  if env.get(name) and not _under(env[name], SANDBOX_TMP) and os.path.isdir(env[name])]
+        gpu_devices, env = gpu_device_nodes(), sandbox_env(env, data_cache, kept_caches=caches)
+        writable = [*caches, *writable]
+    argv = bwrap_argv(command, worktree=worktree, data_cache=data_cache, mode=mode, gpu_devices=gpu_devices,
+                      writable=writable, readonly=readonly, bwrap=bwrap)
     return Sandboxed(argv, env)
