@@ -42,7 +42,8 @@ def build(train, vocab_size: int):
     optimizer = raw_model.setup_optimizer()
     if attention.backend != "fa3":
         for window in set(raw_model.window_sizes):
-            attention.mask(train.MAX_SEQ_LEN, window, torch.device("cuda"))
+            if attention.needs_mask(train.MAX_SEQ_LEN, window):
+                attention.mask(train.MAX_SEQ_LEN, window, torch.device("cuda"))
     return torch.compile(raw_model, dynamic=False), optimizer, attention.backend
 
 
