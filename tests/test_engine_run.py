@@ -31,9 +31,14 @@ def run_train(cache: Path, tmp_path: Path, timeout: float = 300, **env_overrides
 
 def test_smoke_run_trains_and_prints_the_summary_block(prepared_cache, tmp_path):
     checkpoint = tmp_path / "ckpt" / "model.pt"
-    result = run_train(prepared_cache, tmp_path, AUTORESEARCH_CHECKPOINT=str(checkpoint))
+    result = run_train(prepared_cache, tmp_path, AUTORESEARCH_CHECKPOINT=str(checkpoint),
+                       PYTHONDONTWRITEBYTECODE="1")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "attention: sdpa" in result.stdout.splitlines()
+    # torch's bytecode is cached in the data cache even where writing it is switched off
+    torch_init = Path(torch.__file__).resolve()
+    cached = prepared_cache / "pycache" / torch_init.parent.relative_to("/") / f"__init__.{sys.implementation.cache_tag}.pyc"
+    assert cached.is_file()
     summary = parse_summary(result.stdout)
     assert set(SUMMARY_KEYS + EXTRA_KEYS) <= set(summary), summary
     assert 0 < summary["val_bpb"] < 20
