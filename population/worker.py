@@ -38,6 +38,10 @@ TRAIN_ENV_BASE = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LD_LIBRAR
                   "CUDA_PATH", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TORCH_HOME", "HF_HOME",
                   "HF_HUB_OFFLINE", "XDG_CACHE_HOME", "VIRTUAL_ENV", "CONDA_PREFIX")
 # not OMP_NUM_THREADS: Ray sets it to 1 in its workers, which would throttle the training
+# and torch's own settings on the node, as a plain `python train.py` there would see them: a
+# compile setting that reached the warm-up run but not the trainings would change the compile
+# cache's key, and every training would compile again.
+TRAIN_ENV_PREFIXES = ("TORCHINDUCTOR_", "TRITON_", "TORCH_", "PYTORCH_")
 
 
 def worker_root(workdir: str | None, tag: str, worker: str) -> Path:
@@ -268,7 +272,8 @@ def _die_with_parent() -> None:
 def training_env(job: TrainJob, node_env: dict[str, str]) -> dict[str, str]:
     """The training subprocess's environment: the node's basics, the driver's AUTORESEARCH_*, the
     worktree on PYTHONPATH, Ray's CUDA_VISIBLE_DEVICES; never anything that looks like a secret."""
-    env = {name: node_env[name] for name in TRAIN_ENV_BASE if name in node_env}
+    env = {name: value for name, value in node_env.items()
+           if name in TRAIN_ENV_BASE or name.startswith(TRAIN_ENV_PREFIXES)}
     env.update(job.env)
     env["PYTHONPATH"] = job.worktree
     env["PYTHONUNBUFFERED"] = "1"

@@ -124,14 +124,27 @@ def test_training_environment_is_minimal_and_has_no_keys(tmp_path, monkeypatch):
     assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["AUTORESEARCH_SEED"] == "7"
     assert env["PYTHONPATH"] == job.worktree
     assert "ANTHROPIC_API_KEY" not in env and "AUTORESEARCH_HF_TOKEN" not in env
-    assert set(env) <= {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LD_LIBRARY_PATH", "CUDA_HOME",
-                        "CUDA_PATH", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TORCH_HOME", "HF_HOME",
-                        "HF_HUB_OFFLINE", "XDG_CACHE_HOME", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH",
-                        "PYTHONUNBUFFERED", "CUDA_VISIBLE_DEVICES", "AUTORESEARCH_SEED"}
+    torch_settings = {name for name in env if name.startswith(("TORCHINDUCTOR_", "TRITON_", "TORCH_", "PYTORCH_"))}
+    assert set(env) - torch_settings <= {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LD_LIBRARY_PATH",
+                                         "CUDA_HOME", "CUDA_PATH", "HF_HOME", "HF_HUB_OFFLINE", "XDG_CACHE_HOME",
+                                         "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONUNBUFFERED",
+                                         "CUDA_VISIBLE_DEVICES", "AUTORESEARCH_SEED"}
     assert "OMP_NUM_THREADS" not in env          # a GPU training keeps torch's own thread count
     job.device = "cpu"
     cpu_env = training_env(job, dict(os.environ))
     assert cpu_env["CUDA_VISIBLE_DEVICES"] == "" and cpu_env["OMP_NUM_THREADS"] == "1"
+
+
+def test_training_sees_the_nodes_torch_settings_as_a_plain_run_would(tmp_path):
+    """Settings that change inductor's config (and so its cache key) must reach every training."""
+    node_env = {"PATH": "/usr/bin", "TORCHINDUCTOR_COMPILE_THREADS": "4", "TRITON_CACHE_DIR": "/c/triton",
+                "TORCH_CUDA_ARCH_LIST": "9.0", "PYTORCH_ALLOC_CONF": "expandable_segments:True",
+                "RAY_ADDRESS": "auto", "PYTHONDONTWRITEBYTECODE": "1", "TORCH_TOKEN": "tok-secret"}
+    env = training_env(_job(tmp_path, ""), node_env)
+    assert env["TORCHINDUCTOR_COMPILE_THREADS"] == "4" and env["TRITON_CACHE_DIR"] == "/c/triton"
+    assert env["TORCH_CUDA_ARCH_LIST"] == "9.0" and env["PYTORCH_ALLOC_CONF"] == "expandable_segments:True"
+    assert "RAY_ADDRESS" not in env and "PYTHONDONTWRITEBYTECODE" not in env
+    assert "TORCH_TOKEN" not in env  # a prefix never lets a secret through
 
 
 def test_training_runs_in_the_worktree_and_captures_the_log(tmp_path):
