@@ -43,7 +43,10 @@ PROBE_TIMEOUT_S = 20.0
 # What a training may see of its node's environment: the basics, the run's settings, compile caches.
 TRAINING_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "CUDA_VISIBLE_DEVICES", "PYTHONPATH",
                       "PYTHONUNBUFFERED", "LD_LIBRARY_PATH", "CUDA_HOME")
-TRAINING_ENV_PREFIXES = ("AUTORESEARCH_", "TORCHINDUCTOR_", "TRITON_")
+# torch's own settings (compile, Triton, allocator): a setting that reached the warm-up run but not
+# the trainings would change inductor's cache key, and every training would compile again.
+TORCH_ENV_PREFIXES = ("TORCHINDUCTOR_", "TRITON_", "TORCH_", "PYTORCH_")
+TRAINING_ENV_PREFIXES = ("AUTORESEARCH_", *TORCH_ENV_PREFIXES)
 # Compile caches: default to the private /tmp (lost after the run) unless the node names its own.
 COMPILE_CACHE_DEFAULTS = {"TRITON_CACHE_DIR": f"{SANDBOX_TMP}/triton",
                           "TORCHINDUCTOR_CACHE_DIR": f"{SANDBOX_TMP}/torchinductor"}
@@ -68,7 +71,7 @@ def _allowed_in_training(name: str) -> bool:
 
 def minimal_env(extra: Mapping[str, str] | None = None, source: Mapping[str, str] | None = None) -> dict[str, str]:
     """A training's environment: PATH, HOME, LANG, TMPDIR, CUDA_VISIBLE_DEVICES, PYTHONPATH, the
-    CUDA library paths, AUTORESEARCH_*, TORCHINDUCTOR_* and TRITON_* from `source` (default
+    CUDA library paths, AUTORESEARCH_* and torch's settings (TORCH_ENV_PREFIXES) from `source` (default
     os.environ), updated with `extra`. Nothing else, from either, and never a secret-looking name."""
     source = os.environ if source is None else source
     env = {name: value for name, value in source.items() if _allowed_in_training(name)}
