@@ -64,11 +64,11 @@ def training_environment(index: int, args, extra_env: dict[str, str]) -> dict[st
     return env
 
 
-def launch(train_file: Path, index: int, args, extra_env: dict[str, str], log_dir: Path):
+def launch(index: int, args, extra_env: dict[str, str], log_dir: Path):
     env = training_environment(index, args, extra_env)
     log_path = log_dir / f"run{index}.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, str(train_file)], cwd=REPO, env=env, stdout=log,
+    proc = subprocess.Popen([sys.executable, str(args.train_file)], cwd=REPO, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     return proc, log, log_path
 
@@ -83,7 +83,7 @@ def reap(proc) -> tuple[int, float]:
 def run_batch(args, extra_env: dict[str, str]) -> list[dict]:
     log_dir = Path(tempfile.mkdtemp(prefix="concurrent_start_"))
     t0 = time.perf_counter()
-    launched = [launch(args.train_file, i, args, extra_env, log_dir) for i in range(args.gpus)]
+    launched = [launch(i, args, extra_env, log_dir) for i in range(args.gpus)]
     rows = []
     for index, (proc, log, log_path) in enumerate(launched):
         code, cpu_seconds = reap(proc)
