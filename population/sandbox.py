@@ -40,9 +40,14 @@ SANDBOX_TMP = "/tmp"
 AGENT_HOME = f"{SANDBOX_TMP}/home"      # an agent's private HOME, gone with its sandbox
 PROBE_TIMEOUT_S = 20.0
 
+# The C/C++ toolchain torch.compile builds with (inductor's C++ parts, Triton's launcher stubs).
+# CXX is part of inductor's cache key: trainings without the node's CXX missed the cache that a
+# plain run had warmed and compiled for 30 s instead of 6 (4 H200s, bench/gpu/compile_cache.sh).
+TOOLCHAIN_ENV_NAMES = ("CC", "CXX", "CUDAHOSTCXX", "CFLAGS", "CXXFLAGS", "LDFLAGS", "CPATH", "LIBRARY_PATH",
+                       "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH")
 # What a training may see of its node's environment: the basics, the run's settings, compile caches.
 TRAINING_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "CUDA_VISIBLE_DEVICES", "PYTHONPATH",
-                      "PYTHONUNBUFFERED", "LD_LIBRARY_PATH", "CUDA_HOME")
+                      "PYTHONUNBUFFERED", "LD_LIBRARY_PATH", "CUDA_HOME", *TOOLCHAIN_ENV_NAMES)
 # torch's own settings (compile, Triton, allocator): a setting that reached the warm-up run but not
 # the trainings would change inductor's cache key, and every training would compile again.
 TORCH_ENV_PREFIXES = ("TORCHINDUCTOR_", "TRITON_", "TORCH_", "PYTORCH_")
@@ -71,7 +76,7 @@ def _allowed_in_training(name: str) -> bool:
 
 def minimal_env(extra: Mapping[str, str] | None = None, source: Mapping[str, str] | None = None) -> dict[str, str]:
     """A training's environment: PATH, HOME, LANG, TMPDIR, CUDA_VISIBLE_DEVICES, PYTHONPATH, the
-    CUDA library paths, AUTORESEARCH_* and torch's settings (TORCH_ENV_PREFIXES) from `source` (default
+    CUDA library paths, the C toolchain, AUTORESEARCH_* and torch's settings (TORCH_ENV_PREFIXES) from `source` (default
     os.environ), updated with `extra`. Nothing else, from either, and never a secret-looking name."""
     source = os.environ if source is None else source
     env = {name: value for name, value in source.items() if _allowed_in_training(name)}

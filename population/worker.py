@@ -36,7 +36,8 @@ KILL_GRACE_S = 10.0
 # What the training subprocess inherits from its node besides AUTORESEARCH_* and torch's settings
 # (sandbox.TORCH_ENV_PREFIXES, its cache directories included); never an agent's keys.
 TRAIN_ENV_BASE = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LD_LIBRARY_PATH", "CUDA_HOME",
-                  "CUDA_PATH", "HF_HOME", "HF_HUB_OFFLINE", "XDG_CACHE_HOME", "VIRTUAL_ENV", "CONDA_PREFIX")
+                  "CUDA_PATH", "HF_HOME", "HF_HUB_OFFLINE", "XDG_CACHE_HOME", "VIRTUAL_ENV", "CONDA_PREFIX",
+                  *sandbox.TOOLCHAIN_ENV_NAMES)
 # not OMP_NUM_THREADS: Ray sets it to 1 in its workers, which would throttle the training
 
 

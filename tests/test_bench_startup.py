@@ -1,7 +1,9 @@
-"""bench/engine_variants.py (its variants still apply to the train file) and bench/concurrent_start.py
-(side-by-side smoke trainings on a CPU, in a shell's and in a population worker's environment)."""
+"""bench/engine_variants.py (its variants still apply to the train file), bench/concurrent_start.py
+(side-by-side smoke trainings on a CPU, in a shell's and in a population worker's environment) and
+bench/cache_key_diff.py (which compile-cache key component differs between two logs)."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import sys
@@ -75,3 +77,41 @@ def test_script_help_runs():
     result = subprocess.run([sys.executable, str(BENCH / "concurrent_start.py"), "--help"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "--population-env" in result.stdout
+
+
+def _key_log(cxx: str, graph_input: str) -> str:
+    """Two graphs' cache keys as inductor logs them with TORCH_LOGS (a multi-line value included)."""
+    prefix = "V1121 23:20:44.968000 1097 torch/_functorch/_aot_autograd/autograd_cache.py:632] [{}] "
+    def key(compile_id, header, components):
+        lines = [prefix.format(compile_id) + f"{header} for key a{'k' * 51}:"]
+        for name, value in components:
+            digest = hashlib.sha1(value.encode()).hexdigest()
+            lines.append(prefix.format(compile_id) + f"[{digest}] {name}: {value}")
+        lines.append(prefix.format(compile_id) + "    forward = GraphModule()")  # a value's next line
+        return lines
+    settings = [("grad_enabled", "True"), ("inductor_config[cpp.cxx]", f"(None, '{cxx}')")]
+    return "\n".join(["step 00000 | loss: 9.0",
+                      *key("0/0", "Autograd graph cache hash details", [*settings, ("example_inputs[0]", graph_input)]),
+                      *key("0/0", "FX graph cache hash details", settings),
+                      *key("1/0", "Autograd graph cache hash details", [*settings, ("example_inputs[0]", "other")])])
+
+
+def test_cache_key_diff_names_the_component_that_differs(tmp_path, capsys):
+    cache_key_diff = load("cache_key_diff")
+    warm, missed = tmp_path / "warm.log", tmp_path / "missed.log"
+    warm.write_text(_key_log("/opt/gcc/bin/g++", "x[8, 2048]"))
+    missed.write_text(_key_log("g++", "x[8, 2048]"))
+    assert cache_key_diff.main([str(warm), str(missed)]) == 0
+    out = capsys.readouterr().out
+    assert "aot: 3 components, 1 differ" in out and "fx: 2 components, 1 differ" in out
+    assert f"{warm}: (None, '/opt/gcc/bin/g++')" in out and f"{missed}: (None, 'g++')" in out
+    assert "example_inputs" not in out                  # only the first graph's key is compared
+
+    same = tmp_path / "same.log"
+    same.write_text(_key_log("/opt/gcc/bin/g++", "x[8, 2048]"))
+    assert cache_key_diff.main([str(warm), str(same)]) == 0
+    assert "aot: 3 components, 0 differ" in capsys.readouterr().out
+
+    plain = tmp_path / "plain.log"
+    plain.write_text("step 00000 | loss: 9.0\n")        # TORCH_LOGS was not set: nothing to compare
+    assert cache_key_diff.main([str(warm), str(plain)]) == 1

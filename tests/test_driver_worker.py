@@ -2,7 +2,9 @@
 training subprocess (environment, hard limit, process-group kill)."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 
 from population import gitops, guards
 from population.agents import Proposal
+from population.sandbox import TOOLCHAIN_ENV_NAMES
 from population.worker import (PrepareJob, TrainJob, WorkerCore, child_process_groups, run_training,
                                stop_process_groups, training_env)
 from test_driver_support import make_seed_repo
@@ -128,7 +131,7 @@ def test_training_environment_is_minimal_and_has_no_keys(tmp_path, monkeypatch):
     assert set(env) - torch_settings <= {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LD_LIBRARY_PATH",
                                          "CUDA_HOME", "CUDA_PATH", "HF_HOME", "HF_HUB_OFFLINE", "XDG_CACHE_HOME",
                                          "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONUNBUFFERED",
-                                         "CUDA_VISIBLE_DEVICES", "AUTORESEARCH_SEED"}
+                                         "CUDA_VISIBLE_DEVICES", "AUTORESEARCH_SEED", *TOOLCHAIN_ENV_NAMES}
     assert "OMP_NUM_THREADS" not in env          # a GPU training keeps torch's own thread count
     job.device = "cpu"
     cpu_env = training_env(job, dict(os.environ))
@@ -145,6 +148,25 @@ def test_training_sees_the_nodes_torch_settings_as_a_plain_run_would(tmp_path):
     assert env["TORCH_CUDA_ARCH_LIST"] == "9.0" and env["PYTORCH_ALLOC_CONF"] == "expandable_segments:True"
     assert "RAY_ADDRESS" not in env and "PYTHONDONTWRITEBYTECODE" not in env
     assert "TORCH_TOKEN" not in env  # a prefix never lets a secret through
+
+
+INDUCTOR_CONFIG = """
+import json, torch._inductor.config as config
+print(json.dumps({name: repr(value) for name, value in config.save_config_portable().items()}))
+"""
+
+
+def test_a_training_configures_inductor_as_a_plain_run_on_its_node_does(tmp_path):
+    """Inductor's config is part of its cache key: a training must read the same config from its
+    environment as a plain `python train.py` on the node, or it misses the cache that run warmed."""
+    node_env = dict(os.environ, CXX="/opt/toolchain/bin/g++", CC="/opt/toolchain/bin/gcc")
+    env = training_env(_job(tmp_path, ""), node_env)
+    assert env["CXX"] == "/opt/toolchain/bin/g++" and env["CC"] == "/opt/toolchain/bin/gcc"
+    runs = [subprocess.Popen([sys.executable, "-c", INDUCTOR_CONFIG], env=run_env, stdout=subprocess.PIPE, text=True)
+            for run_env in (node_env, {**env, "PYTHONPATH": os.pathsep.join(sys.path)})]
+    plain, training = (json.loads(run.communicate(timeout=120)[0]) for run in runs)
+    assert "/opt/toolchain/bin/g++" in plain["cpp.cxx"]
+    assert {name for name in plain if plain[name] != training.get(name)} == set()
 
 
 def test_training_runs_in_the_worktree_and_captures_the_log(tmp_path):
