@@ -61,6 +61,12 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
           "import torch._inductor.config as _inductor_config\n"
           "_inductor_config.max_autotune = True\n"
           "_inductor_config.max_autotune_gemm_backends = 'ATEN'\n")]),
+    "gemm_autotune": (
+        "matmuls autotuned against Triton templates, which can fuse ReLU² and casts into their epilogue",
+        [(_AFTER_TORCH_IMPORT, _AFTER_TORCH_IMPORT +
+          "import torch._inductor.config as _inductor_config\n"
+          "_inductor_config.max_autotune = True\n"
+          "_inductor_config.max_autotune_gemm_backends = 'ATEN,TRITON'\n")]),
     "coord": (
         "inductor's coordinate-descent tuning of its own (norm, elementwise, loss) kernels",
         [(_AFTER_TORCH_IMPORT, _AFTER_TORCH_IMPORT +
