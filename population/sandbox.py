@@ -45,9 +45,12 @@ PROBE_TIMEOUT_S = 20.0
 # plain run had warmed and compiled for 30 s instead of 6 (4 H200s, bench/gpu/compile_cache.sh).
 TOOLCHAIN_ENV_NAMES = ("CC", "CXX", "CUDAHOSTCXX", "CFLAGS", "CXXFLAGS", "LDFLAGS", "CPATH", "LIBRARY_PATH",
                        "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH")
+# The node's basics a training inherits, sandboxed or not (worker.training_env uses the same list).
+NODE_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LD_LIBRARY_PATH", "CUDA_HOME",
+                  "CUDA_PATH", "HF_HOME", "HF_HUB_OFFLINE", "XDG_CACHE_HOME", "VIRTUAL_ENV", "CONDA_PREFIX",
+                  *TOOLCHAIN_ENV_NAMES)
 # What a training may see of its node's environment: the basics, the run's settings, compile caches.
-TRAINING_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "CUDA_VISIBLE_DEVICES", "PYTHONPATH",
-                      "PYTHONUNBUFFERED", "LD_LIBRARY_PATH", "CUDA_HOME", *TOOLCHAIN_ENV_NAMES)
+TRAINING_ENV_NAMES = (*NODE_ENV_NAMES, "CUDA_VISIBLE_DEVICES", "PYTHONPATH", "PYTHONUNBUFFERED")
 # torch's own settings (compile, Triton, allocator): a setting that reached the warm-up run but not
 # the trainings would change inductor's cache key, and every training would compile again.
 TORCH_ENV_PREFIXES = ("TORCHINDUCTOR_", "TRITON_", "TORCH_", "PYTORCH_")

@@ -33,12 +33,6 @@ from population.secrets import leaked_names
 PREPARE_DIR = "prepare"
 MAX_LOG_BYTES = 4_000_000
 KILL_GRACE_S = 10.0
-# What the training subprocess inherits from its node besides AUTORESEARCH_* and torch's settings
-# (sandbox.TORCH_ENV_PREFIXES, its cache directories included); never an agent's keys.
-TRAIN_ENV_BASE = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LD_LIBRARY_PATH", "CUDA_HOME",
-                  "CUDA_PATH", "HF_HOME", "HF_HUB_OFFLINE", "XDG_CACHE_HOME", "VIRTUAL_ENV", "CONDA_PREFIX",
-                  *sandbox.TOOLCHAIN_ENV_NAMES)
-# not OMP_NUM_THREADS: Ray sets it to 1 in its workers, which would throttle the training
 
 
 def worker_root(workdir: str | None, tag: str, worker: str) -> Path:
@@ -268,9 +262,10 @@ def _die_with_parent() -> None:
 
 def training_env(job: TrainJob, node_env: dict[str, str]) -> dict[str, str]:
     """The training subprocess's environment: the node's basics, the driver's AUTORESEARCH_*, the
-    worktree on PYTHONPATH, Ray's CUDA_VISIBLE_DEVICES; never anything that looks like a secret."""
+    worktree on PYTHONPATH, Ray's CUDA_VISIBLE_DEVICES; never anything that looks like a secret.
+    Not the node's OMP_NUM_THREADS: Ray sets it to 1 in its workers, which would throttle a GPU training."""
     env = {name: value for name, value in node_env.items()
-           if name in TRAIN_ENV_BASE or name.startswith(sandbox.TORCH_ENV_PREFIXES)}
+           if name in sandbox.NODE_ENV_NAMES or name.startswith(sandbox.TORCH_ENV_PREFIXES)}
     env.update(job.env)
     env["PYTHONPATH"] = job.worktree
     env["PYTHONUNBUFFERED"] = "1"
