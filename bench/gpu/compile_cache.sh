@@ -8,11 +8,7 @@
 # from the warm-up's.
 #   OUT=/tmp/out MAKE_CORPUS=path/to/make_corpus.py bash bench/gpu/compile_cache.sh
 set -u
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
-export AUTORESEARCH_CACHE=/tmp/arcache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled
-python3 ${MAKE_CORPUS:-.devbench/make_corpus.py} $AUTORESEARCH_CACHE/data | tail -1
-python3 -m prepare --num-shards $(ls $AUTORESEARCH_CACHE/data | grep -vc 06542) 2>&1 | grep -v "it/s\|doc/s\|file/s" | tail -1
+source bench/gpu/setup.sh
 export TORCH_LOGS="+torch._inductor.codecache,+torch._functorch._aot_autograd.autograd_cache"
 LOGS=/tmp/compile_cache_logs && rm -rf $LOGS && mkdir -p $LOGS
 G=$(nvidia-smi -L | wc -l)

@@ -4,15 +4,8 @@
 # Usage on the GPU machine, from the repository root (wheels from ../shared/device/pack_wheels.sh in .whl):
 #   OUT=/tmp/out MAKE_CORPUS=path/to/make_corpus.py bash bench/gpu/engine.sh
 set -u
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
-export AUTORESEARCH_CACHE=/tmp/arcache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source bench/gpu/setup.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; nproc
-t0=$(date +%s)
-python3 ${MAKE_CORPUS:-.devbench/make_corpus.py} $AUTORESEARCH_CACHE/data | tail -1
-N=$(ls $AUTORESEARCH_CACHE/data | grep -vc 06542)
-python3 -m prepare --num-shards $N 2>&1 | grep -v "it/s\|doc/s\|file/s" | tail -3
-echo "prepare_seconds: $(( $(date +%s) - t0 ))"
 export PYTHONPATH=.:/tmp/site
 AUTORESEARCH_TIME_BUDGET=${SHORT:-15} python3 engine/train.py > $OUT/short.log 2>&1; echo "short rc=$?"
 grep -A30 "^---$" $OUT/short.log || tail -30 $OUT/short.log

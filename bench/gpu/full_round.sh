@@ -4,13 +4,9 @@
 # the real 300 s budget, then bench/population_report.py.
 #   OUT=/tmp/out MAKE_CORPUS=path/to/make_corpus.py bash bench/gpu/full_round.sh
 set -u
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
-git --version || exit 1
-export AUTORESEARCH_CACHE=/tmp/arcache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled
 t0=$(date +%s)
-python3 ${MAKE_CORPUS:-.devbench/make_corpus.py} $AUTORESEARCH_CACHE/data | tail -1
-python3 -m prepare --num-shards $(ls $AUTORESEARCH_CACHE/data | grep -vc 06542) 2>&1 | grep -v "it/s\|doc/s\|file/s" | tail -1
+source bench/gpu/setup.sh
+git --version || exit 1
 # warm-up as a plain run from this shell: the trainings must find what it cached (their environment
 # differs; bench/gpu/compile_cache.sh checks the cache hits)
 PYTHONPATH=.:/tmp/site python3 bench/concurrent_start.py --gpus 1 --budget 3 --label warm-up | tail -3

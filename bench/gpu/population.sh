@@ -5,20 +5,15 @@
 # Usage on the GPU machine, from the repository root (wheels from ../shared/device/pack_wheels.sh in .whl):
 #   OUT=/tmp/out MAKE_CORPUS=path/to/make_corpus.py bash bench/gpu/population.sh
 set -u
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
+t0=$(date +%s)
+source bench/gpu/setup.sh
 if ! command -v git >/dev/null; then   # a carried Debian git, for images without one
   for f in .devbench/debs/*.deb; do dpkg -x "$f" /tmp/gitroot; done
   export PATH=/tmp/gitroot/usr/bin:$PATH GIT_EXEC_PATH=/tmp/gitroot/usr/lib/git-core
   export LD_LIBRARY_PATH=/tmp/gitroot/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 fi
 git --version || exit 1
-export AUTORESEARCH_CACHE=/tmp/arcache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled
 nvidia-smi --query-gpu=index,name --format=csv,noheader; nproc
-t0=$(date +%s)
-python3 ${MAKE_CORPUS:-.devbench/make_corpus.py} $AUTORESEARCH_CACHE/data | tail -1
-python3 -m prepare --num-shards $(ls $AUTORESEARCH_CACHE/data | grep -vc 06542) 2>&1 | grep -v "it/s\|doc/s\|file/s" | tail -2
-echo "prepare_seconds: $(( $(date +%s) - t0 ))"
 
 # The run repository: the project as a git repository of its own (its HEAD is the seed).
 rm -rf /tmp/proj && mkdir /tmp/proj && cp -r prepare engine population bench program.md pyproject.toml app.py /tmp/proj/

@@ -8,12 +8,8 @@
 # startup of one training goes (cProfile of engine/train.py's module and main).
 #   OUT=/tmp/out MAKE_CORPUS=path/to/make_corpus.py [SETTINGS="default population population,A=1"] [REPS=2] bash bench/gpu/startup.sh
 set -u
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
-export AUTORESEARCH_CACHE=/tmp/arcache PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+source bench/gpu/setup.sh
 nvidia-smi --query-gpu=name --format=csv,noheader | uniq -c; nproc
-python3 ${MAKE_CORPUS:-.devbench/make_corpus.py} $AUTORESEARCH_CACHE/data | tail -1
-python3 -m prepare --num-shards $(ls $AUTORESEARCH_CACHE/data | grep -vc 06542) 2>&1 | grep -v "it/s\|doc/s\|file/s" | tail -1
 export PYTHONPATH=.:/tmp/site
 G=$(nvidia-smi -L | wc -l)
 echo "cold cache, one training:"
