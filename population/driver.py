@@ -244,6 +244,7 @@ class Driver:
         slots = self._node_slots()
         workers = cfg.workers or (len(slots) if cfg.device == "cuda" else 1)
         self.config = cfg = resolve(cfg, workers)
+        self._check_data_here(slots[:workers])
         if not cfg.resume:
             self.store = RunStore.create(run_dir, self._meta())
         self.store.lock()
@@ -294,6 +295,21 @@ class Driver:
             return guards.tree_fingerprint(path, "prepare")
         finally:
             gitops.remove_worktree(self.repo, path)
+
+    def _check_data_here(self, slots: list[tuple[str, str]]) -> None:
+        """Refuse to start, before anything is recorded, when every worker would train on this
+        node and its cache lacks what the seed's train file reads. On a cluster the head may hold
+        no data: each worker's node then checks, and prepares, its own (`_check_nodes_ready`)."""
+        from prepare.cache import cache_dir
+        here = ray.get_runtime_context().get_node_id()
+        if any(node_id != here for node_id, _ in slots):
+            return
+        missing = readiness.missing_files(self.task, cache_dir())
+        if missing and readiness.reads_prepared_data(
+                gitops.file_text(self.repo, self.seed_commit, self.task.train_file)):
+            raise DriverError(f"no prepared data for task {self.task.name}: {missing[0]} is missing; "
+                              f"run `{readiness.prepare_command(self.task)}` first, or point "
+                              "AUTORESEARCH_CACHE at a prepared cache")
 
     def _cache_fingerprint(self) -> str | None:
         """The data cache's fingerprint on this node, that every worker's node must match; None

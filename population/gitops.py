@@ -128,6 +128,11 @@ def file_blob(repo: git.Repo, commit: str, path: str) -> str | None:
     return found[0] if found else None
 
 
+def file_text(repo: git.Repo, commit: str, path: str) -> str:
+    """The content of `path` at `commit` (raises GitCommandError when absent)."""
+    return repo.git.show(f"{commit}:{path}")
+
+
 def object_header(repo: git.Repo, name: str) -> tuple[str, str] | None:
     """(object id, type) of `name` (an id or `<commit>:<path>`), None when absent. Asks GitPython's
     long-lived `cat-file --batch-check`: no git process per call (the driver asks per experiment)."""

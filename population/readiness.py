@@ -11,6 +11,7 @@ The fingerprint covers what the metric depends on: the tokenizer and the validat
 """
 from __future__ import annotations
 
+import ast
 import fcntl
 import hashlib
 import os
@@ -72,6 +73,26 @@ def fingerprint_files(task: Task, cache_dir: Path) -> list[Path]:
 
 def missing_files(task: Task, cache_dir: Path) -> list[Path]:
     return [path for path in required_files(task, cache_dir) if not path.is_file()]
+
+
+def reads_prepared_data(train_source: str) -> bool:
+    """Whether a train file imports the fixed side (`prepare`), through which it reads the task's
+    prepared cache: the seed train files do; a stand-in that makes up its metric does not. A file
+    that does not parse counts as reading it (its own training will say what is wrong)."""
+    try:
+        tree = ast.parse(train_source)
+    except SyntaxError:
+        return True
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module or ""]
+        else:
+            continue
+        if any(name == "prepare" or name.startswith("prepare.") for name in names):
+            return True
+    return False
 
 
 def _file_sha256(path: Path) -> str:

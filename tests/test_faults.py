@@ -560,9 +560,9 @@ def test_a_bad_agent_spec_or_cluster_address_is_one_line_before_anything_is_writ
     assert not (repo / "runs" / "bad").exists()
 
 
-def test_a_missing_data_cache_is_one_line_naming_the_fix(cluster, tmp_path, monkeypatch, capsys):
-    """The real train file and prepare/ with no prepared data: the baseline cannot train, the run
-    stops with the train file's own one-line advice."""
+def test_a_missing_data_cache_is_refused_before_the_run_starts(cluster, tmp_path, monkeypatch, capsys):
+    """The real train file and prepare/ with no prepared data on the only node: one line naming
+    the fix, before a run directory or a training exists."""
     import shutil
     from population import cli
 
@@ -580,11 +580,11 @@ def test_a_missing_data_cache_is_one_line_naming_the_fix(cluster, tmp_path, monk
                      "--workers", "1", "--noise-runs", "1", "--budget", "5", "--workdir", str(tmp_path / "workers")])
     err = capsys.readouterr().err
     assert code == EXIT_ERROR
-    assert "the unmodified seed failed in every baseline run" in err
-    assert f"no tokenizer at {tmp_path / 'no-cache-here'}" in err and "python -m prepare" in err
+    assert "no prepared data for task climbmix" in err and str(tmp_path / "no-cache-here") in err, err
+    assert "run `python -m prepare` first" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    events = assert_nothing_lost_or_twice(repo / "runs" / "nocache", state="stopped")
-    assert [e["row"]["status"] for e in events if e["type"] == "experiment_finished"] == ["crash"]
+    assert not (repo / "runs" / "nocache").exists()
+    assert not (tmp_path / "workers").exists()
 
 
 def test_a_git_command_that_fails_is_one_line_with_gits_own_words(cluster, tmp_path, monkeypatch, capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from population import readiness
-from population.readiness import NodeNotReady, cache_fingerprint, ensure_node_ready
+from population.readiness import NodeNotReady, cache_fingerprint, ensure_node_ready, reads_prepared_data
 from prepare.tasks import get_task
 
 CLIMBMIX = get_task("climbmix")
@@ -126,3 +126,23 @@ def test_failing_prepare_names_its_error_and_log(tmp_path):
     message = str(raised.value)
     assert "`python -m prepare` failed:" in message and "no-such-file" in message
     assert "\n" not in message and str(tmp_path / readiness.PREPARE_LOG) in message
+
+
+@pytest.mark.parametrize("source, reads", [
+    ("from prepare import MAX_SEQ_LEN, evaluate_bpb\n", True),
+    ("import prepare.cache as cache\n", True),
+    ("def main():\n    from prepare.tasks import get_task\n", True),     # imported late still counts
+    ("import os, prepare\n", True),
+    ("import preparation\nfrom prepared import x\n", False),           # other modules that start alike
+    ("from .prepare import x\n", False),                                 # a relative import is the file's own
+    ("import json\nprint('---')\nprint('val_bpb: 1.0')\n", False),     # a stand-in that makes up its metric
+    ("def broken(:\n", True),                                            # does not parse: its training will say
+])
+def test_a_train_file_reads_prepared_data_when_it_imports_prepare(source, reads):
+    assert reads_prepared_data(source) is reads
+
+
+def test_both_seed_train_files_read_prepared_data():
+    root = Path(__file__).resolve().parent.parent
+    for name in ("train.py", "train_enwik8.py"):
+        assert reads_prepared_data((root / "engine" / name).read_text()), name
