@@ -396,6 +396,11 @@ class SimGit:
         code = self.sim.codes.get(commit)
         return blob_id(code) if code is not None else None
 
+    def file_text(self, repo, commit, path) -> str:
+        """The train file as text: its constants; it imports nothing (its metric is made up)."""
+        self._count("file_text")
+        return "".join(f"{n} = {v!r}\n" for n, v in zip(self.sim.landscape.names, self.sim.codes[commit]))
+
     def diff(self, repo, old, new) -> str:
         self._count("diff")
         before, after = self.sim.codes[old], self.sim.codes[new]

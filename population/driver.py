@@ -301,12 +301,12 @@ class Driver:
         node and its cache lacks what the seed's train file reads. On a cluster the head may hold
         no data: each worker's node then checks, and prepares, its own (`_check_nodes_ready`)."""
         from prepare.cache import cache_dir
-        here = ray.get_runtime_context().get_node_id()
-        if any(node_id != here for node_id, _ in slots):
-            return
         missing = readiness.missing_files(self.task, cache_dir())
-        if missing and readiness.reads_prepared_data(
+        if not missing or not readiness.reads_prepared_data(
                 gitops.file_text(self.repo, self.seed_commit, self.task.train_file)):
+            return
+        here = ray.get_runtime_context().get_node_id()
+        if all(node_id == here for node_id, _ in slots):
             raise DriverError(f"no prepared data for task {self.task.name}: {missing[0]} is missing; "
                               f"run `{readiness.prepare_command(self.task)}` first, or point "
                               "AUTORESEARCH_CACHE at a prepared cache")
