@@ -47,7 +47,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from population.agents.mutate import find_candidates, mutate_source  # noqa: E402
-from population.config import DEFAULT_POPULATION_SIZE, MAX_NOISE_RUNS_DEFAULT  # noqa: E402
+from population.config import (DEFAULT_CONFIRM_RUNS, DEFAULT_MAX_RUNS, DEFAULT_POPULATION_SIZE,  # noqa: E402
+                               DEFAULT_PROMOTION_Z, DEFAULT_TOURNAMENT_SIZE, MAX_NOISE_RUNS_DEFAULT,
+                               RERUN_OPTIMISM)
 from population.selection import (choose_culls, estimate_noise, promotion_decision,  # noqa: E402
                                   tournament_select)
 from population.state import PopulationState  # noqa: E402
@@ -208,18 +210,16 @@ def run_greedy_parallel(trainings: int, rng: random.Random, workers: int, noise_
 
 @dataclass
 class PopulationSettings:
-    """The selection settings the bench runs. The recommended defaults, passed explicitly where they
-    differ from population.config (whose DEFAULT_TOURNAMENT_SIZE is still 3): a tournament of the
-    whole population (None), re-runs only while they can clear the margin (rerun_optimism 1)."""
+    """The selection settings the bench runs; by default the driver's own (population.config)."""
     workers: int = 8
     population_size: int = DEFAULT_POPULATION_SIZE
-    tournament_size: int | None = None      # None: the whole population
+    tournament_size: int | None = DEFAULT_TOURNAMENT_SIZE   # None: the whole population
     cull: str = "age"
-    z: float = 2.0
-    max_runs: int = 3
-    min_runs: int = 1                       # runs a member needs before it can be promoted
+    z: float = DEFAULT_PROMOTION_Z
+    max_runs: int = DEFAULT_MAX_RUNS
+    min_runs: int = DEFAULT_CONFIRM_RUNS    # runs a member needs before it can be promoted
     noise_runs: int = MAX_NOISE_RUNS_DEFAULT
-    rerun_optimism: float | None = 1.0      # None: re-run every positive gain (the first rule)
+    rerun_optimism: float | None = RERUN_OPTIMISM   # None: re-run every positive gain (the first rule)
 
     @property
     def k(self) -> int:
@@ -234,7 +234,12 @@ class PopulationSettings:
 
 
 # The rules this bench started with (config.py's tournament of 3, a re-run for every positive gain).
-FIRST_RULES = PopulationSettings(tournament_size=3, rerun_optimism=None)
+FIRST_RULES = PopulationSettings(population_size=8, tournament_size=3, z=2.0, max_runs=3, min_runs=1,
+                                 rerun_optimism=None)
+# The driver's defaults before "confirm once" (sessions 2-5): the whole population as tournament,
+# promotion on one run past 2 standard errors, re-runs while a gain can still clear the margin.
+PREVIOUS_RULES = PopulationSettings(population_size=8, tournament_size=None, z=2.0, max_runs=3, min_runs=1,
+                                    rerun_optimism=1.0)
 
 
 @dataclass

@@ -17,8 +17,15 @@ from prepare.tasks import TASKS, DEFAULT_TASK
 DEFAULT_BUDGET_S = 300.0
 DEFAULT_AGENT = "mutate"
 DEFAULT_AGENT_TIMEOUT_S = 1800.0
-DEFAULT_POPULATION_SIZE = 8
+DEFAULT_POPULATION_SIZE = 16
 DEFAULT_TOURNAMENT_SIZE = None     # the whole population: the landscape bench's better rule (BENCHMARKS.md)
+# Promotion ("confirm once", BENCHMARKS.md): a child whose first run beats the champion by the margin
+# is trained once more, and promoted only if the mean of both still beats it by PROMOTION_Z standard
+# errors; a smaller gain is re-run only if its mean could still clear the margin (optimism 0).
+DEFAULT_PROMOTION_Z = 1.0
+DEFAULT_CONFIRM_RUNS = 2
+DEFAULT_MAX_RUNS = 2
+RERUN_OPTIMISM = 0.0
 DEFAULT_SEED = 42
 MAX_NOISE_RUNS_DEFAULT = 3
 DEVICES = ("cuda", "cpu")
@@ -53,7 +60,9 @@ class RunConfig:
     seed: int = DEFAULT_SEED
     workdir: str | None = None              # workers' clones; None: $AUTORESEARCH_WORKDIR or the temp dir
     status_every_s: float = 60.0
-    max_runs_per_member: int = 3            # promotion: at most this many runs before "keep"
+    promotion_z: float = DEFAULT_PROMOTION_Z       # promotion margin, in standard errors of the difference
+    confirm_runs: int = DEFAULT_CONFIRM_RUNS       # runs a child needs before it can be promoted
+    max_runs_per_member: int = DEFAULT_MAX_RUNS    # promotion: at most this many runs before "keep"
     sandbox: bool = False                   # trainings and subprocess agents in bubblewrap: read-only outside the worktree
 
     def replace(self, **changes) -> "RunConfig":
@@ -113,7 +122,11 @@ def validate(config: RunConfig) -> None:
     need(config.accelerator is None or config.device != "cpu", "--accelerator needs --device cuda")
     need(config.seed >= 0, f"--seed must be >= 0, got {config.seed}")
     need(config.status_every_s > 0, "status interval must be > 0")
-    need(config.max_runs_per_member >= 1, "max runs per member must be >= 1")
+    need(config.promotion_z >= 0, f"--promotion-z must be >= 0, got {config.promotion_z:g}")
+    need(config.confirm_runs >= 1, f"--confirm-runs must be >= 1, got {config.confirm_runs}")
+    need(config.max_runs_per_member >= 1, f"--max-runs must be >= 1, got {config.max_runs_per_member}")
+    need(config.confirm_runs <= config.max_runs_per_member,
+         f"--confirm-runs ({config.confirm_runs}) must be <= --max-runs ({config.max_runs_per_member})")
 
 
 def with_run_settings(config: RunConfig, meta: dict | None = None) -> RunConfig:

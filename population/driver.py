@@ -29,7 +29,8 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from population import gitops, readiness
-from population.config import ConfigError, RunConfig, default_tag, resolve, validate, with_run_settings
+from population.config import (RERUN_OPTIMISM, ConfigError, RunConfig, default_tag, resolve, validate,
+                               with_run_settings)
 from population.console import Console, experiment_line, status_line
 from population.selection import choose_culls, estimate_noise, promotion_decision, tournament_select
 from population.state import PopulationState
@@ -1052,8 +1053,10 @@ class Driver:
         if member == self.state.champion:
             return "keep"
         champion = self.state.members.get(self.state.champion) if self.state.champion else None
+        cfg = self.config
         return promotion_decision(self.state.members[member].runs, champion.runs if champion else [],
-                                  self.state.noise_std or 0.0, max_runs=self.config.max_runs_per_member,
+                                  self.state.noise_std or 0.0, z=cfg.promotion_z, min_runs=cfg.confirm_runs,
+                                  max_runs=cfg.max_runs_per_member, rerun_optimism=RERUN_OPTIMISM,
                                   lower_is_better=self.task.lower_is_better)
 
     def _promote(self, member: str) -> None:

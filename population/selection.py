@@ -9,10 +9,14 @@ The rules, in the spirit of regularized evolution (Real et al., 2019):
 - when the population is over its size, the oldest members die (aging), or the worst of a
   tournament; the champion is never culled;
 - a child is promoted to champion only when its mean beats the champion's by more than the
-  measured run-to-run noise allows by chance; a child that beats it by less is re-run on another
-  seed first, up to `max_runs` runs, but only while it could still clear the margin: a gain far
+  measured run-to-run noise allows by chance (`z` standard errors), over at least `min_runs` runs:
+  a first run past the margin is confirmed by another run on another seed; a child that beats it by
+  less is re-run, up to `max_runs` runs, but only while it could still clear the margin: a gain far
   inside the noise would need luck to pass, and its re-runs would be trainings taken from new
-  children (bench/landscape.py measures both choices).
+  children (bench/landscape.py measures these choices).
+
+The driver passes its settings explicitly (population.config: confirm once at z 1); the keyword
+defaults below are the plain rule: one run, 2 standard errors.
 """
 from __future__ import annotations
 

@@ -17,7 +17,8 @@ from test_driver_support import make_seed_repo
 PROJECT = Path(__file__).resolve().parent.parent
 FLAGS = ["--workers", "--budget", "--agent", "--agent-base-url", "--agent-timeout", "--task", "--run",
          "--runs-dir", "--population-size", "--tournament-size", "--cull", "--max-experiments", "--noise-runs",
-         "--train-timeout", "--device", "--resume", "--address", "--accelerator", "--repo", "--seed"]
+         "--train-timeout", "--device", "--resume", "--address", "--accelerator", "--repo", "--seed",
+         "--promotion-z", "--confirm-runs", "--max-runs"]
 
 
 def test_help_explains_every_flag_with_its_default(capsys):
@@ -38,6 +39,10 @@ def test_help_explains_every_flag_with_its_default(capsys):
     (["--budget", "inf"], "not a finite number"),
     (["--tournament-size", "5", "--population-size", "4"], "--tournament-size (5) must be <= --population-size (4)"),
     (["--population-size", "0"], "--population-size must be >= 1"),
+    (["--promotion-z", "-0.5"], "--promotion-z must be >= 0"),
+    (["--confirm-runs", "0"], "--confirm-runs must be >= 1"),
+    (["--max-runs", "0"], "--max-runs must be >= 1"),
+    (["--confirm-runs", "3"], "--confirm-runs (3) must be <= --max-runs (2)"),
     (["--max-experiments", "0"], "--max-experiments must be >= 1"),
     (["--noise-runs", "0"], "--noise-runs must be >= 1"),
     (["--noise-runs", "5", "--max-experiments", "3"], "--noise-runs (5) must be <= --max-experiments (3)"),
@@ -83,7 +88,7 @@ def test_the_tournament_defaults_to_the_whole_population_unless_given():
         return resolve(with_run_settings(cli.config_from_args(parser.parse_args(list(argv)))), workers=2)
 
     assert resolved("--population-size", "5").tournament_size == 5
-    assert resolved().tournament_size == 8
+    assert resolved().tournament_size == 16
     assert resolved("--tournament-size", "2").tournament_size == 2
 
 

@@ -269,7 +269,7 @@ def better_child(tmp_path, monkeypatch):
 
 def test_driver_killed_just_before_recording_a_result_reruns_it_on_resume(cluster, better_child, tmp_path, capsys):
     repo, agent, env = better_child
-    proc = _start_driver(repo, cluster, "before", "--max-experiments", "2", "--agent", agent,
+    proc = _start_driver(repo, cluster, "before", "--max-experiments", "2", "--agent", agent, "--confirm-runs", "1",
                          env=env | {"AUTORESEARCH_FAULT_STAGE": "before:experiment_finished:2"})
     marker = Path(env["AUTORESEARCH_FAULT_MARKER"])
     deadline = time.monotonic() + 120
@@ -278,14 +278,14 @@ def test_driver_killed_just_before_recording_a_result_reruns_it_on_resume(cluste
     # two drivers on one run: while the first one lives, a second refuses and writes nothing
     run_dir = repo / "runs" / "before"
     journal_before = (run_dir / "events.jsonl").read_bytes()
-    code, _ = _run(_config(repo, "before", resume=True, max_experiments=2, agents=[agent]))
+    code, _ = _run(_config(repo, "before", resume=True, max_experiments=2, agents=[agent], confirm_runs=1))
     assert code == EXIT_ERROR
     assert f"run before is in use by another driver (pid {proc.pid})" in capsys.readouterr().err
     assert (run_dir / "events.jsonl").read_bytes() == journal_before
     _kill_when(marker, proc)
 
     assert [e["type"] for e in journal(run_dir)].count("experiment_finished") == 1     # the child's is missing
-    code, out = _run(_config(repo, "before", resume=True, max_experiments=2, agents=[agent]))
+    code, out = _run(_config(repo, "before", resume=True, max_experiments=2, agents=[agent], confirm_runs=1))
     assert code == EXIT_OK, out
     events = assert_nothing_lost_or_twice(run_dir)
     assert [e["id"] for e in events if e["type"] == "experiment_lost"] == [1]
@@ -294,15 +294,33 @@ def test_driver_killed_just_before_recording_a_result_reruns_it_on_resume(cluste
     assert [e["member"] for e in events if e["type"] == "champion"][-1] == _member(events, 2)
 
 
+def test_a_child_past_the_margin_is_confirmed_by_a_second_run_before_it_is_promoted(cluster, better_child):
+    """The default rule ("confirm once"): the clearly better child is trained again on another seed,
+    and only the mean of both runs makes it champion."""
+    repo, agent, _ = better_child
+    code, out = _run(_config(repo, "confirm", max_experiments=4, agents=[agent]))
+    assert code == EXIT_OK, out
+    events = assert_nothing_lost_or_twice(repo / "runs" / "confirm")
+    started = {e["id"]: e for e in events if e["type"] == "experiment_started"}
+    child = _member(events, 1)
+    reruns = [i for i in sorted(started) if started[i]["kind"] == "rerun"]
+    assert [started[i]["member"] for i in reruns] == [child]           # once, and only the child
+    assert started[reruns[0]]["seed"] != started[1]["seed"]
+    order = [(e["type"], e.get("id"), e.get("member")) for e in events
+             if e["type"] in ("experiment_finished", "champion")]
+    assert order.index(("champion", None, child)) > order.index(("experiment_finished", reruns[0], None))
+    assert [e["member"] for e in events if e["type"] == "champion"] == ["m0000", child]
+
+
 def test_driver_killed_just_after_recording_a_result_makes_its_decision_on_resume(cluster, better_child):
     repo, agent, env = better_child
-    proc = _start_driver(repo, cluster, "after", "--max-experiments", "2", "--agent", agent,
+    proc = _start_driver(repo, cluster, "after", "--max-experiments", "2", "--agent", agent, "--confirm-runs", "1",
                          env=env | {"AUTORESEARCH_FAULT_STAGE": "after:experiment_finished:2"})
     _kill_when(Path(env["AUTORESEARCH_FAULT_MARKER"]), proc)
     run_dir = repo / "runs" / "after"
     assert not any(e["type"] == "champion" and e["member"] != "m0000" for e in journal(run_dir))
 
-    code, out = _run(_config(repo, "after", resume=True, max_experiments=2, agents=[agent]))
+    code, out = _run(_config(repo, "after", resume=True, max_experiments=2, agents=[agent], confirm_runs=1))
     assert code == EXIT_OK, out
     events = assert_nothing_lost_or_twice(run_dir)
     assert not any(e["type"] == "experiment_lost" for e in events)

@@ -1,0 +1,126 @@
+"""Is a difference between two selection rules real? Paired seeds on bench/landscape.py's landscapes.
+
+A 50-seed table (bench/landscape.py) cannot tell apart rules that differ by a fraction of the noise.
+Here every seed gives each method the same random stream, and what is reported is the mean and the
+standard error of the per-seed differences of the true val_bpb each method hands back, in units of
+1e-4 (negative: the first method is better), for the two regimes that matter:
+- 8 workers at equal wall time (8 x T trainings) against greedy's T trainings;
+- 1 worker at equal numbers of trainings (T each): the selection rule alone.
+Compared: the driver's defaults (population.config), the rules before them (PREVIOUS_RULES) and the
+reference's greedy loop. Pick seeds the rules were not chosen on (`--seed-offset`).
+
+    python bench/landscape_paired.py --seeds 200 --seed-offset 3000
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.landscape import (LANDSCAPES, NOISE_STD, PREVIOUS_RULES, Landscape, PopulationSettings,  # noqa: E402
+                             run_greedy, run_population)
+
+
+@dataclass
+class Results:
+    """True val_bpb per seed and the promotions of one method in one regime."""
+    finals: list[float] = field(default_factory=list)
+    promotions: int = 0
+    lucky: int = 0
+
+    def add(self, outcome) -> None:
+        self.finals.append(outcome.final_true)
+        self.promotions += outcome.promotions
+        self.lucky += outcome.lucky
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float, int]:
+    """Mean and standard error of a - b in units of 1e-4, and the seeds where a is strictly better."""
+    diffs = [(x - y) * 1e4 for x, y in zip(a, b)]
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+    return statistics.fmean(diffs), se, sum(d < 0 for d in diffs)
+
+
+def run(seeds: int, seed_offset: int, trainings: int, workers: int, landscape: Landscape,
+        rules: dict[str, PopulationSettings], progress: bool = False) -> dict[str, Results]:
+    """Greedy (T trainings) and each rule set: `workers` workers with workers x T trainings, and one
+    worker with T trainings; seed s gives every method the same random stream."""
+    results = {"greedy": Results()}
+    for name in rules:
+        results[f"{name}, {workers} workers, equal wall time"] = Results()
+        results[f"{name}, 1 worker, equal trainings"] = Results()
+    iterator = range(seed_offset, seed_offset + seeds)
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(iterator, desc=f"{landscape.name} seeds", unit="seed", file=sys.stderr)
+    for seed in iterator:
+        def rng():
+            return random.Random(f"{landscape.name}-{seed}")
+        results["greedy"].add(run_greedy(trainings, rng(), NOISE_STD, landscape))
+        for name, settings in rules.items():
+            results[f"{name}, {workers} workers, equal wall time"].add(
+                run_population(workers * trainings, rng(), replace(settings, workers=workers), NOISE_STD, landscape))
+            results[f"{name}, 1 worker, equal trainings"].add(
+                run_population(trainings, rng(), replace(settings, workers=1), NOISE_STD, landscape))
+    return results
+
+
+def markdown(results: dict[str, Results], landscape: Landscape, seeds: int, seed_offset: int,
+             baseline_rule: str) -> str:
+    greedy = results["greedy"]
+    lines = [f"Landscape `{landscape.name}`, {seeds} paired seeds from {seed_offset}; differences in 1e-4 val_bpb "
+             "(negative: this row is better), mean ± standard error; seeds won: strictly better on that seed.",
+             "",
+             f"| method | true val_bpb (mean) | minus greedy | seeds won vs greedy | minus {baseline_rule} | lucky promotions |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for label, row in results.items():
+        if label == "greedy":
+            continue
+        vs_greedy = paired(row.finals, greedy.finals)
+        same_regime = label.replace(label.split(",")[0], baseline_rule, 1)
+        if same_regime != label and same_regime in results:
+            mean, se, _ = paired(row.finals, results[same_regime].finals)
+            vs_base = f"{mean:+.2f} ± {se:.2f}"
+        else:
+            vs_base = "-"
+        lucky = f"{row.lucky}/{row.promotions} ({row.lucky / row.promotions:.0%})" if row.promotions else "0"
+        lines.append(f"| {label} | {statistics.fmean(row.finals):.5f} | {vs_greedy[0]:+.2f} ± {vs_greedy[1]:.2f} | "
+                     f"{vs_greedy[2]}/{len(row.finals)} | {vs_base} | {lucky} |")
+    g_lucky = f"{greedy.lucky}/{greedy.promotions} ({greedy.lucky / greedy.promotions:.0%})" if greedy.promotions else "0"
+    lines.append(f"| greedy, 1 agent, {len(greedy.finals)} seeds | {statistics.fmean(greedy.finals):.5f} | - | - | - | "
+                 f"{g_lucky} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=200, help="paired seeds (default 200)")
+    parser.add_argument("--seed-offset", type=int, default=3000,
+                        help="first seed (default 3000: seeds no rule was chosen on)")
+    parser.add_argument("--trainings", type=int, default=100, help="greedy's trainings (default 100)")
+    parser.add_argument("--workers", type=int, default=8, help="workers at equal wall time (default 8)")
+    parser.add_argument("--landscape", choices=(*LANDSCAPES, "all"), default="all")
+    args = parser.parse_args(argv)
+    if min(args.seeds, args.trainings, args.workers) < 2 or args.seed_offset < 0:
+        parser.exit(2, "error: --seeds, --trainings and --workers must be >= 2, --seed-offset >= 0\n")
+    rules = {"defaults": PopulationSettings(), "previous": PREVIOUS_RULES}
+    names = list(LANDSCAPES) if args.landscape == "all" else [args.landscape]
+    tables = []
+    for name in names:
+        results = run(args.seeds, args.seed_offset, args.trainings, args.workers, LANDSCAPES[name], rules,
+                      progress=True)
+        tables.append(markdown(results, LANDSCAPES[name], args.seeds, args.seed_offset, "previous"))
+    print(f"defaults: {PopulationSettings().describe()}\nprevious: {PREVIOUS_RULES.describe()}\n")
+    print("\n\n".join(tables))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
