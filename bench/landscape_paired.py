@@ -6,10 +6,12 @@ standard error of the per-seed differences of the true val_bpb each method hands
 1e-4 (negative: the first method is better), for the two regimes that matter:
 - 8 workers at equal wall time (8 x T trainings) against greedy's T trainings;
 - 1 worker at equal numbers of trainings (T each): the selection rule alone.
-Compared: the driver's defaults (population.config), the rules before them (PREVIOUS_RULES) and the
-reference's greedy loop. Pick seeds the rules were not chosen on (`--seed-offset`).
+Compared: the driver's defaults (population.config), the rules before them (PREVIOUS_RULES), the
+reference's greedy loop and, with `--candidate`, the defaults with some settings changed. Pick seeds
+the rules were not chosen on (`--seed-offset`).
 
     python bench/landscape_paired.py --seeds 200 --seed-offset 3000
+    python bench/landscape_paired.py --seeds 200 --seed-offset 4000 --candidate z=0.5
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import math
 import random
 import statistics
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -99,6 +101,26 @@ def markdown(results: dict[str, Results], landscape: Landscape, seeds: int, seed
     return "\n".join(lines)
 
 
+def candidate_settings(assignments: list[str]) -> PopulationSettings:
+    """The defaults with `name=value` changes (`rerun_optimism=none` re-runs every gain)."""
+    types = {f.name: f.type for f in fields(PopulationSettings)}
+    changes: dict = {}
+    for assignment in assignments:
+        name, _, text = assignment.partition("=")
+        if name not in types or name == "workers" or not text:
+            raise ValueError(f"{assignment!r}: expected NAME=VALUE with NAME one of "
+                             f"{', '.join(n for n in types if n != 'workers')}")
+        if text.lower() == "none":
+            changes[name] = None
+        elif "float" in str(types[name]):
+            changes[name] = float(text)
+        elif "int" in str(types[name]):
+            changes[name] = int(text)
+        else:
+            changes[name] = text
+    return replace(PopulationSettings(), **changes)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=200, help="paired seeds (default 200)")
@@ -107,17 +129,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trainings", type=int, default=100, help="greedy's trainings (default 100)")
     parser.add_argument("--workers", type=int, default=8, help="workers at equal wall time (default 8)")
     parser.add_argument("--landscape", choices=(*LANDSCAPES, "all"), default="all")
+    parser.add_argument("--candidate", nargs="+", metavar="NAME=VALUE", default=None,
+                        help="also run the defaults with these settings changed (e.g. z=0.5 population_size=8), "
+                             "compared against the defaults")
     args = parser.parse_args(argv)
     if min(args.seeds, args.trainings, args.workers) < 2 or args.seed_offset < 0:
         parser.exit(2, "error: --seeds, --trainings and --workers must be >= 2, --seed-offset >= 0\n")
     rules = {"defaults": PopulationSettings(), "previous": PREVIOUS_RULES}
+    baseline_rule = "previous"
+    if args.candidate:
+        try:
+            rules = {"candidate": candidate_settings(args.candidate), "defaults": PopulationSettings()}
+        except ValueError as e:
+            parser.exit(2, f"error: --candidate {e}\n")
+        baseline_rule = "defaults"
     names = list(LANDSCAPES) if args.landscape == "all" else [args.landscape]
     tables = []
     for name in names:
         results = run(args.seeds, args.seed_offset, args.trainings, args.workers, LANDSCAPES[name], rules,
                       progress=True)
-        tables.append(markdown(results, LANDSCAPES[name], args.seeds, args.seed_offset, "previous"))
-    print(f"defaults: {PopulationSettings().describe()}\nprevious: {PREVIOUS_RULES.describe()}\n")
+        tables.append(markdown(results, LANDSCAPES[name], args.seeds, args.seed_offset, baseline_rule))
+    print("\n".join(f"{name}: {settings.describe()}" for name, settings in rules.items()) + "\n")
     print("\n\n".join(tables))
     return 0
 

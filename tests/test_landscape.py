@@ -6,6 +6,7 @@ beat greedy, it ties it within one noise std (its best member ties greedy's tip,
 by part of the noise margin), with far fewer lucky promotions; the new selection rules beat the first ones.
 """
 import importlib.util
+import math
 import random
 import statistics
 import sys
@@ -237,4 +238,30 @@ def test_cli_prints_the_table_and_refuses_bad_input(capsys):
                 ["--min-runs", "0"], ["--seed-offset", "-1"]):
         with pytest.raises(SystemExit) as exit_info:
             landscape.main(bad)
+        assert exit_info.value.code == 2
+
+
+# ---- the paired check --------------------------------------------------------------------------
+
+def test_paired_differences_are_per_seed_in_units_of_1e4():
+    from bench import landscape_paired
+    mean_diff, se, won = landscape_paired.paired([0.9870, 0.9860, 0.9880], [0.9871, 0.9862, 0.9879])
+    assert mean_diff == pytest.approx((-1 - 2 + 1) / 3) and won == 2
+    assert se == pytest.approx(statistics.stdev([-1, -2, 1]) / math.sqrt(3))
+
+
+def test_paired_cli_compares_defaults_previous_and_a_candidate(capsys):
+    from bench import landscape_paired
+    assert landscape_paired.main(["--seeds", "2", "--trainings", "8", "--workers", "2", "--landscape", "plateau"]) == 0
+    out = capsys.readouterr().out
+    assert "| defaults, 2 workers, equal wall time |" in out and "| previous, 1 worker, equal trainings |" in out
+    assert "minus previous" in out and "2 paired seeds from 3000" in out
+    assert landscape_paired.main(["--seeds", "2", "--trainings", "8", "--workers", "2", "--landscape", "bowl",
+                                  "--candidate", "z=0.5", "rerun_optimism=none"]) == 0
+    out = capsys.readouterr().out
+    assert "candidate: population size 16" in out and "z 0.5" in out and "re-runs for any gain" in out
+    assert "minus defaults" in out and "| candidate, 1 worker, equal trainings |" in out
+    for bad in (["--seeds", "1"], ["--candidate", "workers=3"], ["--candidate", "zz=1"], ["--candidate", "z"]):
+        with pytest.raises(SystemExit) as exit_info:
+            landscape_paired.main(bad)
         assert exit_info.value.code == 2
