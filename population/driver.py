@@ -32,7 +32,8 @@ from population import gitops, readiness
 from population.config import (RERUN_OPTIMISM, ConfigError, RunConfig, default_tag, resolve, validate,
                                with_run_settings)
 from population.console import Console, experiment_line, status_line
-from population.selection import choose_culls, estimate_noise, promotion_decision, tournament_select
+from population.selection import (choose_culls, clears_margin, estimate_noise, promotion_decision,
+                                  tournament_select)
 from population.state import PopulationState
 from population.store import RunStore, StoreError
 from population.summary import parse_summary, tail
@@ -1071,10 +1072,16 @@ class Driver:
         if any(w.kind == "rerun" and w.member == member for w in self.pending) or any(
                 f.work.kind == "rerun" and f.member == member for f in self.flights.values()):
             return
-        runs = len(self.state.members[member].runs)
-        self.pending.append(Work("rerun", member, None, self.config.seed + runs))
-        self.console.line(f"{member} beats the champion by less than the noise margin: re-run on seed "
-                          f"{self.config.seed + runs}")
+        runs = self.state.members[member].runs
+        seed = self.config.seed + len(runs)
+        self.pending.append(Work("rerun", member, None, seed))
+        champion = self.state.members[self.state.champion].runs
+        if clears_margin(runs, champion, self.state.noise_std or 0.0, z=self.config.promotion_z,
+                         lower_is_better=self.task.lower_is_better):
+            why = f"beats the champion past the noise margin on {len(runs)} of {self.config.confirm_runs} runs"
+        else:
+            why = "beats the champion by less than the noise margin"
+        self.console.line(f"{member} {why}: re-run on seed {seed}")
 
     def _cull(self) -> None:
         protect = {self.state.champion} if self.state.champion else set()

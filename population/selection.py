@@ -95,6 +95,19 @@ def noise_margin(noise_std: float, n_candidate: int, n_champion: int, z: float =
     return z * noise_std * math.sqrt(1.0 / n_candidate + 1.0 / n_champion)
 
 
+def mean_gain(candidate_runs: Sequence[float], champion_runs: Sequence[float], lower_is_better: bool = True) -> float:
+    """How much better the candidate's mean is than the champion's (positive: better)."""
+    sign = 1.0 if lower_is_better else -1.0
+    return sign * (statistics.fmean(champion_runs) - statistics.fmean(candidate_runs))
+
+
+def clears_margin(candidate_runs: Sequence[float], champion_runs: Sequence[float], noise_std: float, *,
+                  z: float = 2.0, lower_is_better: bool = True) -> bool:
+    """Whether the candidate's mean beats the champion's by at least `noise_margin` (both non-empty)."""
+    return mean_gain(candidate_runs, champion_runs, lower_is_better) >= \
+        noise_margin(noise_std, len(candidate_runs), len(champion_runs), z)
+
+
 def promotion_decision(candidate_runs: Sequence[float], champion_runs: Sequence[float],
                        noise_std: float, *, z: float = 2.0, max_runs: int = 3, min_runs: int = 1,
                        lower_is_better: bool = True, rerun_optimism: float | None = 1.0) -> Decision:
@@ -114,10 +127,9 @@ def promotion_decision(candidate_runs: Sequence[float], champion_runs: Sequence[
         return "keep"
     if not champion_runs:
         return "promote"
-    sign = 1.0 if lower_is_better else -1.0
     runs, champion = len(candidate_runs), len(champion_runs)
-    gain = sign * (statistics.fmean(champion_runs) - statistics.fmean(candidate_runs))
-    if gain >= noise_margin(noise_std, runs, champion, z):
+    gain = mean_gain(candidate_runs, champion_runs, lower_is_better)
+    if clears_margin(candidate_runs, champion_runs, noise_std, z=z, lower_is_better=lower_is_better):
         return "promote" if runs >= min(min_runs, max_runs) else "rerun"
     if gain <= 0 or runs >= max_runs:
         return "keep"

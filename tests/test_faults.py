@@ -310,6 +310,7 @@ def test_a_child_past_the_margin_is_confirmed_by_a_second_run_before_it_is_promo
              if e["type"] in ("experiment_finished", "champion")]
     assert order.index(("champion", None, child)) > order.index(("experiment_finished", reruns[0], None))
     assert [e["member"] for e in events if e["type"] == "champion"] == ["m0000", child]
+    assert f"{child} beats the champion past the noise margin on 1 of 2 runs: re-run on seed" in out
 
 
 def test_driver_killed_just_after_recording_a_result_makes_its_decision_on_resume(cluster, better_child):

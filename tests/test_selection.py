@@ -3,7 +3,7 @@ import statistics
 
 import pytest
 
-from population.selection import (Candidate, choose_culls, estimate_noise, noise_margin,
+from population.selection import (Candidate, choose_culls, clears_margin, estimate_noise, noise_margin,
                                   promotion_decision, tournament_select)
 
 
@@ -175,3 +175,12 @@ def test_estimate_noise_is_the_sample_std_with_a_floor():
     assert estimate_noise([2.0]) == pytest.approx(8e-4)
     with pytest.raises(ValueError):
         estimate_noise([])
+
+
+def test_clears_margin_says_whether_a_rerun_confirms_or_hopes():
+    champion = [1.0, 1.0002, 0.9998]
+    # margin at z 1 with 1 and 3 runs of std 0.0004: 0.0004 * sqrt(1 + 1/3) = 0.00046
+    assert clears_margin([0.9995], champion, 0.0004, z=1.0)
+    assert not clears_margin([0.9996], champion, 0.0004, z=1.0)
+    assert clears_margin([1.0005], champion, 0.0004, z=1.0, lower_is_better=False)
+    assert promotion_decision([0.9995], champion, 0.0004, z=1.0, min_runs=2, max_runs=2) == "rerun"
