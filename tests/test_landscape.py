@@ -21,6 +21,9 @@ sys.modules["landscape"] = landscape  # dataclasses look their module up while i
 _SPEC.loader.exec_module(landscape)
 
 NOISE = landscape.NOISE_STD
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:      # bench/landscape_paired.py imports bench.landscape, also under a bare `pytest`
+    sys.path.insert(0, ROOT)
 
 
 def with_constants(source: str, **values) -> str:
