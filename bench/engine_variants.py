@@ -30,6 +30,35 @@ _QKV = ("        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)\n"
         "        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)\n"
         "        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)\n")
 
+_LOSS_TAIL = ("        logits = self.lm_head(x).float()\n"
+              "        cap = self.config.logit_softcap\n"
+              "        logits = cap * torch.tanh(logits / cap)\n"
+              "        if targets is None:\n"
+              "            return logits\n")
+
+
+# Liger's kernels run outside the compiled graph (torch.compiler.disable): traced by dynamo, its
+# imports pull in scipy and its cross-entropy kernel fails Triton's type check (2026-11-22, H100).
+_LIGER = ("from liger_kernel.ops.cross_entropy import LigerCrossEntropyFunction as _LigerCE\n"
+          "from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction as _LigerFLCE\n"
+          "@torch.compiler.disable\n"
+          "def _liger_ce(logits, targets, cap):\n"
+          "    return _LigerCE.apply(logits, targets, None, -1, 0.0, 0.0, 'mean', cap)[0]\n"
+          "@torch.compiler.disable\n"
+          "def _liger_flce(x, weight, targets, cap):\n"
+          "    return _LigerFLCE.apply(x, weight, targets, None, None, -1, 0.0, 0.0, 'mean', cap)[0]\n")
+
+
+def _liger_loss(call: str) -> list[tuple[str, str]]:
+    """The training loss (mean) through a Liger kernel; evaluation (targets None, or per-token losses)
+    keeps the file's own path."""
+    return [(_AFTER_TORCH_IMPORT, _AFTER_TORCH_IMPORT + _LIGER),
+            (_LOSS_TAIL, "        cap = self.config.logit_softcap\n"
+                         "        if targets is not None and reduction == 'mean':\n"
+                         f"            return {call}\n"
+             + _LOSS_TAIL.replace("        cap = self.config.logit_softcap\n", ""))]
+
+
 # name -> (what it tries, [(old, new), ...])
 VARIANTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "base": ("the file as it is", []),
@@ -67,6 +96,13 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
           "import torch._inductor.config as _inductor_config\n"
           "_inductor_config.max_autotune = True\n"
           "_inductor_config.max_autotune_gemm_backends = 'ATEN,TRITON'\n")]),
+    "liger_ce": (
+        "the loss through Liger's cross-entropy kernel (softcap, log-softmax, loss and gradient in one pass, "
+        "no fp32 copy of the logits)",
+        _liger_loss("_liger_ce(self.lm_head(x).flatten(0, 1), targets.reshape(-1), cap)")),
+    "liger_flce": (
+        "the lm_head matmul and the loss fused by Liger in chunks: the logits are never stored",
+        _liger_loss("_liger_flce(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1), cap)")),
     "coord": (
         "inductor's coordinate-descent tuning of its own (norm, elementwise, loss) kernels",
         [(_AFTER_TORCH_IMPORT, _AFTER_TORCH_IMPORT +

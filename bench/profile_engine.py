@@ -88,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     model, optimizer, backend = build(train, args.vocab_size)
     step = make_step(train, model, optimizer, args.vocab_size)
     t0 = time.perf_counter()
-    for _ in range(args.warmup):
-        step()
+    losses = [step() for _ in range(args.warmup)]
     print(f"{args.train_file.name}: attention {backend}, warm-up {time.perf_counter() - t0:.1f} s "
-          f"({args.warmup} steps, compile included)")
+          f"({args.warmup} steps, compile included)"
+          + (f"; loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else ""))
     times = []
     for _ in range(args.steps):
         t = time.perf_counter()
