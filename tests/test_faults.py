@@ -294,10 +294,14 @@ def test_driver_killed_just_before_recording_a_result_reruns_it_on_resume(cluste
     assert [e["member"] for e in events if e["type"] == "champion"][-1] == _member(events, 2)
 
 
-def test_a_child_past_the_margin_is_confirmed_by_a_second_run_before_it_is_promoted(cluster, better_child):
+def test_a_child_past_the_margin_is_confirmed_by_a_second_run_before_it_is_promoted(cluster, tmp_path, monkeypatch):
     """The default rule ("confirm once"): the clearly better child is trained again on another seed,
     and only the mean of both runs makes it champion."""
-    repo, agent, _ = better_child
+    monkeypatch.setenv("AUTORESEARCH_FAKE_SLEEP", "0.1")
+    repo = make_seed_repo(tmp_path / "seed")
+    # one better child; after it, children that train (a comment appended), so that no instant
+    # duplicate lets the worker take every id while the better child still trains
+    agent = agent_spec(write_plan(tmp_path / "plan", [("better-lr", {"action": "set", "line": BETTER_LR})]))
     code, out = _run(_config(repo, "confirm", max_experiments=4, agents=[agent]))
     assert code == EXIT_OK, out
     events = assert_nothing_lost_or_twice(repo / "runs" / "confirm")
