@@ -264,7 +264,7 @@ class Driver:
 
     def _program_md(self) -> str:
         try:
-            return self.repo.git.show(f"{self.seed_commit}:{PROGRAM_FILE}")
+            return gitops.file_text(self.repo, self.seed_commit, PROGRAM_FILE)
         except gitops.git.GitCommandError:
             raise DriverError(f"the seed commit {self.seed_commit[:9]} has no {PROGRAM_FILE}; "
                               "commit the agents' instructions first") from None
