@@ -42,6 +42,10 @@ class Results:
         self.promotions += outcome.promotions
         self.lucky += outcome.lucky
 
+    @property
+    def lucky_text(self) -> str:
+        return f"{self.lucky}/{self.promotions} ({self.lucky / self.promotions:.0%})" if self.promotions else "0"
+
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float, int]:
     """Mean and standard error of a - b in units of 1e-4, and the seeds where a is strictly better."""
@@ -50,14 +54,19 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float, int]:
     return statistics.fmean(diffs), se, sum(d < 0 for d in diffs)
 
 
+def regimes(workers: int) -> tuple[str, str]:
+    return f"{workers} workers, equal wall time", "1 worker, equal trainings"
+
+
 def run(seeds: int, seed_offset: int, trainings: int, workers: int, landscape: Landscape,
-        rules: dict[str, PopulationSettings], progress: bool = False) -> dict[str, Results]:
-    """Greedy (T trainings) and each rule set: `workers` workers with workers x T trainings, and one
-    worker with T trainings; seed s gives every method the same random stream."""
-    results = {"greedy": Results()}
-    for name in rules:
-        results[f"{name}, {workers} workers, equal wall time"] = Results()
-        results[f"{name}, 1 worker, equal trainings"] = Results()
+        rules: dict[str, PopulationSettings], progress: bool = False
+        ) -> tuple[Results, dict[tuple[str, str], Results]]:
+    """Greedy (T trainings), and each rule set in each regime, keyed (rule, regime): `workers`
+    workers with workers x T trainings, and one worker with T trainings; seed s gives every method
+    the same random stream."""
+    wall_time, equal_trainings = regimes(workers)
+    greedy = Results()
+    results = {(name, regime): Results() for name in rules for regime in (wall_time, equal_trainings)}
     iterator = range(seed_offset, seed_offset + seeds)
     if progress:
         from tqdm import tqdm
@@ -65,39 +74,33 @@ def run(seeds: int, seed_offset: int, trainings: int, workers: int, landscape: L
     for seed in iterator:
         def rng():
             return random.Random(f"{landscape.name}-{seed}")
-        results["greedy"].add(run_greedy(trainings, rng(), NOISE_STD, landscape))
+        greedy.add(run_greedy(trainings, rng(), NOISE_STD, landscape))
         for name, settings in rules.items():
-            results[f"{name}, {workers} workers, equal wall time"].add(
+            results[name, wall_time].add(
                 run_population(workers * trainings, rng(), replace(settings, workers=workers), NOISE_STD, landscape))
-            results[f"{name}, 1 worker, equal trainings"].add(
+            results[name, equal_trainings].add(
                 run_population(trainings, rng(), replace(settings, workers=1), NOISE_STD, landscape))
-    return results
+    return greedy, results
 
 
-def markdown(results: dict[str, Results], landscape: Landscape, seeds: int, seed_offset: int,
-             baseline_rule: str) -> str:
-    greedy = results["greedy"]
+def markdown(greedy: Results, results: dict[tuple[str, str], Results], landscape: Landscape, seeds: int,
+             seed_offset: int, baseline_rule: str) -> str:
     lines = [f"Landscape `{landscape.name}`, {seeds} paired seeds from {seed_offset}; differences in 1e-4 val_bpb "
              "(negative: this row is better), mean ± standard error; seeds won: strictly better on that seed.",
              "",
              f"| method | true val_bpb (mean) | minus greedy | seeds won vs greedy | minus {baseline_rule} | lucky promotions |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for label, row in results.items():
-        if label == "greedy":
-            continue
+    for (name, regime), row in results.items():
         vs_greedy = paired(row.finals, greedy.finals)
-        same_regime = label.replace(label.split(",")[0], baseline_rule, 1)
-        if same_regime != label and same_regime in results:
-            mean, se, _ = paired(row.finals, results[same_regime].finals)
+        if name != baseline_rule and (baseline_rule, regime) in results:
+            mean, se, _ = paired(row.finals, results[baseline_rule, regime].finals)
             vs_base = f"{mean:+.2f} ± {se:.2f}"
         else:
             vs_base = "-"
-        lucky = f"{row.lucky}/{row.promotions} ({row.lucky / row.promotions:.0%})" if row.promotions else "0"
-        lines.append(f"| {label} | {statistics.fmean(row.finals):.5f} | {vs_greedy[0]:+.2f} ± {vs_greedy[1]:.2f} | "
-                     f"{vs_greedy[2]}/{len(row.finals)} | {vs_base} | {lucky} |")
-    g_lucky = f"{greedy.lucky}/{greedy.promotions} ({greedy.lucky / greedy.promotions:.0%})" if greedy.promotions else "0"
+        lines.append(f"| {name}, {regime} | {statistics.fmean(row.finals):.5f} | {vs_greedy[0]:+.2f} ± "
+                     f"{vs_greedy[1]:.2f} | {vs_greedy[2]}/{len(row.finals)} | {vs_base} | {row.lucky_text} |")
     lines.append(f"| greedy, 1 agent, {len(greedy.finals)} seeds | {statistics.fmean(greedy.finals):.5f} | - | - | - | "
-                 f"{g_lucky} |")
+                 f"{greedy.lucky_text} |")
     return "\n".join(lines)
 
 
@@ -146,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     names = list(LANDSCAPES) if args.landscape == "all" else [args.landscape]
     tables = []
     for name in names:
-        results = run(args.seeds, args.seed_offset, args.trainings, args.workers, LANDSCAPES[name], rules,
-                      progress=True)
-        tables.append(markdown(results, LANDSCAPES[name], args.seeds, args.seed_offset, baseline_rule))
+        greedy, results = run(args.seeds, args.seed_offset, args.trainings, args.workers, LANDSCAPES[name], rules,
+                              progress=True)
+        tables.append(markdown(greedy, results, LANDSCAPES[name], args.seeds, args.seed_offset, baseline_rule))
     print("\n".join(f"{name}: {settings.describe()}" for name, settings in rules.items()) + "\n")
     print("\n\n".join(tables))
     return 0
