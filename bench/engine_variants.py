@@ -37,6 +37,42 @@ _LOSS_TAIL = ("        logits = self.lm_head(x).float()\n"
               "            return logits\n")
 
 
+# torch's FA2 kernel takes bf16 (B, T, H, D) (rms_norm runs in fp32 under autocast, so q and k are
+# cast); the flex call site has (B, H, T, D) views, so _flash transposes back and forth.
+_FLASH = ("def _flash_bthd(q, k, v, window):\n"
+          "    T = q.size(1)\n"
+          "    q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()\n"
+          "    return torch.ops.aten._flash_attention_forward(q, k, v, None, None, T, T, 0.0, True, False, "
+          "window_size_left=window, window_size_right=0)[0]\n"
+          "def _flash(q, k, v, window):\n"
+          "    return _flash_bthd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), window).transpose(1, 2)\n")
+
+
+# The loss as one autograd.Function: the forward saves the bf16 logits and each row's log-sum-exp, the
+# backward recomputes the softcap in one pass. Inductor's own graph keeps an fp32 copy of the logits
+# for the backward (twice the bytes of the bf16 ones), written once and read once a micro-batch.
+_SOFTCAP_CE = ("class _SoftcapCE(torch.autograd.Function):\n"
+               "    @staticmethod\n"
+               "    def forward(ctx, logits, targets, cap):\n"
+               "        z = cap * torch.tanh(logits.float() / cap)\n"
+               "        valid = targets != -1\n"
+               "        safe = targets.clamp(min=0)\n"
+               "        lse = torch.logsumexp(z, dim=-1)\n"
+               "        picked = z.gather(1, safe[:, None]).squeeze(1)\n"
+               "        count = valid.sum()\n"
+               "        ctx.save_for_backward(logits, safe, valid, lse, count)\n"
+               "        ctx.cap = cap\n"
+               "        return torch.where(valid, lse - picked, 0.0).sum() / count\n"
+               "    @staticmethod\n"
+               "    def backward(ctx, grad):\n"
+               "        logits, safe, valid, lse, count = ctx.saved_tensors\n"
+               "        t = torch.tanh(logits.float() / ctx.cap)\n"
+               "        probs = torch.exp(ctx.cap * t - lse[:, None])\n"
+               "        onehot = torch.arange(logits.size(1), device=logits.device)[None, :] == safe[:, None]\n"
+               "        scale = torch.where(valid, grad / count, 0.0)[:, None]\n"
+               "        return ((probs - onehot.float()) * (1 - t * t) * scale).to(logits.dtype), None, None\n")
+
+
 # Liger's kernels run outside the compiled graph (torch.compiler.disable): traced by dynamo, its
 # imports pull in scipy and its cross-entropy kernel fails Triton's type check (2026-11-22, H100).
 _LIGER = ("from liger_kernel.ops.cross_entropy import LigerCrossEntropyFunction as _LigerCE\n"
@@ -96,6 +132,13 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
           "import torch._inductor.config as _inductor_config\n"
           "_inductor_config.max_autotune = True\n"
           "_inductor_config.max_autotune_gemm_backends = 'ATEN,TRITON'\n")]),
+    "ce_recompute": (
+        "the softcapped loss with its own backward: saves the bf16 logits, not an fp32 copy",
+        [(_AFTER_TORCH_IMPORT, _AFTER_TORCH_IMPORT + _SOFTCAP_CE),
+         (_LOSS_TAIL, "        cap = self.config.logit_softcap\n"
+                      "        if targets is not None and reduction == 'mean':\n"
+                      "            return _SoftcapCE.apply(self.lm_head(x).flatten(0, 1), targets.reshape(-1), cap)\n"
+          + _LOSS_TAIL.replace("        cap = self.config.logit_softcap\n", ""))]),
     "liger_ce": (
         "the loss through Liger's cross-entropy kernel (softcap, log-softmax, loss and gradient in one pass, "
         "no fp32 copy of the logits)",
@@ -103,6 +146,17 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "liger_flce": (
         "the lm_head matmul and the loss fused by Liger in chunks: the logits are never stored",
         _liger_loss("_liger_flce(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1), cap)")),
+    "flash_window": (
+        "the windowed layers through torch's own FlashAttention-2 kernel with a left window "
+        "(aten._flash_attention_forward) instead of FlexAttention",
+        [(_AFTER_TORCH_IMPORT, _AFTER_TORCH_IMPORT + _FLASH),
+         (_FLEX_CALL, "_flash(q, k, v, window)")]),
+    "flash_all": (
+        "every layer through torch's FlashAttention-2 kernel, called on (B, T, H, D) without transposes",
+        [(_AFTER_TORCH_IMPORT, _AFTER_TORCH_IMPORT + _FLASH),
+         ("        gqa = k.size(2) != q.size(2)\n",
+          "        return _flash_bthd(q, k, v, window)\n"
+          "        gqa = k.size(2) != q.size(2)\n")]),
     "coord": (
         "inductor's coordinate-descent tuning of its own (norm, elementwise, loss) kernels",
         [(_AFTER_TORCH_IMPORT, _AFTER_TORCH_IMPORT +

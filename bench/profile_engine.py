@@ -27,6 +27,7 @@ def load_train_file(path: Path):
     sys.path.insert(0, str(REPO))
     spec = importlib.util.spec_from_file_location("profiled_train_file", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # torch.compile looks functions' globals up by module name
     spec.loader.exec_module(module)
     return module
 
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     torch.set_float32_matmul_precision("high")
     train = load_train_file(args.train_file)
+    torch.manual_seed(0)  # the same weights and tokens for every file, so their warm-up losses compare
     model, optimizer, backend = build(train, args.vocab_size)
     step = make_step(train, model, optimizer, args.vocab_size)
     t0 = time.perf_counter()
