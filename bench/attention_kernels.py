@@ -53,9 +53,10 @@ class ChunkedWindowAttention(torch.autograd.Function):
     """Sliding-window causal attention (query i sees keys i - W .. i) from causal pieces: cut the
     sequence into chunks of W; a chunk sees itself causally and the chunk before it where key offset
     >= query offset, which is causal again with both chunks reversed. The two pieces are merged by
-    their log-sum-exps; the backward gives each piece the merged output and log-sum-exp. cuDNN's
-    causal kernel is faster than FlexAttention on an H100, but the flips, merges and concatenations
-    cost more than that saves (BENCHMARKS.md). Needs T % W == 0 and as many key as query heads."""
+    their log-sum-exps; the backward gives each piece the merged output and log-sum-exp. The pieces
+    do three quarters of a full causal layer's work, but on an H100 the flips, merges and
+    concatenations cost more than that saves (BENCHMARKS.md). Needs T % W == 0 and as many key as
+    query heads."""
 
     @staticmethod
     def forward(ctx, q, k, v, window):
