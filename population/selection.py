@@ -129,7 +129,7 @@ def promotion_decision(candidate_runs: Sequence[float], champion_runs: Sequence[
         return "promote"
     runs, champion = len(candidate_runs), len(champion_runs)
     gain = mean_gain(candidate_runs, champion_runs, lower_is_better)
-    if clears_margin(candidate_runs, champion_runs, noise_std, z=z, lower_is_better=lower_is_better):
+    if gain >= noise_margin(noise_std, runs, champion, z):  # clears_margin, with the gain at hand
         return "promote" if runs >= min(min_runs, max_runs) else "rerun"
     if gain <= 0 or runs >= max_runs:
         return "keep"
