@@ -19,13 +19,12 @@ chunked decomposition there).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
-from profile_engine import REPO, load_train_file
+from profile_engine import REPO, load_train_file, median_cuda_ms
 
 
 def cudnn_causal(q, k, v):
@@ -113,20 +112,6 @@ def forward_backward(kernel, q, k, v, window, grad_out):
     return out
 
 
-def time_ms(kernel, q, k, v, window, grad_out, warmup, iters):
-    for _ in range(warmup):
-        forward_backward(kernel, q, k, v, window, grad_out)
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        forward_backward(kernel, q, k, v, window, grad_out)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -163,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 reference, diff = result, 0.0
             else:
                 diff = max((a - b).abs().max().item() for a, b in zip(result, reference))
-            ms = time_ms(kernel, q, k, v, window, grad_out, args.warmup, args.iters)
+            ms = median_cuda_ms(lambda: forward_backward(kernel, q, k, v, window, grad_out), args.warmup, args.iters)
             print(f"{label:17s} {name:6s} forward+backward {ms:7.3f} ms   max |diff| vs flex (out, dq, dk, dv) {diff:.4f}")
     return 0
 

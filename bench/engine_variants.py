@@ -8,6 +8,7 @@ compile included in its warm-up, so the table also shows what a variant costs in
 
     python bench/engine_variants.py                      # every variant
     python bench/engine_variants.py base qkv_cat         # some of them
+    python bench/engine_variants.py mlp_torch+ce_plain   # two at once: the file before session 8
     python bench/engine_variants.py --list
 
 The step is what decides the tokens in a fixed budget: tokens ~ 1 / step time. Needs a CUDA GPU.
@@ -30,13 +31,6 @@ _QKV = ("        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)\n"
         "        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)\n"
         "        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)\n")
 
-_LOSS_TAIL = ("        logits = self.lm_head(x).float()\n"
-              "        cap = self.config.logit_softcap\n"
-              "        logits = cap * torch.tanh(logits / cap)\n"
-              "        if targets is None:\n"
-              "            return logits\n")
-
-
 # torch's FA2 kernel takes bf16 (B, T, H, D) (rms_norm runs in fp32 under autocast, so q and k are
 # cast); the flex call site has (B, H, T, D) views, so _flash transposes back and forth.
 _FLASH = ("def _flash_bthd(q, k, v, window):\n"
@@ -46,31 +40,6 @@ _FLASH = ("def _flash_bthd(q, k, v, window):\n"
           "window_size_left=window, window_size_right=0)[0]\n"
           "def _flash(q, k, v, window):\n"
           "    return _flash_bthd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), window).transpose(1, 2)\n")
-
-
-# The loss as one autograd.Function: the forward saves the bf16 logits and each row's log-sum-exp, the
-# backward recomputes the softcap in one pass. Inductor's own graph keeps an fp32 copy of the logits
-# for the backward (twice the bytes of the bf16 ones), written once and read once a micro-batch.
-_SOFTCAP_CE = ("class _SoftcapCE(torch.autograd.Function):\n"
-               "    @staticmethod\n"
-               "    def forward(ctx, logits, targets, cap):\n"
-               "        z = cap * torch.tanh(logits.float() / cap)\n"
-               "        valid = targets != -1\n"
-               "        safe = targets.clamp(min=0)\n"
-               "        lse = torch.logsumexp(z, dim=-1)\n"
-               "        picked = z.gather(1, safe[:, None]).squeeze(1)\n"
-               "        count = valid.sum()\n"
-               "        ctx.save_for_backward(logits, safe, valid, lse, count)\n"
-               "        ctx.cap = cap\n"
-               "        return torch.where(valid, lse - picked, 0.0).sum() / count\n"
-               "    @staticmethod\n"
-               "    def backward(ctx, grad):\n"
-               "        logits, safe, valid, lse, count = ctx.saved_tensors\n"
-               "        t = torch.tanh(logits.float() / ctx.cap)\n"
-               "        probs = torch.exp(ctx.cap * t - lse[:, None])\n"
-               "        onehot = torch.arange(logits.size(1), device=logits.device)[None, :] == safe[:, None]\n"
-               "        scale = torch.where(valid, grad / count, 0.0)[:, None]\n"
-               "        return ((probs - onehot.float()) * (1 - t * t) * scale).to(logits.dtype), None, None\n")
 
 
 # Liger's kernels run outside the compiled graph (torch.compiler.disable): traced by dynamo, its
@@ -86,14 +55,14 @@ _LIGER = ("from liger_kernel.ops.cross_entropy import LigerCrossEntropyFunction 
 
 
 def _liger_loss(call: str) -> list[tuple[str, str]]:
-    """The training loss (mean) through a Liger kernel; evaluation (targets None, or per-token losses)
-    keeps the file's own path."""
-    return [(_AFTER_TORCH_IMPORT, _AFTER_TORCH_IMPORT + _LIGER),
-            (_LOSS_TAIL, "        cap = self.config.logit_softcap\n"
-                         "        if targets is not None and reduction == 'mean':\n"
-                         f"            return {call}\n"
-             + _LOSS_TAIL.replace("        cap = self.config.logit_softcap\n", ""))]
+    """The training loss (mean) through a Liger kernel; evaluation keeps the file's own path."""
+    return [(_AFTER_TORCH_IMPORT, _AFTER_TORCH_IMPORT + _LIGER), (_TRAINING_LOSS, f"            return {call}\n")]
 
+
+# The training loss and the MLP's kernels, as the file has them since session 8 (variants undo them).
+_TRAINING_LOSS_IF = '        if targets is not None and reduction == "mean":  # training: the same loss, a leaner backward\n'
+_TRAINING_LOSS = "            return SoftcapCrossEntropy.apply(self.lm_head(x).flatten(0, 1), targets.reshape(-1), cap)\n"
+_FUSED_MLP_IF = "        if self.fused:\n            return relu2_mlp("
 
 # name -> (what it tries, [(old, new), ...])
 VARIANTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
@@ -132,13 +101,6 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
           "import torch._inductor.config as _inductor_config\n"
           "_inductor_config.max_autotune = True\n"
           "_inductor_config.max_autotune_gemm_backends = 'ATEN,TRITON'\n")]),
-    "ce_recompute": (
-        "the softcapped loss with its own backward: saves the bf16 logits, not an fp32 copy",
-        [(_AFTER_TORCH_IMPORT, _AFTER_TORCH_IMPORT + _SOFTCAP_CE),
-         (_LOSS_TAIL, "        cap = self.config.logit_softcap\n"
-                      "        if targets is not None and reduction == 'mean':\n"
-                      "            return _SoftcapCE.apply(self.lm_head(x).flatten(0, 1), targets.reshape(-1), cap)\n"
-          + _LOSS_TAIL.replace("        cap = self.config.logit_softcap\n", ""))]),
     "liger_ce": (
         "the loss through Liger's cross-entropy kernel (softcap, log-softmax, loss and gradient in one pass, "
         "no fp32 copy of the logits)",
@@ -157,6 +119,12 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
          ("        gqa = k.size(2) != q.size(2)\n",
           "        return _flash_bthd(q, k, v, window)\n"
           "        gqa = k.size(2) != q.size(2)\n")]),
+    "mlp_torch": (
+        "the MLP as plain torch, compiled by inductor, without its Triton kernels (the file before session 8)",
+        [(_FUSED_MLP_IF, "        if False:\n            return relu2_mlp(")]),
+    "ce_plain": (
+        "the training loss through inductor's graph instead of SoftcapCrossEntropy (the file before session 8)",
+        [(_TRAINING_LOSS_IF, "        if False:\n")]),
     "coord": (
         "inductor's coordinate-descent tuning of its own (norm, elementwise, loss) kernels",
         [(_AFTER_TORCH_IMPORT, _AFTER_TORCH_IMPORT +
@@ -165,10 +133,19 @@ VARIANTS: dict[str, tuple[str, list[tuple[str, str]]]] = {
 }
 
 
+def replacements(name: str) -> list[tuple[str, str]]:
+    """A variant's replacements; `a+b` applies a's, then b's (both must still match)."""
+    return [pair for part in name.split("+") for pair in VARIANTS[part][1]]
+
+
+def describe(name: str) -> str:
+    return "; and ".join(VARIANTS[part][0] for part in name.split("+"))
+
+
 def variant_text(source: str, name: str) -> str:
     """The train file's text with the variant's replacements; a replacement that misses is an error."""
     text = source
-    for old, new in VARIANTS[name][1]:
+    for old, new in replacements(name):
         if text.count(old) != 1:
             raise ValueError(f"variant {name}: expected exactly one {old.splitlines()[0].strip()!r} in the train file")
         text = text.replace(old, new)
@@ -202,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, (what, _) in VARIANTS.items():
             print(f"{name:14s} {what}")
         return 0
-    unknown = [n for n in args.names if n not in VARIANTS]
+    unknown = [n for n in args.names if any(part not in VARIANTS for part in n.split("+"))]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; --list shows them")
     names = ["base"] + [n for n in (args.names or VARIANTS) if n != "base"]
@@ -233,10 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         r = results[name]
         if r is None:
-            print(f"{name:14s} {'failed':>9s} {'':>8s} {'':>9s}  {VARIANTS[name][0]}")
+            print(f"{name:14s} {'failed':>9s} {'':>8s} {'':>9s}  {describe(name)}")
             continue
         ratio = f"{base['median'] / r['median']:.3f}x" if base else "n/a"
-        print(f"{name:14s} {r['median']:9.1f} {ratio:>8s} {r['warmup_s']:9.0f}  {VARIANTS[name][0]}")
+        print(f"{name:14s} {r['median']:9.1f} {ratio:>8s} {r['warmup_s']:9.0f}  {describe(name)}")
     return 0 if base else 1
 
 

@@ -32,6 +32,22 @@ def load_train_file(path: Path):
     return module
 
 
+def median_cuda_ms(fn, warmup: int, iters: int) -> float:
+    """Median GPU time of `fn()` in ms over `iters` calls (CUDA events), after `warmup` untimed calls."""
+    import torch
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
 def build(train, vocab_size: int):
     import torch
     config = train.build_config(vocab_size)
@@ -40,6 +56,8 @@ def build(train, vocab_size: int):
         raw_model = train.GPT(config, attention)
     raw_model.to_empty(device="cuda")
     raw_model.init_weights()
+    if hasattr(train, "enable_fused_mlp"):  # as the file's main() does (files before session 8 have none)
+        print(f"mlp: {train.enable_fused_mlp(raw_model, 'cuda')}")
     optimizer = raw_model.setup_optimizer()
     if attention.backend != "fa3":
         for window in set(raw_model.window_sizes):

@@ -11,7 +11,8 @@ compile, are not counted) and a summary block after `---` that the population dr
     AUTORESEARCH_SMOKE=1 python engine/train.py  # tiny model on the CPU, for tests
 
 Environment: AUTORESEARCH_SEED (42), AUTORESEARCH_DEVICE (cuda|cpu), AUTORESEARCH_SMOKE (1: tiny
-CPU configuration), AUTORESEARCH_ATTENTION (fa3|flex|sdpa: force a kernel), AUTORESEARCH_CHECKPOINT
+CPU configuration), AUTORESEARCH_ATTENTION (fa3|flex|sdpa: force a kernel), AUTORESEARCH_MLP (torch: the
+MLP without its Triton kernels), AUTORESEARCH_CHECKPOINT
 (path: save the model before the final evaluation), AUTORESEARCH_FAULT (nan_at_step:N, tests).
 """
 
@@ -27,9 +28,11 @@ _CACHE_ROOT = os.path.expanduser(os.environ.get("AUTORESEARCH_CACHE", "~/.cache/
 os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(_CACHE_ROOT, "torch_compile"))
+os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(_CACHE_ROOT, "triton"))
 os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
 os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
 
+import copy
 import gc
 import inspect
 import math
@@ -57,6 +60,14 @@ try:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 except ImportError:  # torch < 2.5
     create_block_mask = flex_attention = None
+
+triton = None
+if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":  # the CPU smoke run never needs it
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        pass
 
 from prepare import EVAL_TOKENS, MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader
 
@@ -252,6 +263,153 @@ def select_attention(device_type):
 
 
 # ---------------------------------------------------------------------------
+# The ReLU² MLP's Triton kernels (CUDA): the activation inside the matmuls
+# ---------------------------------------------------------------------------
+# Compiled as plain torch, the MLP's hidden layer (4x the model width: 1 GiB of bf16 a layer at
+# 262,144 tokens) goes through GPU memory several times: the first matmul writes h, a pointwise
+# kernel reads it and writes relu(h)², the backward reads h again. Here the forward's matmul writes
+# relu(h)² directly, and the backward's first matmul multiplies by relu(h)'s derivative as it
+# stores, from relu(h) = sqrt(relu(h)²): h itself is never stored. The other matmuls stay on cuBLAS.
+# 1.11x on the MLP, 1.02x on a whole step (H100, bench/mlp_kernels.py, BENCHMARKS.md).
+
+if triton is not None:
+    @triton.jit
+    def _relu2_tile(tile, a_ptr, b_ptr, out_ptr, act_ptr, M, N, K: tl.constexpr,
+                    stride_am, stride_ak, stride_bk, stride_bn, stride_om, stride_on, BACKWARD: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+        """Output tile `tile` of relu(a @ b)² (forward) or (a @ b) · 2·sqrt(act) (backward)."""
+        # Tiles in groups of GROUP_M row blocks, so tiles running together share b's columns in L2.
+        tiles_n = tl.cdiv(N, BLOCK_N)
+        first_m = (tile // (GROUP_M * tiles_n)) * GROUP_M
+        group_rows = min(tl.cdiv(M, BLOCK_M) - first_m, GROUP_M)
+        pid_m = first_m + (tile % (GROUP_M * tiles_n)) % group_rows
+        pid_n = (tile % (GROUP_M * tiles_n)) // group_rows
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        ks = tl.arange(0, BLOCK_K)
+        # Rows and columns past the end wrap around instead of being masked: read, never stored.
+        a_ptrs = a_ptr + (rows % M)[:, None] * stride_am + ks[None, :] * stride_ak
+        b_ptrs = b_ptr + ks[:, None] * stride_bk + (cols % N)[None, :] * stride_bn
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for _ in range(0, K // BLOCK_K):
+            acc = tl.dot(tl.load(a_ptrs), tl.load(b_ptrs), acc)
+            a_ptrs += BLOCK_K * stride_ak
+            b_ptrs += BLOCK_K * stride_bk
+        offsets = rows[:, None] * stride_om + cols[None, :] * stride_on
+        inside = (rows[:, None] < M) & (cols[None, :] < N)
+        if BACKWARD:
+            result = acc * 2.0 * tl.sqrt(tl.load(act_ptr + offsets, mask=inside, other=0.0).to(tl.float32))
+        else:
+            result = tl.maximum(acc, 0.0) * tl.maximum(acc, 0.0)
+        tl.store(out_ptr + offsets, result.to(out_ptr.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _relu2_matmul_kernel(a_ptr, b_ptr, out_ptr, act_ptr, M, N, K: tl.constexpr,
+                             stride_am, stride_ak, stride_bk, stride_bn, stride_om, stride_on,
+                             BACKWARD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                             BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PROGRAMS: tl.constexpr):
+        if PROGRAMS > 0:  # one program per SM, looping: the next tile's loads overlap this one's stores
+            for tile in tl.range(tl.program_id(0), tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N), PROGRAMS, flatten=True):
+                _relu2_tile(tile, a_ptr, b_ptr, out_ptr, act_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+                            stride_om, stride_on, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+        else:  # one program per tile (Triton's CPU interpreter, in tests, cannot loop over a runtime range)
+            _relu2_tile(tl.program_id(0), a_ptr, b_ptr, out_ptr, act_ptr, M, N, K, stride_am, stride_ak, stride_bk,
+                        stride_bn, stride_om, stride_on, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+
+
+def _relu2_launch(a, b, act=None):
+    """relu(a @ b)², or with `act` the backward's (a @ b) · 2·sqrt(act); a (M, K), b (K, N)."""
+    M, K = a.shape
+    N = b.shape[1]
+    out = torch.empty((M, N), device=a.device, dtype=a.dtype)
+    if a.is_cuda:
+        # The fastest tiles on an H100 (bench/mlp_kernels.py); smaller where shared memory is smaller.
+        smem = getattr(torch.cuda.get_device_properties(a.device), "shared_memory_per_block_optin", 0)
+        big = smem >= 200 * 1024
+        tiles = dict(BLOCK_M=128, BLOCK_N=256 if big else 128, BLOCK_K=64, GROUP_M=8,
+                     num_warps=8 if big else 4, num_stages=3 if big else 2)
+        programs = torch.cuda.get_device_properties(a.device).multi_processor_count
+    else:
+        tiles, programs = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64, GROUP_M=2), 0
+    count = triton.cdiv(M, tiles["BLOCK_M"]) * triton.cdiv(N, tiles["BLOCK_N"])
+    _relu2_matmul_kernel[(min(programs, count) if programs else count,)](
+        a, b, out, out if act is None else act, M, N, K,
+        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
+        BACKWARD=act is not None, PROGRAMS=programs, **tiles)
+    return out
+
+
+class ReLU2MLP(torch.autograd.Function):
+    """relu(x W1ᵀ)² W2ᵀ; keeps x and relu(x W1ᵀ)² for the backward, not the pre-activation."""
+
+    @staticmethod
+    def forward(ctx, x, w1, w2):
+        x2d = x.reshape(-1, x.shape[-1])
+        act = _relu2_launch(x2d, w1.t())
+        ctx.save_for_backward(x2d, w1, w2, act)
+        ctx.x_shape = x.shape
+        return (act @ w2.t()).view(*x.shape[:-1], w2.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x2d, w1, w2, act = ctx.saved_tensors
+        grad_y = grad_y.reshape(-1, grad_y.shape[-1])
+        grad_h = _relu2_launch(grad_y, w2, act)
+        return (grad_h @ w1).view(ctx.x_shape), grad_h.t() @ x2d, grad_y.t() @ act
+
+
+def relu2_mlp(x, w1, w2, dtype=torch.bfloat16):
+    """The MLP for x (..., C), nn.Linear weights w1 (H, C) and w2 (C, H), computed in `dtype` (bf16
+    as autocast would; tests use float32, which Triton's CPU interpreter can run)."""
+    return ReLU2MLP.apply(x.to(dtype), w1.to(dtype), w2.to(dtype))
+
+
+def fused_mlp_error(mlp):
+    """How far the Triton kernels are from MLP.forward's own formula: the largest difference
+    relative to the largest output, on a copy of `mlp` with random weights (bf16 on a GPU)."""
+    probe = copy.deepcopy(mlp)
+    with torch.no_grad():
+        for p in probe.parameters():
+            p.normal_(0.0, p.shape[-1] ** -0.5)
+        x = torch.randn(256, probe.c_fc.in_features, device=p.device)
+        with torch.amp.autocast(device_type=p.device.type, dtype=torch.bfloat16, enabled=p.is_cuda):
+            probe.fused = False
+            expected = probe(x).float()
+            probe.fused = True
+            got = probe(x).float()
+    return ((got - expected).abs().max() / expected.abs().max().clamp(min=1e-6)).item()
+
+
+def enable_fused_mlp(model, device_type):
+    """Turn the Triton kernels on where they compute what MLP.forward's own formula does, and say
+    what was chosen. An agent that changes the MLP's formula (another activation, a gate) fails the
+    check and trains its own formula, never the kernels' ReLU²."""
+    forced = os.environ.get("AUTORESEARCH_MLP", "").strip().lower()
+    if forced not in ("", "torch", "triton"):
+        raise ConfigError(f"AUTORESEARCH_MLP={forced!r}: use torch or triton")
+    mlps = [m for m in model.modules() if isinstance(m, MLP)]
+    if forced == "torch" or not mlps:
+        return "torch (AUTORESEARCH_MLP=torch)" if forced else "torch"
+    width = mlps[0].c_fc.in_features
+    why = ("need a CUDA GPU" if device_type != "cuda" else "need triton" if triton is None
+           else f"need a model width that is a multiple of 64, not {width}" if width % 64 else "")
+    if not why:
+        try:
+            error = fused_mlp_error(mlps[0])
+        except Exception as exc:  # a Triton that cannot build for this GPU, say
+            error, why = math.inf, f"failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}"
+        if error > 0.05 and not why:  # bf16 rounding alone stays under 0.01
+            why = f"differ from MLP.forward's formula (relative error {error:.2f}): it is not ReLU²"
+    if why:
+        if forced:
+            raise ConfigError(f"AUTORESEARCH_MLP=triton: the Triton kernels {why}")
+        return f"torch (the Triton kernels {why})"
+    for mlp in mlps:
+        mlp.fused = True
+    return f"triton (ReLU² inside the matmuls; against MLP.forward's formula: relative error {error:.4f})"
+
+
+# ---------------------------------------------------------------------------
 # GPT model
 # ---------------------------------------------------------------------------
 
@@ -347,8 +505,11 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, config.mlp_ratio * config.n_embd, bias=False)
         self.c_proj = nn.Linear(config.mlp_ratio * config.n_embd, config.n_embd, bias=False)
+        self.fused = False  # enable_fused_mlp: the same formula through the Triton kernels above
 
     def forward(self, x):
+        if self.fused:
+            return relu2_mlp(x, self.c_fc.weight, self.c_proj.weight)
         return self.c_proj(F.relu(self.c_fc(x)).square())
 
 
@@ -361,6 +522,33 @@ class Block(nn.Module):
     def forward(self, x, ve, cos_sin, window):
         x = x + self.attn(norm(x), ve, cos_sin, window)
         return x + self.mlp(norm(x))
+
+
+class SoftcapCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of cap·tanh(logits / cap), targets -1 ignored; the loss GPT.forward
+    computes, with its own backward. Inductor's graph keeps an fp32 copy of the softcapped logits for
+    the backward; this keeps the bf16 logits (half the bytes) and each row's log-sum-exp, and
+    recomputes the softcap in one pass (1.004x a step on an H100, BENCHMARKS.md)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, cap):
+        z = cap * torch.tanh(logits.float() / cap)
+        valid = targets != -1
+        safe = targets.clamp(min=0)
+        lse = torch.logsumexp(z, dim=-1)
+        count = valid.sum()
+        ctx.save_for_backward(logits, safe, valid, lse, count)
+        ctx.cap = cap
+        return torch.where(valid, lse - z.gather(1, safe[:, None]).squeeze(1), 0.0).sum() / count
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, safe, valid, lse, count = ctx.saved_tensors
+        t = torch.tanh(logits.float() / ctx.cap)
+        probs = torch.exp(ctx.cap * t - lse[:, None])
+        onehot = torch.arange(logits.size(1), device=logits.device)[None, :] == safe[:, None]
+        scale = torch.where(valid, grad / count, 0.0)[:, None]
+        return ((probs - onehot.float()) * (1 - t * t) * scale).to(logits.dtype), None, None
 
 
 class GPT(nn.Module):
@@ -458,8 +646,10 @@ class GPT(nn.Module):
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
             x = block(x, ve, cos_sin, self.window_sizes[i])
         x = norm(x)
-        logits = self.lm_head(x).float()
         cap = self.config.logit_softcap
+        if targets is not None and reduction == "mean":  # training: the same loss, a leaner backward
+            return SoftcapCrossEntropy.apply(self.lm_head(x).flatten(0, 1), targets.reshape(-1), cap)
+        logits = self.lm_head(x).float()
         logits = cap * torch.tanh(logits / cap)
         if targets is None:
             return logits
@@ -787,6 +977,7 @@ def main():
         raw_model = GPT(config, attention)
     raw_model.to_empty(device=device)
     raw_model.init_weights()
+    print(f"mlp: {enable_fused_mlp(raw_model, device_type)}")
     num_params = raw_model.num_params()
     flops_per_token = raw_model.estimate_flops()
     print(f"parameters: {num_params:,}; FLOPs per token: {flops_per_token:e}; grad accumulation: {grad_accum_steps}")
