@@ -42,6 +42,7 @@ import threading
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from typing import Optional
 from urllib.parse import urlparse
 
 # Python bytecode, cached in the data cache too: where torch ships without it and writing it is off
@@ -60,6 +61,14 @@ try:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 except ImportError:  # torch < 2.5
     create_block_mask = flex_attention = None
+
+# The model's two autograd.Functions (the MLP's kernels, the loss) would make AOTAutograd skip its
+# cache for the whole forward graph: 5 s more compile in every experiment (H100). Safe to cache:
+# their traced bodies are part of the key, and the Triton kernels' source is, through triton_op.
+import torch._functorch.config as _functorch_config
+
+if hasattr(_functorch_config, "autograd_cache_allow_custom_autograd_functions"):  # torch >= 2.8
+    _functorch_config.autograd_cache_allow_custom_autograd_functions = True
 
 triton = None
 if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":  # the CPU smoke run never needs it
@@ -270,7 +279,7 @@ def select_attention(device_type):
 # kernel reads it and writes relu(h)², the backward reads h again. Here the forward's matmul writes
 # relu(h)² directly, and the backward's first matmul multiplies by relu(h)'s derivative as it
 # stores, from relu(h) = sqrt(relu(h)²): h itself is never stored. The other matmuls stay on cuBLAS.
-# 1.11x on the MLP, 1.02x on a whole step (H100, bench/mlp_kernels.py, BENCHMARKS.md).
+# 1.11x on the MLP (H100, bench/mlp_kernels.py); with the loss's own backward below, 1.047x a step.
 
 if triton is not None:
     @triton.jit
@@ -317,26 +326,28 @@ if triton is not None:
                         stride_bn, stride_om, stride_on, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
 
 
-def _relu2_launch(a, b, act=None):
-    """relu(a @ b)², or with `act` the backward's (a @ b) · 2·sqrt(act); a (M, K), b (K, N)."""
-    M, K = a.shape
-    N = b.shape[1]
-    out = torch.empty((M, N), device=a.device, dtype=a.dtype)
-    if a.is_cuda:
-        # The fastest tiles on an H100 (bench/mlp_kernels.py); smaller where shared memory is smaller.
-        smem = getattr(torch.cuda.get_device_properties(a.device), "shared_memory_per_block_optin", 0)
-        big = smem >= 200 * 1024
-        tiles = dict(BLOCK_M=128, BLOCK_N=256 if big else 128, BLOCK_K=64, GROUP_M=8,
-                     num_warps=8 if big else 4, num_stages=3 if big else 2)
-        programs = torch.cuda.get_device_properties(a.device).multi_processor_count
-    else:
-        tiles, programs = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64, GROUP_M=2), 0
-    count = triton.cdiv(M, tiles["BLOCK_M"]) * triton.cdiv(N, tiles["BLOCK_N"])
-    _relu2_matmul_kernel[(min(programs, count) if programs else count,)](
-        a, b, out, out if act is None else act, M, N, K,
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
-        BACKWARD=act is not None, PROGRAMS=programs, **tiles)
-    return out
+    # A custom op (not a bare kernel call) so that the compile caches key on the kernel's source.
+    @torch.library.triton_op("autoresearch::relu2_matmul", mutates_args=())
+    def _relu2_launch(a: torch.Tensor, b: torch.Tensor, act: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """relu(a @ b)², or with `act` the backward's (a @ b) · 2·sqrt(act); a (M, K), b (K, N)."""
+        M, K = a.shape
+        N = b.shape[1]
+        out = torch.empty((M, N), device=a.device, dtype=a.dtype)
+        if a.is_cuda:
+            # The fastest tiles on an H100 (bench/mlp_kernels.py); smaller where shared memory is smaller.
+            smem = getattr(torch.cuda.get_device_properties(a.device), "shared_memory_per_block_optin", 0)
+            big = smem >= 200 * 1024
+            tiles = dict(BLOCK_M=128, BLOCK_N=256 if big else 128, BLOCK_K=64, GROUP_M=8,
+                         num_warps=8 if big else 4, num_stages=3 if big else 2)
+            programs = torch.cuda.get_device_properties(a.device).multi_processor_count
+        else:
+            tiles, programs = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64, GROUP_M=2), 0
+        count = triton.cdiv(M, tiles["BLOCK_M"]) * triton.cdiv(N, tiles["BLOCK_N"])
+        torch.library.wrap_triton(_relu2_matmul_kernel)[(min(programs, count) if programs else count,)](
+            a, b, out, a if act is None else act, M, N, K,  # (act is not read in the forward)
+            a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
+            BACKWARD=act is not None, PROGRAMS=programs, **tiles)
+        return out
 
 
 class ReLU2MLP(torch.autograd.Function):
