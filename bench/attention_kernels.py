@@ -18,13 +18,11 @@ chunked decomposition there).
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-from profile_engine import REPO, load_train_file, median_cuda_ms
+from profile_engine import layer_bench_parser, load_train_file, median_cuda_ms
 
 
 def cudnn_causal(q, k, v):
@@ -113,15 +111,9 @@ def forward_backward(kernel, q, k, v, window, grad_out):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=128, help="sequences per call (the train file's DEVICE_BATCH_SIZE)")
-    parser.add_argument("--seq-len", type=int, default=2048)
+    parser = layer_bench_parser(__doc__, iters=20)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--train-file", type=Path, default=REPO / "engine" / "train.py")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("attention_kernels: needs a CUDA GPU", file=sys.stderr)

@@ -13,13 +13,11 @@ Needs a CUDA GPU with Triton.
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-from profile_engine import REPO, load_train_file, median_cuda_ms
+from profile_engine import layer_bench_parser, load_train_file, median_cuda_ms
 
 
 def forward_backward(mlp, x, grad_y):
@@ -32,13 +30,7 @@ def forward_backward(mlp, x, grad_y):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=128, help="sequences per call (the train file's DEVICE_BATCH_SIZE)")
-    parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--iters", type=int, default=30)
-    parser.add_argument("--train-file", type=Path, default=REPO / "engine" / "train.py")
+    parser = layer_bench_parser(__doc__, iters=30)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("mlp_kernels: needs a CUDA GPU", file=sys.stderr)

@@ -32,6 +32,18 @@ def load_train_file(path: Path):
     return module
 
 
+def layer_bench_parser(doc: str, iters: int) -> argparse.ArgumentParser:
+    """The options of the one-layer benches (attention_kernels.py, mlp_kernels.py): the train file's
+    shapes by default, and how many calls to time."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=128, help="sequences per call (the train file's DEVICE_BATCH_SIZE)")
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=iters)
+    parser.add_argument("--train-file", type=Path, default=REPO / "engine" / "train.py")
+    return parser
+
+
 def median_cuda_ms(fn, warmup: int, iters: int) -> float:
     """Median GPU time of `fn()` in ms over `iters` calls (CUDA events), after `warmup` untimed calls."""
     import torch
