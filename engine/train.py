@@ -325,7 +325,6 @@ if triton is not None:
             _relu2_tile(tl.program_id(0), a_ptr, b_ptr, out_ptr, act_ptr, M, N, K, stride_am, stride_ak, stride_bk,
                         stride_bn, stride_om, stride_on, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
 
-
     # A custom op (not a bare kernel call) so that the compile caches key on the kernel's source.
     @torch.library.triton_op("autoresearch::relu2_matmul", mutates_args=())
     def _relu2_launch(a: torch.Tensor, b: torch.Tensor, act: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -335,11 +334,11 @@ if triton is not None:
         out = torch.empty((M, N), device=a.device, dtype=a.dtype)
         if a.is_cuda:
             # The fastest tiles on an H100 (bench/mlp_kernels.py); smaller where shared memory is smaller.
-            smem = getattr(torch.cuda.get_device_properties(a.device), "shared_memory_per_block_optin", 0)
-            big = smem >= 200 * 1024
+            gpu = torch.cuda.get_device_properties(a.device)
+            big = getattr(gpu, "shared_memory_per_block_optin", 0) >= 200 * 1024
             tiles = dict(BLOCK_M=128, BLOCK_N=256 if big else 128, BLOCK_K=64, GROUP_M=8,
                          num_warps=8 if big else 4, num_stages=3 if big else 2)
-            programs = torch.cuda.get_device_properties(a.device).multi_processor_count
+            programs = gpu.multi_processor_count
         else:
             tiles, programs = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64, GROUP_M=2), 0
         count = triton.cdiv(M, tiles["BLOCK_M"]) * triton.cdiv(N, tiles["BLOCK_N"])
@@ -379,11 +378,12 @@ def fused_mlp_error(mlp):
     """How far the Triton kernels are from MLP.forward's own formula: the largest difference
     relative to the largest output, on a copy of `mlp` with random weights (bf16 on a GPU)."""
     probe = copy.deepcopy(mlp)
+    device = probe.c_fc.weight.device
     with torch.no_grad():
         for p in probe.parameters():
             p.normal_(0.0, p.shape[-1] ** -0.5)
-        x = torch.randn(256, probe.c_fc.in_features, device=p.device)
-        with torch.amp.autocast(device_type=p.device.type, dtype=torch.bfloat16, enabled=p.is_cuda):
+        x = torch.randn(256, probe.c_fc.in_features, device=device)
+        with torch.amp.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             probe.fused = False
             expected = probe(x).float()
             probe.fused = True
