@@ -48,10 +48,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from population.agents.mutate import find_candidates, mutate_source  # noqa: E402
 from population.config import (DEFAULT_CONFIRM_RUNS, DEFAULT_MAX_RUNS, DEFAULT_POPULATION_SIZE,  # noqa: E402
-                               DEFAULT_PROMOTION_Z, DEFAULT_TOURNAMENT_SIZE, MAX_NOISE_RUNS_DEFAULT,
-                               RERUN_OPTIMISM)
-from population.selection import (choose_culls, estimate_noise, promotion_decision,  # noqa: E402
-                                  tournament_select)
+                               DEFAULT_PROMOTION_Z, DEFAULT_SELECTION,
+                               DEFAULT_TOURNAMENT_SIZE, MAX_NOISE_RUNS_DEFAULT, RERUN_OPTIMISM, SELECTIONS,
+                               default_promotion_confidence)
+from population.selection import (choose_culls, estimate_noise, posterior_choice,  # noqa: E402
+                                  promotion_decision, tournament_select)
 from population.state import PopulationState  # noqa: E402
 
 METRIC = "val_bpb"
@@ -215,9 +216,11 @@ class PopulationSettings:
     population_size: int = DEFAULT_POPULATION_SIZE
     tournament_size: int | None = DEFAULT_TOURNAMENT_SIZE   # None: the whole population
     cull: str = "age"
-    z: float = DEFAULT_PROMOTION_Z
+    selection: str = DEFAULT_SELECTION      # posterior | margin
+    confidence: float | None = None         # posterior: P(better) that promotes; None: the driver's 1 - 0.1/workers
+    z: float = DEFAULT_PROMOTION_Z          # margin: the promotion margin in standard errors
     max_runs: int = DEFAULT_MAX_RUNS
-    min_runs: int = DEFAULT_CONFIRM_RUNS    # runs a member needs before it can be promoted
+    min_runs: int = DEFAULT_CONFIRM_RUNS    # trainings behind a member before it can be promoted
     noise_runs: int = MAX_NOISE_RUNS_DEFAULT
     rerun_optimism: float | None = RERUN_OPTIMISM   # None: re-run every positive gain (the first rule)
 
@@ -225,21 +228,35 @@ class PopulationSettings:
     def k(self) -> int:
         return self.tournament_size or self.population_size
 
+    @property
+    def promotion_confidence(self) -> float:
+        return self.confidence or default_promotion_confidence(self.workers)
+
+    @property
+    def posterior(self) -> bool:
+        return self.selection == "posterior"
+
     def describe(self) -> str:
+        if self.posterior:
+            return (f"posterior selection, population size {self.population_size}, tournament {self.k}, cull by "
+                    f"{self.cull}, promoted at {self.confidence or '1 - 0.1/workers'} probability of being better than the champion "
+                    f"with at least {self.min_runs} trainings of it and its descendants")
         optimism = "any gain" if self.rerun_optimism is None else \
             f"gains within {self.rerun_optimism:g} standard error of the margin"
-        return (f"population size {self.population_size}, tournament {self.k}, cull by {self.cull}, "
-                f"z {self.z:g}, promoted after at least {min(self.min_runs, self.max_runs)} and at most "
+        return (f"margin selection, population size {self.population_size}, tournament {self.k}, cull by "
+                f"{self.cull}, z {self.z:g}, promoted after at least {min(self.min_runs, self.max_runs)} and at most "
                 f"{self.max_runs} runs, re-runs for {optimism}")
 
 
 # The rules this bench started with (config.py's tournament of 3, a re-run for every positive gain).
-FIRST_RULES = PopulationSettings(population_size=8, tournament_size=3, z=2.0, max_runs=3, min_runs=1,
-                                 rerun_optimism=None)
+FIRST_RULES = PopulationSettings(population_size=8, tournament_size=3, selection="margin", z=2.0, max_runs=3,
+                                 min_runs=1, rerun_optimism=None)
 # The driver's defaults before "confirm once" (sessions 2-5): the whole population as tournament,
 # promotion on one run past 2 standard errors, re-runs while a gain can still clear the margin.
-PREVIOUS_RULES = PopulationSettings(population_size=8, tournament_size=None, z=2.0, max_runs=3, min_runs=1,
-                                    rerun_optimism=1.0)
+PREVIOUS_RULES = PopulationSettings(population_size=8, tournament_size=None, selection="margin", z=2.0,
+                                    max_runs=3, min_runs=1, rerun_optimism=1.0)
+# The margin rule "confirm once" (sessions 7-8's defaults): z 1 on the mean of two runs.
+MARGIN_RULES = PopulationSettings(selection="margin")
 
 
 @dataclass
@@ -277,7 +294,7 @@ class _Simulation:
             if member.alive:
                 self.start(now, "rerun", member.name, member.first_id, member.commit)
                 return
-        candidates = self.state.candidates()
+        candidates = self.state.candidates(estimated=self.settings.posterior)
         if candidates:
             parent = self.state.members[tournament_select(candidates, self.settings.k, self.rng).member]
             parent_id, parent_source = parent.first_id, self.sources[parent.commit]
@@ -310,20 +327,33 @@ class _Simulation:
         member, champion = self.state.members[name], self.state.members[self.state.champion]
         if not member.alive or name == champion.name:
             return
+        if self.settings.posterior:
+            best = posterior_choice(self.state.candidates(estimated=True), champion.name, self.state.posterior,
+                                    confidence=self.settings.promotion_confidence,
+                                    min_evidence=self.settings.min_runs)
+            if best is not None:
+                self.promote(now, best, champion.name)
+            return
         decision = promotion_decision(member.runs, champion.runs, self.state.noise_std, z=self.settings.z,
                                       max_runs=self.settings.max_runs, min_runs=self.settings.min_runs,
                                       rerun_optimism=self.settings.rerun_optimism)
         if decision == "promote":
-            self.outcome.promotions += 1
-            self.outcome.lucky += self.true_value(name) >= self.true_value(champion.name)
-            self.state.apply({"type": "champion", "member": name, "time": now})
+            self.promote(now, name, champion.name)
         elif decision == "rerun":
             self.reruns.append(name)
+
+    def promote(self, now: float, name: str, champion: str) -> None:
+        self.outcome.promotions += 1
+        self.outcome.lucky += self.true_value(name) >= self.true_value(champion)
+        self.state.apply({"type": "champion", "member": name, "time": now})
 
     def cull(self, now: float) -> None:
         waiting = set(self.reruns) | {e.member for e in self.state.in_flight() if e.kind == "rerun"}
         protect = frozenset(waiting | {self.state.champion} | set(self.undecided))
-        for name in choose_culls(self.state.candidates(), self.settings.population_size, self.settings.cull,
+        if self.settings.posterior:
+            protect |= self.state.awaiting_confirmation(self.settings.min_runs)
+        for name in choose_culls(self.state.candidates(estimated=self.settings.posterior),
+                                 self.settings.population_size, self.settings.cull,
                                  self.settings.k, self.rng, protect=protect):
             self.state.apply({"type": "member_culled", "member": name, "time": now})
 
@@ -475,11 +505,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tournament-size", type=int, default=None,
                         help="parents: best of this many members (default: the whole population)")
     parser.add_argument("--cull", choices=("age", "tournament"), default=defaults.cull)
-    parser.add_argument("--z", type=float, default=defaults.z, help="promotion margin in standard errors")
+    parser.add_argument("--selection", choices=SELECTIONS, default=defaults.selection,
+                        help="posterior (the driver's default) or margin (the rule before it)")
+    parser.add_argument("--confidence", type=float, default=None,
+                        help="posterior: probability of being better that promotes (default: the driver's, "
+                             "1 - 0.1/workers)")
+    parser.add_argument("--z", type=float, default=defaults.z, help="margin: promotion margin in standard errors")
     parser.add_argument("--max-runs", type=int, default=defaults.max_runs, help="runs of one member at most")
     parser.add_argument("--min-runs", type=int, default=defaults.min_runs,
-                        help="runs a member needs before it can be promoted: a first run past the margin "
-                             "is re-run to confirm it (default %(default)s)")
+                        help="trainings behind a member before it can be promoted: its own and its descendants' "
+                             "(posterior), or its own, a first run past the margin re-run to confirm it (margin) "
+                             "(default %(default)s)")
     parser.add_argument("--seed-offset", type=int, default=0,
                         help="first seed (default 0): another offset gives an independent set of seeds")
     parser.add_argument("--rerun-optimism", type=_optimism, default=defaults.rerun_optimism,
@@ -492,8 +528,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.exit(2, f"error: --{name.replace('_', '-')} must be >= 1\n")
     if args.noise < 0 or args.z < 0 or args.seed_offset < 0:
         parser.exit(2, "error: --noise, --z and --seed-offset must be >= 0\n")
+    if args.confidence is not None and not 0.5 <= args.confidence < 1:
+        parser.exit(2, "error: --confidence must be >= 0.5 and < 1\n")
     settings = PopulationSettings(workers=args.workers, population_size=args.population_size,
-                                  tournament_size=args.tournament_size, cull=args.cull, z=args.z,
+                                  tournament_size=args.tournament_size, cull=args.cull, selection=args.selection,
+                                  confidence=args.confidence, z=args.z,
                                   max_runs=args.max_runs, min_runs=args.min_runs,
                                   rerun_optimism=args.rerun_optimism)
     names = list(LANDSCAPES) if args.landscape == "all" else [args.landscape]

@@ -6,8 +6,8 @@ standard error of the per-seed differences of the true val_bpb each method hands
 1e-4 (negative: the first method is better), for the two regimes that matter:
 - 8 workers at equal wall time (8 x T trainings) against greedy's T trainings;
 - 1 worker at equal numbers of trainings (T each): the selection rule alone.
-Compared: the driver's defaults (population.config), the rules before them (PREVIOUS_RULES), the
-reference's greedy loop and, with `--candidate`, the defaults with some settings changed. Pick seeds
+Compared: the driver's defaults (population.config: posterior selection), the margin rule before
+them (MARGIN_RULES, `--selection margin`), the reference's greedy loop and, with `--candidate`, the defaults with some settings changed. Pick seeds
 the rules were not chosen on (`--seed-offset`).
 
     python bench/landscape_paired.py --seeds 200 --seed-offset 3000
@@ -26,7 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.landscape import (LANDSCAPES, NOISE_STD, PREVIOUS_RULES, Landscape, PopulationSettings,  # noqa: E402
+from bench.landscape import (LANDSCAPES, MARGIN_RULES, NOISE_STD, Landscape, PopulationSettings,  # noqa: E402
                              run_greedy, run_population)
 
 
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.seeds, args.trainings, args.workers) < 2 or args.seed_offset < 0:
         parser.exit(2, "error: --seeds, --trainings and --workers must be >= 2, --seed-offset >= 0\n")
-    rules = {"defaults": PopulationSettings(), "previous": PREVIOUS_RULES}
-    baseline_rule = "previous"
+    rules = {"defaults": PopulationSettings(), "margin": MARGIN_RULES}
+    baseline_rule = "margin"
     if args.candidate:
         try:
             rules = {"candidate": candidate_settings(args.candidate), "defaults": PopulationSettings()}

@@ -432,6 +432,7 @@ class Simulation:
     agent_error_rate: float = 0.02
     seed: int = 0
     population_size: int = 64
+    selection: str = "posterior"     # the driver's --selection
     noise: float = 0.0004
     progress_bar: bool = True
     clock: Clock = field(default_factory=Clock)
@@ -568,7 +569,8 @@ def simulate(sim: Simulation, runs_dir: Path, tag: str = "sim") -> Outcome:
 
     config = RunConfig(tag=tag, repo=str(runs_dir), runs_dir=str(runs_dir), workers=sim.workers,
                        max_experiments=sim.experiments, budget_s=sim.budget_s, agents=["mutate"],
-                       population_size=sim.population_size, seed=sim.seed, status_every_s=600.0)
+                       population_size=sim.population_size, selection=sim.selection, seed=sim.seed,
+                       status_every_s=600.0)
     simgit = SimGit(sim)
     driver = sim_driver_class()(config, console=Console(None), clock=sim.clock)
     sim._driver = driver
@@ -792,6 +794,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--crash-rate", type=float, default=0.03, help="fraction of trainings that crash (default: %(default)s)")
     parser.add_argument("--agent-error-rate", type=float, default=0.02, help="fraction of agent errors (default: %(default)s)")
     parser.add_argument("--population-size", type=int, default=64, help="living members (default: %(default)s)")
+    parser.add_argument("--selection", choices=("posterior", "margin"), default="posterior",
+                        help="the driver's selection rule (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="simulation seed (default: %(default)s)")
     parser.add_argument("--runs-dir", default=None,
                         help="where the store goes, e.g. /dev/shm/sim to leave disk latency out (default: a "
@@ -818,7 +822,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sim = Simulation(workers=args.workers, experiments=args.experiments, budget_s=args.budget,
                      overhead_s=args.overhead, agent_s=args.agent_seconds, crash_rate=args.crash_rate,
-                     agent_error_rate=args.agent_error_rate, seed=args.seed, population_size=args.population_size)
+                     agent_error_rate=args.agent_error_rate, seed=args.seed, population_size=args.population_size,
+                     selection=args.selection)
     with tempfile.TemporaryDirectory(prefix="simulate-") as tmp:
         runs = Path(args.runs_dir) if args.runs_dir else Path(tmp) / "runs"
         if (runs / "sim").exists():

@@ -78,16 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
     pop.add_argument("--cull", choices=CULL_POLICIES, default="age",
                      help="who dies when the population is full: the oldest (age) or the worst of a tournament "
                           "(default: %(default)s)")
+    pop.add_argument("--selection", choices=C.SELECTIONS, default=C.DEFAULT_SELECTION,
+                     help="posterior: members scored by a posterior that pools every training along the lineage "
+                          "(a child's runs also tell about its parent, and back), the best promoted once it is "
+                          "probably better than the champion; margin: members scored by their own runs' mean, "
+                          "promoted past a noise margin and confirmed by re-runs (default: %(default)s; "
+                          "BENCHMARKS.md compares them)")
+    pop.add_argument("--promotion-confidence", type=_number, default=None, metavar="P",
+                     help="posterior: the best living member becomes champion when the posterior gives it "
+                          "probability P of being better than the champion (default: 1 - 0.1/workers, i.e. 0.9 "
+                          "with one worker and 0.9875 with 8: more challengers at once, a stricter test each)")
     pop.add_argument("--promotion-z", type=_number, default=C.DEFAULT_PROMOTION_Z, metavar="Z",
-                     help="a child becomes champion when its mean beats the champion's by Z standard errors of "
-                          "the difference, measured from the baseline's run-to-run noise (default: %(default)s)")
+                     help="margin: a child becomes champion when its mean beats the champion's by Z standard errors "
+                          "of the difference, measured from the baseline's run-to-run noise (default: %(default)s)")
     pop.add_argument("--confirm-runs", type=_integer, default=C.DEFAULT_CONFIRM_RUNS, metavar="N",
-                     help="trainings a child needs before it can be promoted: a first run past the margin is "
-                          "trained again on another seed to confirm it; 1 promotes on one run "
-                          "(default: %(default)s)")
+                     help="trainings behind a child before it can be promoted: its own and its descendants' "
+                          "(posterior), or its own, a first run past the margin being trained again on another "
+                          "seed (margin); 1 promotes on one run (default: %(default)s)")
     pop.add_argument("--max-runs", type=_integer, default=C.DEFAULT_MAX_RUNS, metavar="N",
-                     help="trainings of one commit at most: a gain inside the margin is re-run while its mean "
-                          "could still clear it (default: %(default)s)")
+                     help="margin: trainings of one commit at most: a gain inside the margin is re-run while its "
+                          "mean could still clear it (default: %(default)s)")
     pop.add_argument("--noise-runs", type=_integer, default=None, metavar="N",
                      help="baseline trainings of the seed that measure the noise (default: min(workers, 3))")
 
@@ -133,7 +143,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         agents=args.agents or [C.DEFAULT_AGENT], agent_base_url=args.agent_base_url,
         agent_timeout_s=args.agent_timeout, task=args.task, tag=args.tag,
         runs_dir=args.runs_dir, population_size=args.population_size, tournament_size=args.tournament_size,
-        cull=args.cull, promotion_z=args.promotion_z, confirm_runs=args.confirm_runs,
+        cull=args.cull, selection=args.selection, promotion_confidence=args.promotion_confidence,
+        promotion_z=args.promotion_z, confirm_runs=args.confirm_runs,
         max_runs_per_member=args.max_runs, max_experiments=args.max_experiments, noise_runs=args.noise_runs,
         train_timeout_s=args.train_timeout, device=args.device, resume=args.resume, address=args.address,
         accelerator=args.accelerator, repo=args.repo, seed=args.seed, workdir=args.workdir,

@@ -19,9 +19,21 @@ DEFAULT_AGENT = "mutate"
 DEFAULT_AGENT_TIMEOUT_S = 1800.0
 DEFAULT_POPULATION_SIZE = 16
 DEFAULT_TOURNAMENT_SIZE = None     # the whole population: the landscape bench's better rule (BENCHMARKS.md)
-# Promotion ("confirm once", BENCHMARKS.md): a child whose first run beats the champion by the margin
-# is trained once more, and promoted only if the mean of both still beats it by PROMOTION_Z standard
-# errors; a smaller gain is re-run only if its mean could still clear the margin (optimism 0).
+# How members are scored and promoted (BENCHMARKS.md, "Search quality"):
+# - "posterior" (the default): members are scored by the lineage posterior's estimate
+#   (population.posterior), and the best living member becomes champion once the posterior gives it
+#   the promotion confidence of being better than the champion, with CONFIRM_RUNS trainings behind it
+#   (its own runs and its descendants'). No re-runs: its children are its confirmation. The
+#   confidence is 1 - FALSE_PROMOTION_RATE / workers: with N workers the champion meets about N
+#   challengers in the time one worker brings one, and each must pass a test N times stricter
+#   (a Bonferroni correction) so that lucky promotions stay as rare per generation.
+# - "margin" ("confirm once", the rule before): members are scored by the mean of their own runs; a
+#   child whose first run beats the champion by PROMOTION_Z standard errors is trained once more, and
+#   promoted only if the mean of both still clears the margin; a smaller gain is re-run only if its
+#   mean could still clear it (optimism 0).
+SELECTIONS = ("posterior", "margin")
+DEFAULT_SELECTION = "posterior"
+FALSE_PROMOTION_RATE = 0.1
 DEFAULT_PROMOTION_Z = 1.0
 DEFAULT_CONFIRM_RUNS = 2
 DEFAULT_MAX_RUNS = 2
@@ -60,8 +72,10 @@ class RunConfig:
     seed: int = DEFAULT_SEED
     workdir: str | None = None              # workers' clones; None: $AUTORESEARCH_WORKDIR or the temp dir
     status_every_s: float = 60.0
-    promotion_z: float = DEFAULT_PROMOTION_Z       # promotion margin, in standard errors of the difference
-    confirm_runs: int = DEFAULT_CONFIRM_RUNS       # runs a child needs before it can be promoted
+    selection: str = DEFAULT_SELECTION             # posterior | margin
+    promotion_confidence: float | None = None      # posterior: P(better than the champion); None: 1 - 0.1/workers
+    promotion_z: float = DEFAULT_PROMOTION_Z       # margin: promotion margin, in standard errors of the difference
+    confirm_runs: int = DEFAULT_CONFIRM_RUNS       # trainings behind a child before it can be promoted
     max_runs_per_member: int = DEFAULT_MAX_RUNS    # promotion: at most this many runs before "keep"
     sandbox: bool = False                   # trainings and subprocess agents in bubblewrap: read-only outside the worktree
 
@@ -76,6 +90,10 @@ def default_tag(now: float | None = None) -> str:
 
 def default_train_timeout(budget_s: float) -> float:
     return 2 * budget_s + 300
+
+
+def default_promotion_confidence(workers: int) -> float:
+    return 1.0 - FALSE_PROMOTION_RATE / workers
 
 
 def default_noise_runs(workers: int) -> int:
@@ -122,11 +140,15 @@ def validate(config: RunConfig) -> None:
     need(config.accelerator is None or config.device != "cpu", "--accelerator needs --device cuda")
     need(config.seed >= 0, f"--seed must be >= 0, got {config.seed}")
     need(config.status_every_s > 0, "status interval must be > 0")
+    need(config.selection in SELECTIONS, f"--selection must be one of {', '.join(SELECTIONS)}, got {config.selection!r}")
+    need(config.promotion_confidence is None or 0.5 <= config.promotion_confidence < 1,
+         f"--promotion-confidence must be >= 0.5 and < 1, got {config.promotion_confidence}")
     need(config.promotion_z >= 0, f"--promotion-z must be >= 0, got {config.promotion_z:g}")
     need(config.confirm_runs >= 1, f"--confirm-runs must be >= 1, got {config.confirm_runs}")
     need(config.max_runs_per_member >= 1, f"--max-runs must be >= 1, got {config.max_runs_per_member}")
-    need(config.confirm_runs <= config.max_runs_per_member,
-         f"--confirm-runs ({config.confirm_runs}) must be <= --max-runs ({config.max_runs_per_member})")
+    need(config.selection != "margin" or config.confirm_runs <= config.max_runs_per_member,
+         f"--confirm-runs ({config.confirm_runs}) must be <= --max-runs ({config.max_runs_per_member}) "
+         "with --selection margin")
 
 
 def with_run_settings(config: RunConfig, meta: dict | None = None) -> RunConfig:
@@ -153,5 +175,6 @@ def resolve(config: RunConfig, workers: int) -> RunConfig:
         tag=config.tag or default_tag(),
         noise_runs=config.noise_runs or default_noise_runs(workers),
         tournament_size=config.tournament_size or config.population_size,
+        promotion_confidence=config.promotion_confidence or default_promotion_confidence(workers),
         train_timeout_s=config.train_timeout_s or default_train_timeout(config.budget_s),
     )

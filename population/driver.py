@@ -32,8 +32,8 @@ from population import gitops, readiness
 from population.config import (RERUN_OPTIMISM, ConfigError, RunConfig, default_tag, resolve, validate,
                                with_run_settings)
 from population.console import Console, experiment_line, status_line
-from population.selection import (choose_culls, clears_margin, estimate_noise, promotion_decision,
-                                  tournament_select)
+from population.selection import (choose_culls, clears_margin, estimate_noise, posterior_choice,
+                                  promotion_decision, tournament_select)
 from population.state import PopulationState
 from population.store import RunStore, StoreError
 from population.summary import parse_summary, tail
@@ -626,11 +626,8 @@ class Driver:
                             if m.name not in queued and last_run.get(m.name, -1) > last_champion),
                            key=lambda m: last_run[m.name])
         for member in undecided:
-            decision = self._decision(member.name)
-            if decision == "promote":
-                self._promote(member.name)
-            elif decision == "rerun":
-                self._queue_rerun(member.name)
+            if member.alive and member.name != self.state.champion:
+                self._judge(member.name)
         if undecided:
             self._cull()
 
@@ -674,7 +671,15 @@ class Driver:
     def _choose_parent(self) -> str:
         if not self._noise_done() or not self.state.living():
             return BASELINE_MEMBER
-        return tournament_select(self.state.candidates(), self.config.tournament_size, self.rng).member
+        return tournament_select(self._candidates(), self.config.tournament_size, self.rng).member
+
+    @property
+    def _posterior(self) -> bool:
+        return self.config.selection == "posterior"
+
+    def _candidates(self):
+        """Living members scored as the run's selection scores them."""
+        return self.state.candidates(estimated=self._posterior)
 
     def _member_commit(self, member: str) -> str:
         if member in self.state.members:
@@ -990,11 +995,7 @@ class Driver:
         if flight.work.kind == "baseline":
             self._maybe_finish_noise()
         elif counted and member.alive and self._noise_done():
-            decision = self._decision(member.name)
-            if decision == "promote":
-                self._promote(member.name)
-            elif decision == "rerun":
-                self._queue_rerun(member.name)
+            self._judge(member.name)
             if flight.work.kind == "child":
                 self._cull()
         self.refresh_tables()
@@ -1040,15 +1041,26 @@ class Driver:
         waiting = sorted((m for m in self.state.living() if m.name != BASELINE_MEMBER and m.runs),
                          key=lambda m: m.first_id)
         for member in waiting:
-            if not member.alive or member.name == self.state.champion:
-                continue
-            decision = self._decision(member.name)
-            if decision == "promote":
-                self._promote(member.name)
-            elif decision == "rerun":
-                self._queue_rerun(member.name)
+            if member.alive and member.name != self.state.champion:
+                self._judge(member.name)
         if waiting:
             self._cull()
+
+    def _judge(self, member: str) -> None:
+        """After a result of `member`: promote whom the rule says, or queue `member`'s re-run (margin).
+        Posterior selection looks at every living member: a child's result also moves its parent's
+        estimate."""
+        if self._posterior:
+            best = posterior_choice(self._candidates(), self.state.champion, self.state.posterior,
+                                    confidence=self.config.promotion_confidence, min_evidence=self.config.confirm_runs)
+            if best is not None:
+                self._promote(best)
+            return
+        decision = self._decision(member)
+        if decision == "promote":
+            self._promote(member)
+        elif decision == "rerun":
+            self._queue_rerun(member)
 
     def _decision(self, member: str) -> str:
         if member == self.state.champion:
@@ -1065,8 +1077,13 @@ class Driver:
         self.record({"type": "champion", "member": member})
         gitops.set_ref(self.repo, gitops.best_branch(self.tag), self.state.members[member].commit)
         mean = self.state.members[member].mean
+        why = ""
+        if self._posterior and previous and member in self.state.posterior and previous in self.state.posterior:
+            estimate = self.state.estimate(member) * (1 if self.task.lower_is_better else -1)
+            why = (f", estimate {estimate:.6f}, "
+                   f"{self.state.posterior.prob_better(member, previous):.0%} likely better than {previous}")
         self.console.line(f"champion: {member} {self.task.metric} {mean:.6f}"
-                          + (f" (was {previous})" if previous else ""))
+                          + (f" (was {previous}{why})" if previous else ""))
 
     def _queue_rerun(self, member: str) -> None:
         if any(w.kind == "rerun" and w.member == member for w in self.pending) or any(
@@ -1087,7 +1104,9 @@ class Driver:
         protect = {self.state.champion} if self.state.champion else set()
         protect |= {w.member for w in self.pending if w.kind == "rerun"}
         protect |= {f.member for f in self.flights.values() if f.work.kind == "rerun"}
-        culls = choose_culls(self.state.candidates(), self.config.population_size, self.config.cull,
+        if self._posterior:
+            protect |= self.state.awaiting_confirmation(self.config.confirm_runs)
+        culls = choose_culls(self._candidates(), self.config.population_size, self.config.cull,
                              self.config.tournament_size, self.rng, frozenset(protect))
         for member in culls:
             self.record({"type": "member_culled", "member": member})

@@ -15,8 +15,9 @@ The rules, in the spirit of regularized evolution (Real et al., 2019):
   inside the noise would need luck to pass, and its re-runs would be trainings taken from new
   children (bench/landscape.py measures these choices).
 
-The driver passes its settings explicitly (population.config: confirm once at z 1); the keyword
-defaults below are the plain rule: one run, 2 standard errors.
+The driver passes its settings explicitly (population.config); the keyword defaults of
+`promotion_decision` are the plain rule: one run, 2 standard errors. `posterior_choice` is the
+default rule instead: the same question asked of the lineage posterior (population.posterior).
 """
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ import random
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from population.posterior import LineagePosterior
 
 Decision = Literal["promote", "rerun", "keep"]
 CullPolicy = Literal["age", "tournament"]
@@ -137,6 +141,29 @@ def promotion_decision(candidate_runs: Sequence[float], champion_runs: Sequence[
         return "rerun"
     reachable = gain + rerun_optimism * noise_std / math.sqrt(runs)
     return "rerun" if reachable >= noise_margin(noise_std, max_runs, champion, z) else "keep"
+
+
+def posterior_choice(candidates: Sequence[Candidate], champion: str | None, posterior: "LineagePosterior", *,
+                     confidence: float, min_evidence: int) -> str | None:
+    """The member to promote under posterior selection, or None.
+
+    `candidates` are scored by their posterior estimates. The best of those that at least
+    `min_evidence` trainings inform directly (their own runs and their descendants') replaces the
+    champion when the posterior gives it at least `confidence` probability of a lower value: a
+    member that looks best on one lucky run waits for its first child's result, which costs no
+    training, while the members behind it that have been confirmed can still be promoted.
+    """
+    if champion is None:
+        return min(candidates, key=lambda c: (c.score, c.born)).member if candidates else None
+    if champion not in posterior:
+        return None
+    backed = [c for c in candidates if c.member in posterior and posterior.evidence(c.member) >= min_evidence]
+    if not backed:
+        return None
+    best = min(backed, key=lambda c: (c.score, c.born)).member
+    if best == champion:
+        return None
+    return best if posterior.prob_better(best, champion) >= confidence else None
 
 
 def estimate_noise(values: Sequence[float], floor_fraction: float = 1e-4,

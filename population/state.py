@@ -8,7 +8,9 @@ state the live driver had. Rules that make replay safe:
 - a lost experiment never counts (its work is re-queued under a new id);
 - in flight = started, neither finished nor lost.
 A finished child with status ok becomes a living member; a finished re-run (or another baseline
-run) with status ok adds a run to its member. Selection uses the mean of a member's runs.
+run) with status ok adds a run to its member. Selection uses either the mean of a member's runs
+or its estimate from the lineage posterior (population.posterior), which the state keeps up to date
+from the same events: a node per started child, a run per ok result, retired when culled or failed.
 
 The driver asks its questions after every event, over 100,000 experiments and more, so each query
 the driver makes per experiment costs O(living members + in flight), never O(experiments): the
@@ -26,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from population.posterior import LineagePosterior
 from population.selection import Candidate
 
 log = logging.getLogger(__name__)
@@ -105,6 +108,7 @@ class PopulationState:
         self.noise_std: float | None = None
         self.run_state: str | None = None
         self.warnings: list[str] = []
+        self.posterior = LineagePosterior()
         # indexes, so that the driver's per-experiment questions do not scan every experiment
         self._in_flight: dict[int, Experiment] = {}
         self._living: dict[str, Member] = {}           # in birth order
@@ -155,6 +159,23 @@ class PopulationState:
         self._in_flight[exp_id] = exp
         self._ids_by_member.setdefault(exp.member, []).append(exp_id)
         self._max_id = max(self._max_id, exp_id)
+        if exp.kind in ("baseline", "child"):
+            self._add_to_lineage(exp)
+
+    def _add_to_lineage(self, exp: Experiment) -> None:
+        """A node for the experiment's commit, at its start: its parent must not be folded away
+        while it trains."""
+        if exp.member in self.posterior:
+            return
+        parent = self.experiments.get(exp.parent_id) if exp.kind == "child" else None
+        parent_name = parent.member if parent is not None else None
+        if parent_name is None and exp.kind == "child" or parent_name is not None and parent_name not in self.posterior:
+            self._warn(f"experiment {exp.id}'s parent is not in the lineage; the posterior leaves it out")
+            return
+        if parent_name is None and len(self.posterior):
+            self._warn(f"experiment {exp.id} is a second baseline member; the posterior leaves it out")
+            return
+        self.posterior.add(exp.member, parent_name)
 
     def _generation_of(self, event: dict) -> int:
         """0 for a baseline, the member's generation for a re-run, the parent's + 1 for a child."""
@@ -187,6 +208,7 @@ class PopulationState:
             self._note_failure(exp.id)
         value = _as_float(exp.row.get(self.metric))
         if status != "ok" or not math.isfinite(value):
+            self._drop_unborn(exp)
             return
         member = self.members.get(exp.member)
         if member is None:
@@ -199,6 +221,7 @@ class PopulationState:
                 branch=str(exp.row.get("branch") or ""), runs=[value], born=len(self.members),
                 generation=exp.generation, parent=parent.member if parent else None, run_ids=[exp.id])
             self._living[member.name] = member
+            self._observe(member.name, value)
             return
         if exp.row.get("commit") and member.commit and exp.row["commit"] != member.commit:
             self._warn(f"experiment {exp.id} ran commit {exp.row['commit']} but member "
@@ -206,6 +229,16 @@ class PopulationState:
             return
         member.runs.append(value)
         member.run_ids.append(exp.id)
+        self._observe(member.name, value)
+
+    def _observe(self, member: str, value: float) -> None:
+        if member in self.posterior:
+            self.posterior.observe(member, value if self.lower_is_better else -value)
+
+    def _drop_unborn(self, exp: Experiment) -> None:
+        """A child that failed or was lost never becomes a member: its node leaves the lineage."""
+        if exp.kind == "child" and exp.member not in self.members and exp.member in self.posterior:
+            self.posterior.retire(exp.member)
 
     def _on_experiment_lost(self, event: dict) -> None:
         exp = self.experiments.get(int(event["id"]))
@@ -218,6 +251,7 @@ class PopulationState:
         exp.phase, exp.lost_reason, exp.lost_at = LOST, str(event.get("reason", "")), event.get("time")
         self._recorded_now(exp)
         self._lost += 1
+        self._drop_unborn(exp)
 
     def _recorded_now(self, exp: Experiment) -> None:
         """An experiment left flight: index it and build its row (it never changes again)."""
@@ -237,6 +271,8 @@ class PopulationState:
         if member.alive:
             member.alive, member.culled_at = False, event.get("time")
             self._living.pop(member.name, None)
+            if member.name in self.posterior:
+                self.posterior.retire(member.name)
 
     def _on_champion(self, event: dict) -> None:
         if event["member"] not in self.members:
@@ -246,6 +282,7 @@ class PopulationState:
 
     def _on_noise(self, event: dict) -> None:
         self.noise_std = float(event["std"])
+        self.posterior.set_noise(self.noise_std)
 
     def _on_run_state(self, event: dict) -> None:
         self.run_state = event["state"]
@@ -288,9 +325,31 @@ class PopulationState:
         mean = self.members[member].mean
         return mean if self.lower_is_better else -mean
 
-    def candidates(self) -> list[Candidate]:
-        """The living members as selection records."""
-        return [Candidate(m.name, self.score(m.name), m.born) for m in self.living()]
+    def estimate(self, member: str) -> float:
+        """The member's value as the lineage posterior sees it, oriented lower-is-better; its
+        score (mean) while the posterior cannot say (no noise yet, or left out of the lineage)."""
+        estimate = self.posterior.mean(member) if member in self.posterior else math.inf
+        return estimate if math.isfinite(estimate) else self.score(member)
+
+    def awaiting_confirmation(self, min_evidence: int) -> set[str]:
+        """Living members that the posterior rates better than the champion but that fewer than
+        `min_evidence` trainings back yet, with a child in flight that will: posterior selection
+        keeps them from the cull until it returns, as the margin rule keeps a member awaiting its
+        re-run (with many workers, members otherwise age out before their children come back)."""
+        if self.champion is None or self.champion not in self.posterior:
+            return set()
+        bar = self.estimate(self.champion)
+        parents = {self.experiments[e.parent_id].member for e in self._in_flight.values()
+                   if e.kind == "child" and e.parent_id in self.experiments}
+        return {name for name in parents
+                if name in self._living and name in self.posterior
+                and self.posterior.evidence(name) < min_evidence and self.estimate(name) < bar}
+
+    def candidates(self, estimated: bool = False) -> list[Candidate]:
+        """The living members as selection records, scored by their mean or (`estimated`) by
+        the lineage posterior's estimate."""
+        score = self.estimate if estimated else self.score
+        return [Candidate(m.name, score(m.name), m.born) for m in self.living()]
 
     def best_member(self) -> str | None:
         """The living member with the best mean (ties: the older), None when there is none."""

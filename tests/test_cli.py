@@ -18,7 +18,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 FLAGS = ["--workers", "--budget", "--agent", "--agent-base-url", "--agent-timeout", "--task", "--run",
          "--runs-dir", "--population-size", "--tournament-size", "--cull", "--max-experiments", "--noise-runs",
          "--train-timeout", "--device", "--resume", "--address", "--accelerator", "--repo", "--seed",
-         "--promotion-z", "--confirm-runs", "--max-runs"]
+         "--selection", "--promotion-confidence", "--promotion-z", "--confirm-runs", "--max-runs"]
 
 
 def test_help_explains_every_flag_with_its_default(capsys):
@@ -42,7 +42,9 @@ def test_help_explains_every_flag_with_its_default(capsys):
     (["--promotion-z", "-0.5"], "--promotion-z must be >= 0"),
     (["--confirm-runs", "0"], "--confirm-runs must be >= 1"),
     (["--max-runs", "0"], "--max-runs must be >= 1"),
-    (["--confirm-runs", "3"], "--confirm-runs (3) must be <= --max-runs (2)"),
+    (["--confirm-runs", "3", "--selection", "margin"], "--confirm-runs (3) must be <= --max-runs (2) with"),
+    (["--promotion-confidence", "1"], "--promotion-confidence must be >= 0.5 and < 1, got 1"),
+    (["--promotion-confidence", "0.3"], "--promotion-confidence must be >= 0.5 and < 1"),
     (["--max-experiments", "0"], "--max-experiments must be >= 1"),
     (["--noise-runs", "0"], "--noise-runs must be >= 1"),
     (["--noise-runs", "5", "--max-experiments", "3"], "--noise-runs (5) must be <= --max-experiments (3)"),

@@ -295,14 +295,14 @@ def test_driver_killed_just_before_recording_a_result_reruns_it_on_resume(cluste
 
 
 def test_a_child_past_the_margin_is_confirmed_by_a_second_run_before_it_is_promoted(cluster, tmp_path, monkeypatch):
-    """The default rule ("confirm once"): the clearly better child is trained again on another seed,
+    """The margin rule ("confirm once"): the clearly better child is trained again on another seed,
     and only the mean of both runs makes it champion."""
     monkeypatch.setenv("AUTORESEARCH_FAKE_SLEEP", "0.1")
     repo = make_seed_repo(tmp_path / "seed")
     # one better child; after it, children that train (a comment appended), so that no instant
     # duplicate lets the worker take every id while the better child still trains
     agent = agent_spec(write_plan(tmp_path / "plan", [("better-lr", {"action": "set", "line": BETTER_LR})]))
-    code, out = _run(_config(repo, "confirm", max_experiments=4, agents=[agent]))
+    code, out = _run(_config(repo, "confirm", max_experiments=4, agents=[agent], selection="margin"))
     assert code == EXIT_OK, out
     events = assert_nothing_lost_or_twice(repo / "runs" / "confirm")
     started = {e["id"]: e for e in events if e["type"] == "experiment_started"}
@@ -315,6 +315,29 @@ def test_a_child_past_the_margin_is_confirmed_by_a_second_run_before_it_is_promo
     assert order.index(("champion", None, child)) > order.index(("experiment_finished", reruns[0], None))
     assert [e["member"] for e in events if e["type"] == "champion"] == ["m0000", child]
     assert f"{child} beats the champion past the noise margin on 1 of 2 runs: re-run on seed" in out
+
+
+def test_a_better_child_is_promoted_once_its_own_child_confirms_it_without_a_rerun(cluster, tmp_path, monkeypatch):
+    """The default rule (posterior): the clearly better child is the parent of the next child the
+    worker prepares (the best estimate; the one prepared while it trained is the seed's), and becomes
+    champion when that grandchild's result backs it: two trainings inform it, none a re-run."""
+    monkeypatch.setenv("AUTORESEARCH_FAKE_SLEEP", "0.1")
+    repo = make_seed_repo(tmp_path / "seed")
+    agent = agent_spec(write_plan(tmp_path / "plan", [("better-lr", {"action": "set", "line": BETTER_LR})]))
+    code, out = _run(_config(repo, "posterior", max_experiments=4, agents=[agent]))
+    assert code == EXIT_OK, out
+    events = assert_nothing_lost_or_twice(repo / "runs" / "posterior")
+    started = {e["id"]: e for e in events if e["type"] == "experiment_started"}
+    assert [started[i]["kind"] for i in sorted(started)] == ["baseline", "child", "child", "child"]
+    child = _member(events, 1)
+    grandchild = min(i for i in started if started[i]["parent_id"] == 1)   # bred from the best estimate
+    order = [(e["type"], e.get("id"), e.get("member")) for e in events
+             if e["type"] in ("experiment_finished", "champion")]
+    promoted = order.index(("champion", None, child))
+    assert order.index(("experiment_finished", 1, None)) < order.index(("experiment_finished", grandchild, None)) \
+        < promoted                                                        # not on its own run: after its child's
+    assert [e["member"] for e in events if e["type"] == "champion"] == ["m0000", child]
+    assert f"champion: {child}" in out and "likely better than m0000" in out
 
 
 def test_driver_killed_just_after_recording_a_result_makes_its_decision_on_resume(cluster, better_child):

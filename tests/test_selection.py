@@ -184,3 +184,49 @@ def test_clears_margin_says_whether_a_rerun_confirms_or_hopes():
     assert not clears_margin([0.9996], champion, 0.0004, z=1.0)
     assert clears_margin([1.0005], champion, 0.0004, z=1.0, lower_is_better=False)
     assert promotion_decision([0.9995], champion, 0.0004, z=1.0, min_runs=2, max_runs=2) == "rerun"
+
+
+# ---- posterior selection ----------------------------------------------------------------------
+
+def _lineage(values: dict[str, list[float]], parents: dict[str, str | None]):
+    from population.posterior import LineagePosterior
+    posterior = LineagePosterior()
+    for name, parent in parents.items():
+        posterior.add(name, parent)
+        for value in values.get(name, []):
+            posterior.observe(name, value)
+    posterior.set_noise(0.0004)
+    return posterior
+
+
+def _scored(posterior, names):
+    return [Candidate(name, posterior.mean(name), born) for born, name in enumerate(names)]
+
+
+def test_posterior_choice_promotes_the_best_backed_member_when_it_is_probably_better():
+    from population.selection import posterior_choice
+    parents = {"seed": None, "good": "seed", "grandchild": "good", "lucky": "seed"}
+    values = {"seed": [1.0, 1.0003, 0.9997], "good": [0.997], "grandchild": [0.9968], "lucky": [0.9955]}
+    posterior = _lineage(values, parents)
+    candidates = _scored(posterior, list(parents))
+    choose = lambda **kw: posterior_choice(candidates, "seed", posterior, **({"confidence": 0.99, "min_evidence": 2} | kw))
+    # "lucky" scores best but one run backs it; "good" is backed by its child's run too
+    assert min(candidates, key=lambda c: c.score).member == "lucky"
+    assert choose() == "good"
+    assert choose(min_evidence=1) == "lucky"
+    assert choose(min_evidence=3) is None
+    assert posterior_choice(candidates, "good", posterior, confidence=0.99, min_evidence=2) is None
+    assert posterior_choice(candidates, None, posterior, confidence=0.99, min_evidence=2) == "lucky"
+    assert posterior_choice([], "seed", posterior, confidence=0.99, min_evidence=2) is None
+
+
+def test_posterior_choice_needs_the_confidence():
+    from population.selection import posterior_choice
+    parents = {"seed": None, "child": "seed", "grandchild": "child"}
+    posterior = _lineage({"seed": [1.0], "child": [0.9996], "grandchild": [0.9996]}, parents)
+    candidates = _scored(posterior, list(parents))
+    probability = posterior.prob_better("child", "seed")
+    assert 0.5 < probability < 0.99
+    assert posterior_choice(candidates, "seed", posterior, confidence=0.99, min_evidence=2) is None
+    assert posterior_choice(candidates, "seed", posterior, confidence=probability - 1e-3,
+                            min_evidence=2) in ("child", "grandchild")

@@ -172,6 +172,39 @@ def test_candidates_orient_a_higher_is_better_metric():
     assert PopulationState.replay(events, METRIC).best_member() == "m0000"
 
 
+def test_the_lineage_posterior_follows_the_journal():
+    """A node per started child, a run per ok result; failed and lost children leave; culled
+    members are folded away; the estimates pool a child's runs with its parent's."""
+    state = PopulationState.replay(history(), METRIC)
+    posterior = state.posterior
+    assert "m0002" not in posterior                      # crashed: never a member
+    assert "m0000" not in posterior                      # culled, and folded into its descendants
+    assert {"m0001", "m0003", "m0004"} <= set(posterior._nodes)
+    assert posterior.evidence("m0001") == 3              # its two runs and its child's
+    assert state.estimate("m0004") == posterior.mean("m0004")
+    assert math.isfinite(state.estimate("m0001"))
+    # the same events without the noise: no posterior yet, estimates fall back to the means
+    early = PopulationState.replay([e for e in history() if e["type"] != "noise"], METRIC)
+    assert early.estimate("m0001") == early.score("m0001") == pytest.approx(0.991)
+    assert early.candidates(estimated=True) == early.candidates()
+    lost_child = PopulationState.replay(history() + [lost(6)], METRIC)
+    assert "m0004" not in lost_child.posterior
+
+
+def test_members_awaiting_confirmation_are_the_promising_parents_of_children_in_flight():
+    events = [started(0, "baseline", "m0000"), finished(0, 1.0, "c0"), started(1, "baseline", "m0000"),
+              finished(1, 1.0004, "c0"), {"type": "noise", "std": 0.0004, "time": 1.0},
+              {"type": "champion", "member": "m0000", "time": 1.0},
+              started(2, "child", "m0001", parent_id=0), finished(2, 0.995, "c1"),     # better
+              started(3, "child", "m0002", parent_id=0), finished(3, 1.004, "c2"),     # worse
+              started(4, "child", "m0003", parent_id=2), started(5, "child", "m0004", parent_id=3)]
+    state = PopulationState.replay(events, METRIC)
+    assert state.awaiting_confirmation(2) == {"m0001"}   # not m0002 (worse), not m0000 (champion)
+    assert state.awaiting_confirmation(1) == set()       # one run is enough backing
+    state.apply(finished(4, 0.995, "c3"))
+    assert state.awaiting_confirmation(2) == set()       # its child's result came back
+
+
 def test_unknown_and_inconsistent_events_warn_without_crashing():
     events = [{"type": "mystery"}, finished(9, 1.0, "c"), lost(9),
               {"type": "member_culled", "member": "nobody", "time": 1.0},
