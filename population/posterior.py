@@ -156,7 +156,8 @@ class LineagePosterior:
     def _propagate(self) -> None:
         """Two passes of Gaussian belief propagation: evidence up to the root, then back down."""
         run_precision = 1.0 / self.noise_std ** 2
-        order = list(self._nodes.values())
+        # members without a run below them (children still training) neither send nor are asked
+        order = [node for node in self._nodes.values() if node.evidence]
         for node in order:
             node.up_precision = node.runs * run_precision + node.fixed_precision
             node.up_information = node.total * run_precision + node.fixed_information
@@ -196,7 +197,7 @@ class LineagePosterior:
         """EM for the Student-t steps: an edge whose step looks large gets a wider prior."""
         scale2 = (self.prior_scale * self.noise_std) ** 2
         for node in self._nodes.values():
-            if node.parent is None or node.precision <= 0:
+            if node.parent is None or not node.evidence or node.precision <= 0:
                 continue
             outside_precision, _ = self._outside(node)
             coupling = node.weight / scale2
