@@ -238,8 +238,9 @@ class PopulationSettings:
 
     def describe(self) -> str:
         if self.posterior:
+            confidence = self.confidence or "1 - 0.1/workers"
             return (f"posterior selection, population size {self.population_size}, tournament {self.k}, cull by "
-                    f"{self.cull}, promoted at {self.confidence or '1 - 0.1/workers'} probability of being better than the champion "
+                    f"{self.cull}, promoted at {confidence} probability of being better than the champion "
                     f"with at least {self.min_runs} trainings of it and its descendants")
         optimism = "any gain" if self.rerun_optimism is None else \
             f"gains within {self.rerun_optimism:g} standard error of the margin"

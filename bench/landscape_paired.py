@@ -7,8 +7,8 @@ standard error of the per-seed differences of the true val_bpb each method hands
 - 8 workers at equal wall time (8 x T trainings) against greedy's T trainings;
 - 1 worker at equal numbers of trainings (T each): the selection rule alone.
 Compared: the driver's defaults (population.config: posterior selection), the margin rule before
-them (MARGIN_RULES, `--selection margin`), the reference's greedy loop and, with `--candidate`, the defaults with some settings changed. Pick seeds
-the rules were not chosen on (`--seed-offset`).
+them (MARGIN_RULES, `--selection margin`), the reference's greedy loop and, with `--candidate`, the
+defaults with some settings changed. Pick seeds the rules were not chosen on (`--seed-offset`).
 
     python bench/landscape_paired.py --seeds 200 --seed-offset 3000
     python bench/landscape_paired.py --seeds 200 --seed-offset 4000 --candidate z=0.5

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import ray.exceptions as ray_exceptions  # noqa: E402  (the real exception types the driver catches)
 
 from population import gitops  # noqa: E402
+from population.config import DEFAULT_SELECTION, SELECTIONS  # noqa: E402
 from population.worker import Prepared, TrainResult  # noqa: E402
 
 EPOCH = 1_800_000_000.0          # virtual time.time() at the start of a simulation
@@ -432,7 +433,7 @@ class Simulation:
     agent_error_rate: float = 0.02
     seed: int = 0
     population_size: int = 64
-    selection: str = "posterior"     # the driver's --selection
+    selection: str = DEFAULT_SELECTION     # the driver's --selection
     noise: float = 0.0004
     progress_bar: bool = True
     clock: Clock = field(default_factory=Clock)
@@ -794,7 +795,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--crash-rate", type=float, default=0.03, help="fraction of trainings that crash (default: %(default)s)")
     parser.add_argument("--agent-error-rate", type=float, default=0.02, help="fraction of agent errors (default: %(default)s)")
     parser.add_argument("--population-size", type=int, default=64, help="living members (default: %(default)s)")
-    parser.add_argument("--selection", choices=("posterior", "margin"), default="posterior",
+    parser.add_argument("--selection", choices=SELECTIONS, default=DEFAULT_SELECTION,
                         help="the driver's selection rule (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="simulation seed (default: %(default)s)")
     parser.add_argument("--runs-dir", default=None,

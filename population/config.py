@@ -73,7 +73,8 @@ class RunConfig:
     workdir: str | None = None              # workers' clones; None: $AUTORESEARCH_WORKDIR or the temp dir
     status_every_s: float = 60.0
     selection: str = DEFAULT_SELECTION             # posterior | margin
-    promotion_confidence: float | None = None      # posterior: P(better than the champion); None: 1 - 0.1/workers
+    promotion_confidence: float | None = None      # posterior: P(better than the champion); None:
+                                                   # 1 - 0.1/workers (default_promotion_confidence)
     promotion_z: float = DEFAULT_PROMOTION_Z       # margin: promotion margin, in standard errors of the difference
     confirm_runs: int = DEFAULT_CONFIRM_RUNS       # trainings behind a child before it can be promoted
     max_runs_per_member: int = DEFAULT_MAX_RUNS    # promotion: at most this many runs before "keep"

@@ -167,15 +167,17 @@ class PopulationState:
         while it trains."""
         if exp.member in self.posterior:
             return
-        parent = self.experiments.get(exp.parent_id) if exp.kind == "child" else None
-        parent_name = parent.member if parent is not None else None
-        if parent_name is None and exp.kind == "child" or parent_name is not None and parent_name not in self.posterior:
+        if exp.kind == "baseline":
+            if len(self.posterior):
+                self._warn(f"experiment {exp.id} is a second baseline member; the posterior leaves it out")
+            else:
+                self.posterior.add(exp.member, None)
+            return
+        parent = self.experiments.get(exp.parent_id)
+        if parent is None or parent.member not in self.posterior:
             self._warn(f"experiment {exp.id}'s parent is not in the lineage; the posterior leaves it out")
             return
-        if parent_name is None and len(self.posterior):
-            self._warn(f"experiment {exp.id} is a second baseline member; the posterior leaves it out")
-            return
-        self.posterior.add(exp.member, parent_name)
+        self.posterior.add(exp.member, parent.member)
 
     def _generation_of(self, event: dict) -> int:
         """0 for a baseline, the member's generation for a re-run, the parent's + 1 for a child."""

@@ -209,7 +209,10 @@ def test_posterior_choice_promotes_the_best_backed_member_when_it_is_probably_be
     values = {"seed": [1.0, 1.0003, 0.9997], "good": [0.997], "grandchild": [0.9968], "lucky": [0.9955]}
     posterior = _lineage(values, parents)
     candidates = _scored(posterior, list(parents))
-    choose = lambda **kw: posterior_choice(candidates, "seed", posterior, **({"confidence": 0.99, "min_evidence": 2} | kw))
+
+    def choose(**settings):
+        return posterior_choice(candidates, "seed", posterior, **({"confidence": 0.99, "min_evidence": 2} | settings))
+
     # "lucky" scores best but one run backs it; "good" is backed by its child's run too
     assert min(candidates, key=lambda c: c.score).member == "lucky"
     assert choose() == "good"
