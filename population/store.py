@@ -7,13 +7,26 @@
   atomically (temp file + fsync + os.replace), so a reader never sees half a file; the two tables
   are derived from the journal and can always be rebuilt from it.
 - `.lock`: one driver per run (fcntl.flock, released by the OS when the process dies).
+- `.journal.key`: the run's secret (32 random bytes, mode 0600), made by the first append. Every
+  journal line the store writes carries `"_seq"` (0, 1, 2, ...) and `"_mac"`, an HMAC-SHA256 of
+  the line (without its `_mac`) chained over the previous line's MAC, so a line forged, edited,
+  inserted, reordered or deleted by another process (a training, an agent) is a JournalTampered
+  error on read instead of something --resume obeys (issue 27). The torn last line of a crash is
+  still dropped unverified (it is never obeyed). Cutting complete lines off the END is not caught.
+  A journal from before signing (no key, no signed line) is read as it is (`journal_signed` is
+  False); its first append makes the key and binds the unsigned lines into the chain by hash.
+  `events()` returns the events without `_seq` and `_mac`.
 """
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import hmac
 import json
 import math
 import os
+import re
+import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -26,6 +39,10 @@ import pyarrow.parquet as pq
 from population.state import lineage_columns
 
 RUN_JSON, JOURNAL, LINEAGE, RESULTS, LOCK = "run.json", "events.jsonl", "lineage.parquet", "results.tsv", ".lock"
+JOURNAL_KEY = ".journal.key"
+_SEQ, _MAC = "_seq", "_mac"                                   # the signature fields of a journal line
+_MAC_SUFFIX = re.compile(rb',"_mac":"([0-9a-f]{64})"\}$')     # how a signed line ends, exactly
+_KEY_BYTES = 32
 _ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "bool": pa.bool_()}
 
 
@@ -39,6 +56,11 @@ class StoreLockedError(StoreError):
 
 class CorruptJournalError(StoreError):
     pass
+
+
+class JournalTampered(CorruptJournalError):
+    """A journal line whose signature or sequence number does not verify: something other than
+    the driver wrote, edited, reordered or deleted lines of events.jsonl."""
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
@@ -74,12 +96,20 @@ class RunStore:
         self._journal_checked = False
         self._tables_written_at: float | None = None
         self._tables_write_s = 0.0          # how long the last rewrite took
+        # where the signed chain stands after the last complete line: (next _seq, previous MAC,
+        # byte offset of the journal's end, key or None); None until read (events() or append)
+        self._chain: tuple[int, bytes, int, bytes | None] | None = None
+        self.journal_signed: bool | None = None     # after events(): False for a pre-signing journal
 
     # ---- paths -------------------------------------------------------------------------------
 
     @property
     def journal_path(self) -> Path:
         return self.dir / JOURNAL
+
+    @property
+    def key_path(self) -> Path:
+        return self.dir / JOURNAL_KEY
 
     @property
     def members_dir(self) -> Path:
@@ -138,24 +168,78 @@ class RunStore:
     def append(self, event: Mapping[str, Any]) -> None:
         """Append one event and fsync it: once this returns, the event survives a crash.
         Non-finite floats are written as null (the state reads a missing metric as NaN)."""
-        line = json.dumps(_json_safe(event), separators=(",", ":"), allow_nan=False) + "\n"
+        if _SEQ in event or _MAC in event:
+            raise ValueError(f"event fields {_SEQ!r} and {_MAC!r} are reserved for the journal's signature")
+        safe = _json_safe(event)
         if not self._journal_checked:
             self._cut_torn_tail()
             self._journal_checked = True
+        if self._chain is None:
+            self._read_journal()                      # verifies it: never extend a tampered chain
+        seq, previous, end, key = self._chain
+        if key is None:
+            key = self._make_key()
+        body = json.dumps({**safe, _SEQ: seq}, separators=(",", ":"), allow_nan=False).encode()
+        mac = _line_mac(key, previous, body)
+        line = body[:-1] + b',"_mac":"' + mac.hex().encode() + b'"}\n'
         try:
             with open(self.journal_path, "ab", buffering=0) as f:      # unbuffered: no late flush at close
                 size = os.fstat(f.fileno()).st_size
+                if size != end:
+                    self._chain = None
+                    raise JournalTampered(f"{self.journal_path} changed since this driver last wrote it "
+                                          f"({size} bytes, {end} expected): another process writes the "
+                                          "journal; stop it, check the journal, then --resume")
                 try:
-                    data = memoryview(line.encode())
+                    data = memoryview(line)
                     while data:
                         data = data[f.write(data):]
                     os.fsync(f.fileno())
                 except OSError:
                     self._journal_checked = False     # the next append cuts what part of it landed
+                    self._chain = None                # ... and reads back where the chain stands
                     _truncate_quietly(f, size)
                     raise
         except OSError as e:
             raise StoreError(_write_error(self.journal_path, e)) from None
+        self._chain = (seq + 1, mac, end + len(line), key)
+
+    def _load_key(self) -> bytes | None:
+        """The run's journal key, or None when it has none yet (a new or pre-signing run)."""
+        try:
+            key = self.key_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StoreError(f"cannot read the journal key {self.key_path}: {e.strerror or e}") from None
+        if len(key) != _KEY_BYTES:
+            raise JournalTampered(f"the journal key {self.key_path} is damaged ({len(key)} bytes, "
+                                  f"{_KEY_BYTES} expected); the journal cannot be verified")
+        return key
+
+    def _make_key(self) -> bytes:
+        """Create the run's key (mode 0600, atomically: a crash leaves no half key); if one
+        appeared meanwhile, use that one."""
+        key = secrets.token_bytes(_KEY_BYTES)
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f"{JOURNAL_KEY}.", suffix=".tmp")   # 0600
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o600)
+                f.write(key)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, self.key_path)          # never replaces an existing key
+            except FileExistsError:
+                return self._load_key()
+            _fsync_dir(self.dir)
+            return key
+        except OSError as e:
+            raise StoreError(_write_error(self.key_path, e)) from None
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
 
     def _cut_torn_tail(self) -> None:
         """Drop a half-written last line so the next event starts on a line of its own."""
@@ -179,16 +263,28 @@ class RunStore:
             os.fsync(f.fileno())
 
     def events(self) -> list[dict]:
-        """Every complete event in order. A last line without its newline was torn by a crash
-        and is dropped; an unreadable complete line is a CorruptJournalError naming it."""
+        """Every complete event in order, verified, without the signature fields. A last line
+        without its newline was torn by a crash and is dropped; an unreadable complete line is a
+        CorruptJournalError naming it, and one whose signature or sequence number does not
+        verify a JournalTampered naming it."""
+        return self._read_journal()
+
+    def _read_journal(self) -> list[dict]:
+        """events(), and where the chain stands (self._chain) for the next append."""
+        key = self._load_key()
         try:
             data = self.journal_path.read_bytes()
         except FileNotFoundError:
-            return []
+            data = b""
         lines = data.split(b"\n")  # the last piece is b"" or a torn line
         events = []
+        seq, previous, offset = 0, b"", 0
+        signed_from = None                  # byte offset of the first signed line
         for number, line in enumerate(lines[:-1], start=1):
+            start, offset = offset, offset + len(line) + 1
             if not line.strip():
+                if signed_from is not None:
+                    raise self._tampered(number, "is blank inside the signed journal")
                 continue
             try:
                 event = json.loads(line)
@@ -197,8 +293,48 @@ class RunStore:
                                           "repair or remove that line to resume") from None
             if not isinstance(event, dict) or "type" not in event:
                 raise CorruptJournalError(f"{self.journal_path} line {number} is not an event object")
+            if _MAC not in event and _SEQ not in event and signed_from is None:
+                events.append(event)        # a line from before signing (bound below by hash)
+                continue
+            if key is None:
+                raise JournalTampered(f"{self.journal_path} line {number} is signed but the run's key "
+                                      f"{self.key_path} is missing, so the journal cannot be verified; "
+                                      "restore the key to resume")
+            if signed_from is None:
+                signed_from, previous = start, hashlib.sha256(data[:start]).digest()
+            match = _MAC_SUFFIX.search(line)
+            if match is None:
+                raise self._tampered(number, "is not signed (the driver signs every line)")
+            body = line[:match.start()] + b"}"
+            try:
+                event = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                event = None
+            if not isinstance(event, dict):
+                raise self._tampered(number, "does not match its signature (forged or edited)")
+            if event.get(_SEQ) != seq:
+                raise self._tampered(number, f"has sequence number {event.get(_SEQ)!r} where {seq} is due "
+                                             "(a line before it was deleted, or lines were reordered)")
+            mac = _line_mac(key, previous, body)
+            if not hmac.compare_digest(mac, bytes.fromhex(match.group(1).decode())):
+                raise self._tampered(number, "does not match its signature (forged or edited)")
+            del event[_SEQ]
             events.append(event)
+            seq, previous = seq + 1, mac
+        if key is not None and signed_from is None and events:
+            raise JournalTampered(f"{self.journal_path} holds no signed line although the run has a key "
+                                  f"({self.key_path}); lines were replaced or forged. If this is a run from "
+                                  "before journal signing, remove the key to resume it unsigned")
+        if signed_from is None:
+            previous = hashlib.sha256(data[:offset]).digest()    # binds any pre-signing lines
+        self._chain = (seq, previous, offset, key)
+        self.journal_signed = signed_from is not None or not events
         return events
+
+    def _tampered(self, number: int, what: str) -> JournalTampered:
+        return JournalTampered(f"{self.journal_path} line {number} {what}: something other than the "
+                               "driver changed the journal; do not resume it as it is: remove the "
+                               "foreign line(s) or restore the journal, then --resume")
 
     # ---- per-experiment files ----------------------------------------------------------------
 
@@ -278,6 +414,22 @@ class RunStore:
 
     def __exit__(self, *exc) -> None:
         self.unlock()
+
+
+def _line_mac(key: bytes, previous: bytes, body: bytes) -> bytes:
+    """A journal line's MAC: HMAC-SHA256 over the previous line's MAC and this line's bytes."""
+    return hmac.new(key, previous + body, hashlib.sha256).digest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 def _truncate_quietly(f, size: int) -> None:
