@@ -9,17 +9,15 @@ refuses such a change instead: `leaked_names(diff)` says which variables' values
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 
-from population.agents.env import is_secret_name, secret_values
+from population.agents.env import secret_items, secret_names_in
 
 
 def leaked_names(text: str, source: Mapping[str, str] | None = None, extra: Iterable[tuple[str, str]] = ()) -> list[str]:
     """Sorted names of the secret-looking variables of `source` (default os.environ), and of the
-    (name, value) pairs of `extra`, whose value occurs in `text`. Values too short to be a secret
-    are ignored, as in the scrubber."""
-    source = os.environ if source is None else source
-    candidates = [(name, value) for name, value in source.items() if is_secret_name(name)] + list(extra)
-    long_enough = set(secret_values({}, extra=[value for _, value in candidates]))
-    return sorted({name for name, value in candidates if value in long_enough and value in text})
+    (name, value) pairs of `extra`, whose value occurs in `text` as itself or in a common encoding
+    (base64 standard or urlsafe, padded or not, at any byte offset of a longer blob; hex; reversed;
+    split by whitespace or newlines: see `secret_encodings`). Values too short to be a secret are
+    ignored, as in the scrubber."""
+    return sorted(secret_names_in(text, secret_items(source, extra)))
