@@ -1,0 +1,76 @@
+"""The model server: the only place where the child's code meets the evaluation's inputs.
+
+Run by the trusted evaluator (`prepare/trusted_eval.py`) as a process of its own, sandboxed like a
+training, with no access to the data cache. It imports the child's committed train file as a
+module (its `main()` does not run), asks the file's `load_model(checkpoint, device)` for the
+trained model, and answers each request of token ids with the model's logits. It never sees a
+target, a loss or a metric: what it computes is only ever an input to the evaluator's own scoring.
+
+    python -m prepare.model_server TRAIN_FILE CHECKPOINT DEVICE
+
+The protocol (`prepare/wire.py`) runs on the stdin/stdout that the evaluator gave it; everything
+the child's code prints goes to stderr (into the experiment's run.log).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import traceback
+from contextlib import nullcontext
+
+from prepare import wire
+
+
+def load_child(train_file: str):
+    """The train file as a module named `train_under_eval` (so its `if __name__ == "__main__"` stays off)."""
+    directory = os.path.dirname(os.path.abspath(train_file))
+    sys.path.insert(0, directory)
+    spec = importlib.util.spec_from_file_location("train_under_eval", train_file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "load_model", None)):
+        raise RuntimeError(f"{train_file} defines no load_model(checkpoint_path, device): the evaluator "
+                           "rebuilds the trained model through it (see program.md)")
+    return module
+
+
+def serve(train_file: str, checkpoint: str, device_name: str, requests, replies) -> None:
+    import numpy as np
+    import torch
+
+    device = torch.device(device_name)
+    model = load_child(train_file).load_model(checkpoint, device)
+    autocast = torch.amp.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    while (x := wire.read_rows(requests)) is not None:
+        with torch.no_grad(), autocast:
+            logits = model(torch.from_numpy(x.copy()).to(device))
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"the model returned {type(logits).__name__}, not a tensor of logits")
+        if logits.dim() != 3 or tuple(logits.shape[:2]) != x.shape:
+            raise ValueError(f"the model returned a tensor of shape {tuple(logits.shape)} for token ids of shape "
+                             f"{x.shape}: load_model's model must return logits (B, T, vocab)")
+        wire.write_logits(replies, logits.detach().float().cpu().numpy().astype(np.float32, copy=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    train_file, checkpoint, device = (argv if argv is not None else sys.argv[1:])[:3]
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)                      # the child's prints must not corrupt the protocol
+    sys.stdout = sys.stderr
+    requests = sys.stdin.buffer
+    try:
+        serve(train_file, checkpoint, device, requests, replies)
+    except Exception as exc:           # the child's error, sent as the reason of the crash
+        traceback.print_exc()
+        try:
+            wire.write_failure(replies, f"{type(exc).__name__}: {exc}")
+        except OSError:
+            pass
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The byte protocol between the trusted evaluator and the model server (pure framing).
+
+Token ids go one way, logits come back; nothing is ever unpickled on the trusted side, so a model
+server that sends garbage can only produce a clear error, never run code in the evaluator.
+
+    request:  b"ROWS" <u32 B> <u32 T>          then B*T little-endian int64 token ids
+    reply:    b"LOGT" <u32 B> <u32 T> <u32 V>  then B*T*V little-endian float32 logits
+              b"FAIL" <u32 n>                  then n bytes of UTF-8: why the model could not answer
+"""
+from __future__ import annotations
+
+import struct
+from typing import BinaryIO
+
+import numpy as np
+
+ROWS, LOGITS, FAIL = b"ROWS", b"LOGT", b"FAIL"
+MAX_REPLY_BYTES = 64 << 30      # a reply larger than this is refused before it is read
+
+
+class WireError(RuntimeError):
+    """The other side broke the protocol or went away; the message is one line."""
+
+
+def _read_exact(stream: BinaryIO, n: int) -> bytes:
+    chunks, left = [], n
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            raise WireError(f"the model server closed its output after {n - left} of {n} bytes")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def write_rows(stream: BinaryIO, x: np.ndarray) -> None:
+    B, T = x.shape
+    stream.write(ROWS + struct.pack("<II", B, T) + np.ascontiguousarray(x, dtype="<i8").tobytes())
+    stream.flush()
+
+
+def read_rows(stream: BinaryIO) -> np.ndarray | None:
+    """The next request, or None at a clean end of input."""
+    magic = stream.read(4)
+    if not magic:
+        return None
+    if magic != ROWS:
+        raise WireError(f"expected a ROWS request, got {magic!r}")
+    B, T = struct.unpack("<II", _read_exact(stream, 8))
+    return np.frombuffer(_read_exact(stream, 8 * B * T), dtype="<i8").reshape(B, T)
+
+
+def write_logits(stream: BinaryIO, logits: np.ndarray) -> None:
+    B, T, V = logits.shape
+    stream.write(LOGITS + struct.pack("<III", B, T, V) + np.ascontiguousarray(logits, dtype="<f4").tobytes())
+    stream.flush()
+
+
+def write_failure(stream: BinaryIO, message: str) -> None:
+    data = message.encode("utf-8", errors="replace")[:4096]
+    stream.write(FAIL + struct.pack("<I", len(data)) + data)
+    stream.flush()
+
+
+def read_logits(stream: BinaryIO, B: int, T: int, V: int) -> np.ndarray:
+    """The reply to a request of shape (B, T): logits of exactly (B, T, V), else WireError."""
+    magic = _read_exact(stream, 4)
+    if magic == FAIL:
+        (n,) = struct.unpack("<I", _read_exact(stream, 4))
+        raise WireError(_read_exact(stream, min(n, 4096)).decode("utf-8", errors="replace"))
+    if magic != LOGITS:
+        raise WireError(f"expected logits, got {magic!r}")
+    shape = struct.unpack("<III", _read_exact(stream, 12))
+    if shape != (B, T, V):
+        raise WireError(f"the model returned logits of shape {shape}, expected {(B, T, V)} "
+                        "(load_model's model must map token ids (B, T) to logits (B, T, vocab))")
+    if 4 * B * T * V > MAX_REPLY_BYTES:
+        raise WireError(f"a reply of {4 * B * T * V} bytes is over the limit")
+    return np.frombuffer(_read_exact(stream, 4 * B * T * V), dtype="<f4").reshape(B, T, V)

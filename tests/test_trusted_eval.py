@@ -1,0 +1,137 @@
+"""The trusted evaluator (prepare/trusted_eval.py + prepare/model_server.py): the metric is computed
+on the fixed side from logits, and models that see the future, remember probes, mix rows or break
+the contract are refused with a reason naming the rule."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A causal bigram model: logits at t depend on the token at t only. VARIANT switches in one attack.
+FAKE_TRAIN_FILE = '''
+import torch
+VOCAB = {vocab}
+
+class Bigram(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.table = torch.nn.Parameter(torch.randn(VOCAB, VOCAB, generator=g))
+        self.seen = set()
+
+    def forward(self, idx):
+        logits = self.table[idx].clone()
+{variant}
+        return logits
+
+def load_model(path, device):
+    return Bigram().to(device)
+'''
+
+VARIANTS = {
+    "honest": "",
+    # reads the target (the next input token) and puts a huge logit on it
+    "peek": "        logits[:, :-1].scatter_(-1, idx[:, 1:, None], 1e4)",
+    # cheats only the first time it sees a row, so a probe that comes later looks honest
+    "stateful": (
+        "        for b in range(idx.size(0)):\n"
+        "            key = tuple(idx[b, :8].tolist())\n"
+        "            if key not in self.seen:\n"
+        "                self.seen.add(key)\n"
+        "                logits[b, :-1].scatter_(-1, idx[b, 1:, None], 1e4)"),
+    # every row's logits move with the rest of its batch
+    "mixing": "        logits = logits + idx.float().mean() * 1e-2",
+    "wrong_shape": "        logits = logits.mean()",
+    "noisy": "        logits = logits + torch.randn_like(logits)",
+    # prints a forged result line on the server's stdout
+    "forged_print": "        print(json.dumps({'metric': 0.0}))" ,
+}
+
+
+def fake_train_file(tmp_path: Path, variant: str, vocab: int) -> Path:
+    path = tmp_path / f"train_{variant}.py"
+    body = FAKE_TRAIN_FILE.format(vocab=vocab, variant=VARIANTS[variant])
+    path.write_text(("import json\n" if variant == "forged_print" else "") + body)
+    return path
+
+
+def trusted_eval(train_file: Path, checkpoint: Path, cache: Path, *extra: str) -> tuple[int, dict]:
+    env = {**os.environ, "AUTORESEARCH_CACHE": str(cache), "AUTORESEARCH_SMOKE": "1", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "prepare.trusted_eval", "--train-file", str(train_file),
+                          "--checkpoint", str(checkpoint), "--device", "cpu", *extra],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return out.returncode, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def vocab(prepared_cache):
+    from prepare.tokenizer import Tokenizer
+    return Tokenizer.from_directory(prepared_cache / "tokenizer").get_vocab_size() \
+        if (prepared_cache / "tokenizer").exists() else 1028
+
+
+def test_an_honest_model_is_scored_with_a_holdout(prepared_cache, tmp_path, vocab):
+    code, result = trusted_eval(fake_train_file(tmp_path, "honest", vocab), tmp_path / "none", prepared_cache)
+    assert code == 0, result
+    assert 0 < result["metric"] < 20 and 0 < result["holdout"] < 20
+    assert result["probes"] > 0 and result["val_units"] > 0 and result["holdout_units"] > 0
+
+
+@pytest.mark.parametrize("variant, rule", [
+    ("peek", "causality rule"), ("stateful", "independence rule"), ("mixing", "independence rule"),
+    ("noisy", "independence rule"), ("wrong_shape", "shape"),
+])
+def test_a_forging_model_is_refused_with_the_rule(prepared_cache, tmp_path, vocab, variant, rule):
+    code, result = trusted_eval(fake_train_file(tmp_path, variant, vocab), tmp_path / "none", prepared_cache)
+    assert code == 1 and "metric" not in result
+    assert rule in result["error"], result
+
+
+def test_what_the_model_prints_cannot_forge_the_result(prepared_cache, tmp_path, vocab):
+    _, honest = trusted_eval(fake_train_file(tmp_path, "honest", vocab), tmp_path / "none", prepared_cache)
+    code, result = trusted_eval(fake_train_file(tmp_path, "forged_print", vocab), tmp_path / "none", prepared_cache)
+    assert code == 0 and result["metric"] == pytest.approx(honest["metric"], abs=1e-9)
+
+
+def test_a_train_file_without_load_model_is_a_clear_error(prepared_cache, tmp_path):
+    bare = tmp_path / "bare.py"
+    bare.write_text("x = 1\n")
+    code, result = trusted_eval(bare, tmp_path / "none", prepared_cache)
+    assert code == 1 and "load_model" in result["error"]
+
+
+def test_the_seed_scores_as_the_in_process_metric_did(prepared_cache, tmp_path):
+    """engine/train.py trains, saves, and the trusted score of its checkpoint equals the old
+    in-process evaluate_bpb of the same weights."""
+    checkpoint = tmp_path / "model.pt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
+    env.update(PYTHONPATH=str(REPO), AUTORESEARCH_CACHE=str(prepared_cache), AUTORESEARCH_SMOKE="1",
+               AUTORESEARCH_TIME_BUDGET="1", AUTORESEARCH_CHECKPOINT=str(checkpoint))
+    run = subprocess.run([sys.executable, str(REPO / "engine" / "train.py")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "val_bpb" not in run.stdout.split("\n---\n")[-1]          # the harness scores, not the file
+    code, result = trusted_eval(REPO / "engine" / "train.py", checkpoint, prepared_cache)
+    assert code == 0, result
+
+    script = textwrap.dedent(f'''
+        import importlib.util, torch
+        from prepare import evaluate_bpb, Tokenizer
+        spec = importlib.util.spec_from_file_location("t", {str(REPO / "engine" / "train.py")!r})
+        t = importlib.util.module_from_spec(spec); spec.loader.exec_module(t)
+        m = t.load_model({str(checkpoint)!r}, torch.device("cpu"))
+        print(evaluate_bpb(m, Tokenizer.from_directory(), 16))
+    ''')
+    old = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**env, "AUTORESEARCH_CHECKPOINT": ""},
+                         capture_output=True, text=True, timeout=300)
+    assert old.returncode == 0, old.stderr[-2000:]
+    assert result["metric"] == pytest.approx(float(old.stdout.split()[-1]), abs=1e-5)
