@@ -6,6 +6,12 @@ worker's clone as the bytes of a `git bundle`, so one node and many take the sam
 Refs in the run repository (the repo the user runs in):
     population/<tag>/<member>   one branch per member (kept after a cull: the lineage is never lost)
     population/<tag>/best       the champion, moved on promotion
+
+Confinement (issue 27): an agent can write its worktree, so nothing here trusts what a repository
+or worktree says about running programs. Every git process runs with `safe_env()`: hooks off
+(core.hooksPath=/dev/null), no fsmonitor, no system config; diffs with --no-ext-diff
+--no-textconv. A worktree's git runs against the git dir recorded on the repository's side
+(`worktree_gitdir`, remembered when the worktree is made), never the one its `.git` file names.
 """
 from __future__ import annotations
 
@@ -25,6 +31,132 @@ _TMP_REF_PREFIX = "refs/population-tmp"
 
 class GitOpsError(Exception):
     """A git problem the user must fix; the message is one line."""
+
+
+# ---------------------------------------------------------------- confinement (issue 27)
+
+# Command-scope settings (as `git -c`, over any repository's config) for every git process:
+# no hook, no fsmonitor program, nothing recursing into an agent's nested repositories.
+SAFE_CONFIG = (("core.hooksPath", os.devnull), ("core.fsmonitor", "false"), ("core.untrackedCache", "false"),
+               ("commit.gpgSign", "false"), ("tag.gpgSign", "false"), ("submodule.recurse", "false"))
+# In an agent's worktree also: status/diff never step into a nested repository (its config is the agent's).
+_WORKTREE_CONFIG = (("diff.ignoreSubmodules", "all"),)
+_NO_EXTERNAL_DIFF = ("--no-ext-diff", "--no-textconv")
+
+
+def safe_env(git_dir: str | os.PathLike | None = None, work_tree: str | os.PathLike | None = None) -> dict[str, str]:
+    """Environment additions for a confined git process: SAFE_CONFIG through GIT_CONFIG_COUNT
+    (after any the caller's environment already holds; git's children inherit them), no system
+    config, no prompt; with `git_dir`, an explicit GIT_DIR and GIT_WORK_TREE (no discovery) and
+    no look into nested repositories."""
+    try:
+        base = max(0, int(os.environ.get("GIT_CONFIG_COUNT") or 0))
+    except ValueError:
+        base = 0
+    settings = SAFE_CONFIG + (_WORKTREE_CONFIG if git_dir is not None else ())
+    env = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_COUNT": str(base + len(settings))}
+    for i, (key, value) in enumerate(settings, start=base):
+        env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key, value
+    if git_dir is not None:
+        env["GIT_DIR"] = str(git_dir)
+        env["GIT_WORK_TREE"] = str(work_tree)
+    return env
+
+
+def _git(repo: git.Repo) -> git.Git:
+    """`repo.git`, confined: its environment (kept for later calls and GitPython's long-lived
+    cat-file processes) carries `safe_env()`."""
+    repo.git.update_environment(**safe_env())
+    return repo.git
+
+
+def confine(repo: git.Repo) -> git.Repo:
+    """`repo` with every later `repo.git` call confined (as every function here does itself)."""
+    _git(repo)
+    return repo
+
+
+_worktree_gitdirs: dict[str, Path] = {}    # worktree (real path) -> its git dir, as made here
+
+
+def worktree_gitdir(repo: git.Repo, path: str | os.PathLike) -> Path:
+    """The git dir of `repo`'s linked worktree at `path`, found on the repository's side (the
+    back-pointer `<common dir>/worktrees/<name>/gitdir`), never from the worktree's `.git` file,
+    which the agent can rewrite. GitOpsError when `repo` has no worktree there."""
+    want = Path(os.path.realpath(path))
+    registry = Path(repo.common_dir) / "worktrees"
+    for entry in sorted(registry.iterdir()) if registry.is_dir() else []:
+        try:
+            pointer = Path((entry / "gitdir").read_text().strip())
+        except OSError:
+            continue
+        pointer = pointer if pointer.is_absolute() else entry / pointer
+        # The worktree directory itself, not `.git` resolved (the agent may make that a symlink).
+        if pointer.name == ".git" and Path(os.path.realpath(pointer.parent)) == want:
+            return entry
+    raise GitOpsError(f"{repo.git_dir} has no worktree at {path}")
+
+
+def registered_gitdir(worktree: str | os.PathLike) -> Path | None:
+    """The git dir recorded when this process made `worktree` (add_worktree, add_detached_worktree)."""
+    return _worktree_gitdirs.get(os.path.realpath(worktree))
+
+
+def _register(repo: git.Repo, path: Path) -> None:
+    _worktree_gitdirs[os.path.realpath(path)] = worktree_gitdir(repo, path)
+
+
+def worktree_git(worktree: str | os.PathLike, gitdir: str | os.PathLike | None = None) -> git.Git:
+    """A confined git runner for `worktree`: `safe_env()` with an explicit GIT_DIR, which is
+    `gitdir`, else the one recorded when this process made the worktree. Only for a worktree
+    made elsewhere is `.git` read: a directory (a main checkout), or a file naming a git dir
+    outside the worktree (one inside it is the agent's own, refused)."""
+    worktree = Path(worktree)
+    gitdir = gitdir or registered_gitdir(worktree) or _discovered_gitdir(worktree)
+    runner = git.Git(worktree)
+    runner.update_environment(**safe_env(gitdir, worktree))
+    return runner
+
+
+def _discovered_gitdir(worktree: Path) -> Path:
+    link = worktree / ".git"
+    if link.is_dir() and not link.is_symlink():
+        return link
+    try:
+        text = link.read_text(errors="replace") if link.is_file() and not link.is_symlink() else ""
+    except OSError:
+        text = ""
+    if not text.startswith("gitdir:"):
+        raise GitOpsError(f"{worktree} is not a git worktree")
+    target = Path(text[len("gitdir:"):].strip())
+    target = Path(os.path.realpath(target if target.is_absolute() else worktree / target))
+    if target.is_relative_to(os.path.realpath(worktree)):
+        raise GitOpsError(f"{worktree}/.git names a git dir inside the worktree ({target}); refused")
+    return target
+
+
+def config_entries(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """(key, value) of each setting in the config file at `path` (git's parser: includes not
+    followed, listed as include.path), in file order; [] when there is no file."""
+    if not Path(path).is_file():
+        return []
+    out = git.Git().execute([git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git", "config", "--file", str(path),
+                             "--null", "--list"], env=safe_env(), stdout_as_string=True)
+    entries = []
+    for item in out.split("\0"):
+        if item:
+            key, _, value = item.partition("\n")
+            entries.append((key, value))
+    return entries
+
+
+# common dir -> (config bytes, entries) as init_clone wrote them, in this process
+_clone_configs: dict[str, tuple[bytes, tuple[tuple[str, str], ...]]] = {}
+
+
+def clone_config_snapshot(common_dir: str | os.PathLike) -> tuple[bytes, tuple[tuple[str, str], ...]] | None:
+    """(bytes, entries) of the clone's config as `init_clone` wrote it in this process, or None."""
+    return _clone_configs.get(os.path.realpath(common_dir))
 
 
 # ---------------------------------------------------------------- names
@@ -59,7 +191,7 @@ def open_run_repo(path: str | os.PathLike | None) -> git.Repo:
         raise GitOpsError(f"{start} is not inside a git repository; run in the project repo or pass --repo") from None
     if repo.bare:
         raise GitOpsError(f"{repo.git_dir} is a bare repository; --repo needs a checkout")
-    return git.Repo(repo.working_tree_dir)
+    return confine(git.Repo(repo.working_tree_dir))
 
 
 def head_commit(repo: git.Repo) -> str:
@@ -71,7 +203,7 @@ def head_commit(repo: git.Repo) -> str:
 
 def dirty_paths(repo: git.Repo, paths: list[str]) -> list[str]:
     """Paths under `paths` that differ from HEAD (modified, staged or untracked, not ignored)."""
-    out = repo.git.status("--porcelain", "--untracked-files=all", "--", *paths)
+    out = _git(repo).status("--porcelain", "--untracked-files=all", "--", *paths)
     return [line[3:] for line in out.splitlines() if line.strip()]
 
 
@@ -80,7 +212,7 @@ def check_seed(repo: git.Repo, train_file: str, fixed_dirs: tuple[str, ...] = ("
     committed and clean, so that every member starts from exactly what the user sees."""
     commit = head_commit(repo)
     try:
-        repo.git.cat_file("-e", f"{commit}:{train_file}")
+        _git(repo).cat_file("-e", f"{commit}:{train_file}")
     except git.GitCommandError:
         raise GitOpsError(f"the seed commit {commit[:9]} has no {train_file}; commit it first") from None
     dirty = dirty_paths(repo, [train_file, *fixed_dirs])
@@ -91,7 +223,7 @@ def check_seed(repo: git.Repo, train_file: str, fixed_dirs: tuple[str, ...] = ("
 
 
 def set_ref(repo: git.Repo, branch: str, commit: str) -> None:
-    repo.git.update_ref(f"refs/heads/{branch}", commit)
+    _git(repo).update_ref(f"refs/heads/{branch}", commit)
 
 
 def clear_run_ref_locks(repo: git.Repo, tag: str) -> list[str]:
@@ -99,7 +231,7 @@ def clear_run_ref_locks(repo: git.Repo, tag: str) -> list[str]:
     driver killed inside `git update-ref`. Only the driver holding the run's lock writes these
     refs, so any lock there is stale; the user's other locks (index.lock...) are left alone.
     Returns the removed ref names."""
-    common = Path(repo.git.rev_parse("--git-common-dir"))
+    common = Path(_git(repo).rev_parse("--git-common-dir"))
     common = common if common.is_absolute() else Path(repo.working_tree_dir) / common
     refs = common / "refs" / "heads" / "population" / tag
     removed = []
@@ -111,14 +243,14 @@ def clear_run_ref_locks(repo: git.Repo, tag: str) -> list[str]:
 
 def ref_commit(repo: git.Repo, branch: str) -> str | None:
     try:
-        return repo.git.rev_parse("--verify", "--quiet", f"refs/heads/{branch}^{{commit}}")
+        return _git(repo).rev_parse("--verify", "--quiet", f"refs/heads/{branch}^{{commit}}")
     except git.GitCommandError:
         return None
 
 
 def list_branches(repo: git.Repo, prefix: str) -> dict[str, str]:
     """{branch name: commit} for every branch under `prefix`."""
-    out = repo.git.for_each_ref("--format=%(refname:short) %(objectname)", f"refs/heads/{prefix}")
+    out = _git(repo).for_each_ref("--format=%(refname:short) %(objectname)", f"refs/heads/{prefix}")
     return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
 
 
@@ -130,14 +262,14 @@ def file_blob(repo: git.Repo, commit: str, path: str) -> str | None:
 
 def file_text(repo: git.Repo, commit: str, path: str) -> str:
     """The content of `path` at `commit` (raises GitCommandError when absent)."""
-    return repo.git.show(f"{commit}:{path}")
+    return _git(repo).show(f"{commit}:{path}")
 
 
 def object_header(repo: git.Repo, name: str) -> tuple[str, str] | None:
     """(object id, type) of `name` (an id or `<commit>:<path>`), None when absent. Asks GitPython's
     long-lived `cat-file --batch-check`: no git process per call (the driver asks per experiment)."""
     try:
-        object_id, kind, _ = repo.git.get_object_header(name)
+        object_id, kind, _ = _git(repo).get_object_header(name)
     except ValueError:                      # "<name> missing"
         return None
     return _text(object_id), _text(kind)
@@ -148,7 +280,7 @@ def _text(value: str | bytes) -> str:
 
 
 def diff(repo: git.Repo, old: str, new: str) -> str:
-    return repo.git.diff(old, new, stdout_as_string=True) + "\n"
+    return _git(repo).diff(*_NO_EXTERNAL_DIFF, old, new, stdout_as_string=True) + "\n"
 
 
 # ---------------------------------------------------------------- worktrees
@@ -156,25 +288,31 @@ def diff(repo: git.Repo, old: str, new: str) -> str:
 def add_worktree(repo: git.Repo, path: Path, branch: str) -> None:
     """Check `branch` out at `path` (idempotent: an existing worktree there is kept)."""
     path = Path(path)
-    if (path / ".git").exists():
+    if os.path.lexists(path / ".git"):
+        try:
+            _register(repo, path)
+        except GitOpsError:              # not a worktree of `repo`: its git stays unrecorded
+            pass
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        repo.git.worktree("add", "--quiet", str(path), branch)
+        _git(repo).worktree("add", "--quiet", str(path), branch)
     except git.GitCommandError:          # a stale registration of a deleted worktree: prune, retry
-        repo.git.worktree("prune")
-        repo.git.worktree("add", "--quiet", str(path), branch)
+        _git(repo).worktree("prune")
+        _git(repo).worktree("add", "--quiet", str(path), branch)
+    _register(repo, path)
 
 
 def remove_worktree(repo: git.Repo, path: Path) -> None:
     """Remove a worktree (its branch stays); a missing one is fine."""
     path = Path(path)
+    _worktree_gitdirs.pop(os.path.realpath(path), None)
     if path.exists():
         try:
-            repo.git.worktree("remove", "--force", str(path))
+            _git(repo).worktree("remove", "--force", str(path))
         except git.GitCommandError:
             shutil.rmtree(path, ignore_errors=True)
-    repo.git.worktree("prune")
+    _git(repo).worktree("prune")
 
 
 def add_detached_worktree(repo: git.Repo, path: Path, commit: str, branch: str | None = None) -> None:
@@ -184,9 +322,10 @@ def add_detached_worktree(repo: git.Repo, path: Path, commit: str, branch: str |
         remove_worktree(repo, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if branch:
-        repo.git.worktree("add", "--quiet", "-B", branch, str(path), commit)
+        _git(repo).worktree("add", "--quiet", "-B", branch, str(path), commit)
     else:
-        repo.git.worktree("add", "--quiet", "--detach", str(path), commit)
+        _git(repo).worktree("add", "--quiet", "--detach", str(path), commit)
+    _register(repo, path)
 
 
 # ---------------------------------------------------------------- bundles
@@ -195,14 +334,14 @@ def bundle_bytes(repo: git.Repo, commit: str, exclude: list[str] | tuple[str, ..
     """(bundle bytes, ref name inside the bundle) holding `commit` and its history, minus the
     history of the `exclude` commits (which the receiver must already have)."""
     ref = f"{_TMP_REF_PREFIX}/{uuid.uuid4().hex}"
-    repo.git.update_ref(ref, commit)
+    _git(repo).update_ref(ref, commit)
     try:
         with tempfile.TemporaryDirectory(prefix="population-bundle-") as tmp:
             target = Path(tmp) / "out.bundle"
-            repo.git.bundle("create", "--quiet", str(target), ref, *(f"^{c}" for c in exclude if c != commit))
+            _git(repo).bundle("create", "--quiet", str(target), ref, *(f"^{c}" for c in exclude if c != commit))
             return target.read_bytes(), ref
     finally:
-        repo.git.update_ref("-d", ref)
+        _git(repo).update_ref("-d", ref)
 
 
 def fetch_bundle(repo: git.Repo, data: bytes, bundle_ref: str, dest_ref: str | None = None) -> str:
@@ -223,7 +362,7 @@ def fetch_bundle(repo: git.Repo, data: bytes, bundle_ref: str, dest_ref: str | N
     _store_pack(repo, pack)
     if dest_ref:
         try:
-            repo.git.update_ref(dest_ref, commit)
+            _git(repo).update_ref(dest_ref, commit)
         except git.GitCommandError:
             if has_commit(repo, commit):
                 raise                               # git's own reason (a lock, a full disk...)
@@ -232,7 +371,7 @@ def fetch_bundle(repo: git.Repo, data: bytes, bundle_ref: str, dest_ref: str | N
         raise GitOpsError(f"bundle lacks the commit {commit} of its ref {bundle_ref}")
     _imports[repo.git_dir] += 1
     if _imports[repo.git_dir] % _MAINTENANCE_EVERY == 0:     # fetch ran it after every fetch
-        repo.git.maintenance("run", "--auto", "--quiet")     # gc once loose objects or packs pile up
+        _git(repo).maintenance("run", "--auto", "--quiet")     # gc once loose objects or packs pile up
     return commit
 
 
@@ -287,7 +426,7 @@ def _store_pack(repo: git.Repo, pack: bytes) -> None:
 def _git_with_input(repo: git.Repo, args: list[str], data: bytes, what: str) -> bytes:
     """stdout of `git <args>` run in `repo` with `data` on stdin; GitOpsError with git's first line."""
     done = subprocess.run([git.Git.GIT_PYTHON_GIT_EXECUTABLE or "git", *args], cwd=repo.working_dir,
-                          input=data, capture_output=True)
+                          input=data, capture_output=True, env={**os.environ, **safe_env()})
     if done.returncode != 0:
         said = next((line.strip() for line in done.stderr.decode("utf-8", "replace").splitlines() if line.strip()),
                     f"exit code {done.returncode}")
@@ -307,7 +446,10 @@ def init_clone(path: Path) -> git.Repo:
         config.set_value("user", "email", GIT_USER[1])
         config.set_value("gc", "auto", "0")          # no background gc racing the worker
         config.set_value("commit", "gpgsign", "false")
-    return repo
+    config_file = Path(repo.common_dir) / "config"
+    _clone_configs[os.path.realpath(repo.common_dir)] = (config_file.read_bytes(),
+                                                         tuple(config_entries(config_file)))
+    return confine(repo)
 
 
 def has_commit(repo: git.Repo, commit: str) -> bool:
@@ -315,19 +457,42 @@ def has_commit(repo: git.Repo, commit: str) -> bool:
     return found is not None and found[1] == "commit"
 
 
-def commit_worktree(worktree: Path, message: str, paths: list[str]) -> str:
-    """Commit `paths` of `worktree` (an empty commit when nothing changed); returns the hash."""
-    repo = git.Repo(worktree)
-    repo.git.add("--all", "--", *paths)
-    repo.git.commit("--quiet", "--allow-empty", "--no-verify", "-m", message)
-    return repo.head.commit.hexsha
+def commit_worktree(worktree: Path, message: str, paths: list[str], gitdir: Path | None = None) -> str:
+    """Commit `paths` of `worktree` (an empty commit when nothing changed); returns the hash.
+    Runs against the recorded git dir (`worktree_git`), whatever the worktree's `.git` says."""
+    runner = worktree_git(worktree, gitdir)
+    runner.add("--all", "--", *paths, *_gitlink_exclusions(runner))
+    nested = [p for p in _gitlinks(runner, paths) if p not in _gitlinks(runner, paths, "HEAD")]
+    if nested:      # a repository the agent made: later `git add`s would run git (and its config) in it
+        runner.reset("-q", "--", *nested)           # the index as HEAD has it there
+        raise GitOpsError(f"{nested[0]} in {worktree} is a nested git repository; refused, never committed")
+    runner.commit("--quiet", "--allow-empty", "--no-verify", "-m", message)
+    return runner.rev_parse("--verify", "HEAD^{commit}")
 
 
-def full_diff(worktree: Path, base: str) -> str:
+def full_diff(worktree: Path, base: str, gitdir: Path | None = None) -> str:
     """Every change in `worktree` against `base`, untracked files included (index left clean)."""
-    repo = git.Repo(worktree)
-    repo.git.add("--all", "--intent-to-add")
+    runner = worktree_git(worktree, gitdir)
+    runner.add("--all", "--intent-to-add", "--", ".", *_gitlink_exclusions(runner))
     try:
-        return repo.git.diff(base, stdout_as_string=True)
+        return runner.diff(*_NO_EXTERNAL_DIFF, base, stdout_as_string=True)
     finally:
-        repo.git.reset("--quiet")
+        runner.reset("--quiet")
+
+
+def _gitlinks(runner: git.Git, paths: list[str] | tuple[str, ...] = (), tree: str | None = None) -> list[str]:
+    """Paths of the submodule entries (gitlinks) in the index, or in `tree` when given."""
+    if tree:
+        try:
+            out = runner.ls_tree("-r", "-z", tree, "--", *paths)
+        except git.GitCommandError:          # no HEAD yet
+            return []
+        return [entry.split("\t", 1)[1] for entry in out.split("\0") if entry.startswith("160000 ")]
+    out = runner.ls_files("-s", "-z", "--", *paths)
+    return [entry.split("\t", 1)[1] for entry in out.split("\0") if entry.startswith("160000 ")]
+
+
+def _gitlink_exclusions(runner: git.Git) -> list[str]:
+    """Pathspecs leaving the index's gitlinks out of `git add`: for each, add runs `git status`
+    inside the directory, a repository the agent may have built (its config obeyed there)."""
+    return [f":(top,exclude,literal){path}" for path in _gitlinks(runner)]
