@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -136,19 +137,29 @@ def write_sitecustomize(directory: Path) -> Path:
     return directory
 
 
-def ref_transaction_hook(repo: Path, ref: str, marker: Path) -> None:
-    """A git hook that, the first time `ref` is about to change (its .lock taken), writes `marker`
-    and hangs: the driver is inside `git update-ref` when the test kills it."""
-    hook = repo / ".git" / "hooks" / "reference-transaction"
-    hook.parent.mkdir(parents=True, exist_ok=True)
-    hook.write_text(f"""#!/bin/sh
-[ "$1" = prepared ] || exit 0
-grep -q " {ref}$" || exit 0
-[ -e "{marker}" ] && exit 0
-echo $$ > "{marker}"
-sleep 600
+def git_hanging_on_ref(bin_dir: Path, repo: Path, ref: str, marker: Path) -> str:
+    """A `git` for the front of PATH that, the first time a command is about to move `ref`
+    (update-ref), takes git's lock of that ref as git would, writes `marker` and hangs: the driver
+    is inside `git update-ref` when the test kills it. (A reference-transaction hook did this
+    before every git run went through the confinement, which switches hooks off.) Returns the
+    PATH to use."""
+    real_git = shutil.which("git")
+    lock = repo / ".git" / f"{ref}.lock"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = bin_dir / "git"
+    wrapper.write_text(f"""#!/bin/sh
+case " $* " in
+  *" update-ref {ref} "*)
+    if [ ! -e "{marker}" ]; then
+      mkdir -p "{lock.parent}" && : > "{lock}"
+      echo $$ > "{marker}"
+      sleep 600
+    fi;;
+esac
+exec "{real_git}" "$@"
 """)
-    hook.chmod(0o755)
+    wrapper.chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}"
 
 
 # ---------------------------------------------------------------- the store's invariants

@@ -63,7 +63,9 @@ def make_seed_repo(root: Path, train: str = FAKE_TRAIN) -> Path:
 
 
 def events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()]
+    """The journal's events without their signature fields (_seq, _mac: tests/test_journal_integrity.py)."""
+    lines = (run_dir / "events.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in ("_seq", "_mac")} for line in lines if line.strip()]
 
 
 def trainings(record_dir: Path) -> list[dict]:

@@ -29,8 +29,10 @@ def run_train(cache: Path, tmp_path: Path, timeout: float = 300, **env_overrides
                           text=True, timeout=timeout)
 
 
-def test_smoke_run_trains_and_prints_the_summary_block(prepared_cache, tmp_path):
-    checkpoint = tmp_path / "ckpt" / "model.pt"
+def test_smoke_run_trains_saves_its_model_and_prints_the_summary_block(prepared_cache, tmp_path):
+    """Under the harness (AUTORESEARCH_CHECKPOINT set) the file trains, saves and leaves the
+    scoring to prepare/trusted_eval.py: its summary has no val_bpb of its own."""
+    checkpoint = tmp_path / "model.pt"
     result = run_train(prepared_cache, tmp_path, AUTORESEARCH_CHECKPOINT=str(checkpoint),
                        PYTHONDONTWRITEBYTECODE="1")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -40,8 +42,8 @@ def test_smoke_run_trains_and_prints_the_summary_block(prepared_cache, tmp_path)
     cached = prepared_cache / "pycache" / torch_init.parent.relative_to("/") / f"__init__.{sys.implementation.cache_tag}.pyc"
     assert cached.is_file()
     summary = parse_summary(result.stdout)
-    assert set(SUMMARY_KEYS + EXTRA_KEYS) <= set(summary), summary
-    assert 0 < summary["val_bpb"] < 20
+    assert set(SUMMARY_KEYS + EXTRA_KEYS) - {"val_bpb"} <= set(summary), summary
+    assert "val_bpb" not in summary and summary["eval_seconds"] == 0.0
     assert summary["training_seconds"] >= 2.0                     # the budget was used up ...
     assert summary["num_steps"] >= 12                             # ... after the 11 untimed steps
     assert summary["total_seconds"] > summary["training_seconds"]

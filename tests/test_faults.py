@@ -22,7 +22,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from fault_support import (BETTER_LR, FAULT_TRAINS, agent_spec, assert_nothing_lost_or_twice,   # noqa: E402
-                           journal, ref_transaction_hook, rows_by_description, write_plan, write_sitecustomize)
+                           journal, git_hanging_on_ref, rows_by_description, write_plan, write_sitecustomize)
 from population.config import RunConfig                                                 # noqa: E402
 from population.driver import EXIT_ERROR, EXIT_OK, run_population                       # noqa: E402
 from test_driver_support import branches, git, make_seed_repo                            # noqa: E402
@@ -364,8 +364,8 @@ def test_driver_killed_just_after_recording_a_result_makes_its_decision_on_resum
 def test_driver_killed_inside_git_update_ref_resumes_over_the_lock_it_left(cluster, better_child, tmp_path, ref):
     repo, agent, env = better_child
     marker = Path(env["AUTORESEARCH_FAULT_MARKER"])
-    ref_transaction_hook(repo, f"refs/heads/population/ingit/{ref}", marker)
-    proc = _start_driver(repo, cluster, "ingit", "--max-experiments", "2", "--agent", agent, env=env)
+    path = git_hanging_on_ref(tmp_path / "bin", repo, f"refs/heads/population/ingit/{ref}", marker)
+    proc = _start_driver(repo, cluster, "ingit", "--max-experiments", "2", "--agent", agent, env=env | {"PATH": path})
     _kill_when(marker, proc)
     lock = repo / ".git" / "refs" / "heads" / "population" / "ingit" / f"{ref}.lock"
     assert lock.exists(), "the kill should have left git's ref lock behind"

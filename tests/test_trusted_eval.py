@@ -87,7 +87,8 @@ def test_an_honest_model_is_scored_with_a_holdout(prepared_cache, tmp_path, voca
 
 
 @pytest.mark.parametrize("variant, rule", [
-    ("peek", "causality rule"), ("stateful", "independence rule"), ("mixing", "independence rule"),
+    # a stateful model cheats on whichever copy of a row comes first: a cut probe (causality) or the row
+    ("peek", "causality rule"), ("stateful", " rule:"), ("mixing", "independence rule"),
     ("noisy", "independence rule"), ("wrong_shape", "shape"),
 ])
 def test_a_forging_model_is_refused_with_the_rule(prepared_cache, tmp_path, vocab, variant, rule):
