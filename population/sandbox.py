@@ -95,7 +95,8 @@ def _paths(paths: Iterable[str | os.PathLike]) -> list[str]:
 
 def bwrap_argv(command: Sequence[str], *, worktree: str | os.PathLike, data_cache: str | os.PathLike | None,
                mode: str = TRAINING, gpu_devices: Iterable[str] = (), writable: Iterable[str | os.PathLike] = (),
-               readonly: Iterable[str | os.PathLike] = (), bwrap: str = "bwrap") -> list[str]:
+               readonly: Iterable[str | os.PathLike] = (), hidden: Iterable[str | os.PathLike] = (),
+               chdir: str | os.PathLike | None = None, bwrap: str = "bwrap") -> list[str]:
     """The bwrap command line that runs `command` in `worktree` (its working directory).
 
     `data_cache`: bound read-only (None: nothing to bind; it is read-only like the rest, or
@@ -118,8 +119,13 @@ def bwrap_argv(command: Sequence[str], *, worktree: str | os.PathLike, data_cach
     argv += ["--bind", worktree, worktree]
     for path in _paths([data_cache] if data_cache is not None else []) + _paths(readonly):
         argv += ["--ro-bind", path, path]
+    for path in _paths(hidden):
+        if os.path.isdir(path):
+            argv += ["--tmpfs", path]
+        elif os.path.exists(path):
+            argv += ["--ro-bind", "/dev/null", path]
     argv += ["--unshare-all"] + (["--share-net"] if mode == AGENT else [])
-    argv += ["--die-with-parent", "--chdir", worktree, "--"]
+    argv += ["--die-with-parent", "--chdir", os.path.abspath(chdir or worktree), "--"]
     return argv + list(command)
 
 
@@ -204,7 +210,8 @@ def program_under_tmp(command: Sequence[str]) -> list[str]:
 
 def sandboxed(command: Sequence[str], *, worktree: str | os.PathLike, env: Mapping[str, str],
               data_cache: str | os.PathLike | None = None, mode: str = TRAINING,
-              readonly: Iterable[str | os.PathLike] = (), writable: Iterable[str | os.PathLike] = ()) -> Sandboxed:
+              readonly: Iterable[str | os.PathLike] = (), writable: Iterable[str | os.PathLike] = (),
+              hidden: Iterable[str | os.PathLike] = (), chdir: str | os.PathLike | None = None) -> Sandboxed:
     """`command` wrapped for this node: its Python and the program itself re-exposed when they
     live in /tmp; a training also gets the GPU device nodes and the node's own compile caches
     (when the environment names existing ones) kept across runs, and needs its `data_cache`; an
@@ -222,5 +229,5 @@ def sandboxed(command: Sequence[str], *, worktree: str | os.PathLike, env: Mappi
         gpu_devices, env = gpu_device_nodes(), sandbox_env(env, data_cache, kept_caches=caches)
         writable = [*caches, *writable]
     argv = bwrap_argv(command, worktree=worktree, data_cache=data_cache, mode=mode, gpu_devices=gpu_devices,
-                      writable=writable, readonly=readonly, bwrap=bwrap)
+                      writable=writable, readonly=readonly, hidden=hidden, chdir=chdir, bwrap=bwrap)
     return Sandboxed(argv, env)

@@ -12,6 +12,7 @@ because the worktree lives there; Ray sets CUDA_VISIBLE_DEVICES for it, the subp
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -25,14 +26,19 @@ from pathlib import Path
 
 import ray
 
-from population import gitops, readiness, sandbox
+from population import export, gitops, readiness, sandbox
 from population.processes import signal_group, stop_group
 from population.agents.env import is_secret_name
+from population.agents.env import scrub_secrets
 from population.secrets import leaked_names
 
 PREPARE_DIR = "prepare"
 MAX_LOG_BYTES = 4_000_000
 KILL_GRACE_S = 10.0
+EVALUATOR_MODULE = "prepare.trusted_eval"
+EVALUATOR_FILE = "prepare/trusted_eval.py"
+EVAL_HEADER = "=== trusted evaluation (prepare/trusted_eval.py) ==="   # never '---': the summary parser ends there
+CHECKPOINT_NAME = "model.pt"
 
 
 def worker_root(workdir: str | None, tag: str, worker: str) -> Path:
@@ -71,6 +77,7 @@ class Prepared:
     transcript: str = ""
     diff: str = ""                 # only when there is no commit to diff (violations, agent errors)
     log_path: str = ""             # where the training's run.log goes on the worker's node
+    output_dir: str = ""           # the only place a training may write (its checkpoint)
     agent_seconds: float | None = None
     agent_tokens: int | None = None
     agent_cost_usd: float | None = None
@@ -87,6 +94,10 @@ class TrainJob:
     device: str                    # cuda | cpu
     accelerator: str = ""          # the node's accelerator_type, a fallback GPU name
     sandbox: bool = False          # run it inside bubblewrap (population/sandbox.py)
+    task: str = "climbmix"
+    output_dir: str = ""           # empty: the old contract (the train file's own summary is the metric)
+    trusted_eval: bool = False     # score the checkpoint with the seed's prepare/trusted_eval.py
+    eval_timeout_s: float = 900.0
 
 
 @dataclass
@@ -102,6 +113,7 @@ class TrainResult:
     started_at: float = 0.0
     finished_at: float = 0.0
     extra: dict = field(default_factory=dict)
+    evaluation: dict | None = None   # the trusted evaluator's result ({"metric": ...} or {"error": ...})
 
 
 class WorkerCore:
@@ -156,6 +168,12 @@ class WorkerCore:
                           transcript=proposal.transcript, agent_seconds=proposal.seconds,
                           agent_tokens=proposal.tokens, agent_cost_usd=proposal.cost_usd,
                           log_path=self.log_path(job.exp_id))
+        gitdir = gitops.worktree_gitdir(self.clone, worktree)       # from the clone's side, never the worktree's .git
+        tampered = guards.check_worktree_link(worktree, gitdir)
+        if tampered:                    # before any git command could obey what the agent planted
+            guards.restore_worktree_link(worktree, gitdir)
+            result.status, result.reason = "violation", tampered
+            return result
         attempted = gitops.full_diff(worktree, job.commit)          # before the guard reverts it
         leaked = leaked_names(attempted)
         if leaked:   # a key pasted into the change must never reach a commit, a bundle or diff.patch
@@ -163,11 +181,11 @@ class WorkerCore:
             result.reason = f"the change contains the value of {', '.join(leaked)}; refused, never committed"
             return result
         if proposal.error:
-            result.status, result.reason, result.diff = "agent_error", proposal.error, attempted
+            result.status, result.reason, result.diff = "agent_error", scrub_secrets(proposal.error), scrub_secrets(attempted)
             return result
         changed = guards.enforce_train_file_only(worktree, job.train_file)
         if changed:
-            result.diff = attempted
+            result.diff = scrub_secrets(attempted)
             result.status = "violation"
             result.reason = f"changed files other than {job.train_file}: {', '.join(changed)}"
             return result
@@ -178,16 +196,28 @@ class WorkerCore:
         return self._checked(job, result, guards)
 
     def _checked(self, job: PrepareJob, result: Prepared, guards) -> Prepared:
-        """The fixed side must be byte-identical to the seed's before anything trains."""
-        fingerprint = guards.tree_fingerprint(Path(result.worktree), PREPARE_DIR)
+        """Export the commit (what trains is what was committed), then the fixed side must be
+        byte-identical to the seed's."""
+        commit = result.commit or job.commit
+        result.output_dir = str(self.root / "outputs" / str(job.exp_id))
+        try:
+            trained = export.export_commit(Path(self.clone.git_dir), commit, self.root / "exports" / str(job.exp_id),
+                                           job.train_file)
+        except export.ExportError as exc:
+            result.status, result.reason = "violation", str(exc)
+            return result
+        result.worktree = str(trained)
+        fingerprint = export.directory_fingerprint(trained, PREPARE_DIR)
         if fingerprint != job.prepare_fingerprint:
             result.status = "violation"
             result.reason = f"{PREPARE_DIR}/ differs from the seed's (fingerprint {fingerprint[:12]})"
         return result
 
     def cleanup(self, exp_id: int) -> None:
-        """Drop an experiment's worktree (the commit stays in the clone)."""
+        """Drop an experiment's worktree, export and outputs (the commit stays in the clone)."""
         gitops.remove_worktree(self.clone, self.worktrees / str(exp_id))
+        for leftover in (self.root / "exports" / str(exp_id), self.root / "outputs" / str(exp_id)):
+            shutil.rmtree(leftover, ignore_errors=True)
 
     @ray.method(concurrency_group="control")
     def stop(self, grace_s: float = 3.0) -> list[int]:
@@ -283,15 +313,28 @@ def training_cache_dir(env: dict[str, str]) -> Path:
 
 def training_command(job: TrainJob, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """argv and environment of the training subprocess; with `job.sandbox` wrapped in bubblewrap
-    (no network, only the worktree writable, its prepare/ read-only). Raises SandboxUnavailable."""
-    argv = [sys.executable, job.train_file]
+    (no network; writable: its output directory, or the worktree under the old contract; the
+    evaluation's data hidden). Raises SandboxUnavailable."""
+    argv = [sys.executable, str(Path(job.worktree) / job.train_file)]
+    if job.output_dir:
+        env = {**env, "AUTORESEARCH_CHECKPOINT": str(Path(job.output_dir) / CHECKPOINT_NAME)}
     if not job.sandbox:
         return argv, env
     data_cache = training_cache_dir(env)
     data_cache.mkdir(parents=True, exist_ok=True)     # bwrap cannot bind a path that does not exist
-    wrapped = sandbox.sandboxed(argv, worktree=job.worktree, data_cache=data_cache, env=env,
-                                mode=sandbox.TRAINING, readonly=[Path(job.worktree) / PREPARE_DIR])
+    writable = job.output_dir or job.worktree
+    wrapped = sandbox.sandboxed(argv, worktree=writable, data_cache=data_cache, env=env, mode=sandbox.TRAINING,
+                                readonly=[job.worktree] if job.output_dir else [Path(job.worktree) / PREPARE_DIR],
+                                hidden=evaluation_files(job.task, data_cache), chdir=job.worktree)
     return wrapped.argv, wrapped.env
+
+
+def evaluation_files(task: str, data_cache: Path) -> list[Path]:
+    """The files only the evaluator reads: the validation (and holdout) data of `task`."""
+    from prepare import constants
+    if task == "enwik8":
+        return [data_cache / "enwik8" / name for name in ("val.bin", "test.bin")]
+    return [data_cache / "data" / f"shard_{constants.VAL_SHARD:05d}.parquet"]
 
 
 def gpu_name(job: TrainJob, cuda_visible_devices: str) -> str:
@@ -321,42 +364,115 @@ def read_log(path: Path, limit: int = MAX_LOG_BYTES) -> str:
         return f"{head}\n[... {size - limit} bytes cut ...]\n" + f.read().decode(errors="replace")
 
 
+def _run_limited(argv: list[str], env: dict[str, str], cwd: str, stdout, timeout_s: float, stderr=None) -> tuple[int | None, bool]:
+    """Run `argv` in a session of its own under a hard wall-clock limit; (returncode, timed out).
+    Whatever the process leaves behind in its group is killed when it ends."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr if stderr is not None else subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+    timed_out = False
+    try:
+        deadline = time.monotonic() + timeout_s
+        while proc.poll() is None:       # short waits keep the task responsive to cancellation
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                stop_group(proc, KILL_GRACE_S)
+                break
+            try:
+                proc.wait(timeout=min(remaining, 0.5))
+            except subprocess.TimeoutExpired:
+                pass
+        stop_group(proc, 0)               # leftovers of the group (a helper it started) die with it
+    except BaseException:                # cancelled (KeyboardInterrupt) or dying: no orphans
+        stop_group(proc, 2.0)
+        raise
+    return proc.returncode, timed_out
+
+
 def run_training(job: TrainJob) -> TrainResult:
-    """`python <train_file>` in the worktree under a hard wall-clock limit; the whole process group
-    is killed at the limit or when this task is cancelled."""
+    """`python <train_file>` from the experiment's export under a hard wall-clock limit, then, when
+    the file trained and saved its model, the trusted evaluation of that checkpoint."""
     node_env = dict(os.environ)
     env = training_env(job, node_env)
     argv, popen_env = training_command(job, env)
     log_path = Path(job.log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    if job.output_dir:
+        shutil.rmtree(job.output_dir, ignore_errors=True)
+        Path(job.output_dir).mkdir(parents=True)
+    before = _exported_fingerprint(job) if job.trusted_eval else None
     started = time.time()
-    timed_out = False
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(argv, cwd=job.worktree, env=popen_env, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=_die_with_parent)
-        try:
-            deadline = time.monotonic() + job.timeout_s
-            while proc.poll() is None:       # short waits keep the task responsive to cancellation
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    timed_out = True
-                    stop_group(proc, KILL_GRACE_S)
-                    break
-                try:
-                    proc.wait(timeout=min(remaining, 0.5))
-                except subprocess.TimeoutExpired:
-                    pass
-        except BaseException:                # cancelled (KeyboardInterrupt) or dying: no orphans
-            stop_group(proc, 2.0)
-            raise
+        returncode, timed_out = _run_limited(argv, popen_env, job.worktree, log, job.timeout_s)
     finished = time.time()
+    evaluation = None
+    if job.trusted_eval and returncode == 0 and not timed_out:
+        evaluation = evaluate_checkpoint(job, env, before, log_path)
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-    return TrainResult(exp_id=job.exp_id, returncode=proc.returncode, timed_out=timed_out,
-                       seconds=finished - started, log=read_log(log_path),
+    return TrainResult(exp_id=job.exp_id, returncode=returncode, timed_out=timed_out,
+                       seconds=finished - started, log=scrub_secrets(read_log(log_path)),
                        gpu=gpu_name(job, env["CUDA_VISIBLE_DEVICES"]),
                        node=socket.gethostname(), cuda_visible_devices=env["CUDA_VISIBLE_DEVICES"],
-                       started_at=started, finished_at=finished, extra={"node_id": node})
+                       started_at=started, finished_at=finished, extra={"node_id": node}, evaluation=evaluation)
+
+
+def _exported_fingerprint(job: TrainJob) -> str:
+    """The export's prepare/ and train file, to prove the training left them as they were."""
+    train = Path(job.worktree) / job.train_file
+    return export.directory_fingerprint(job.worktree, PREPARE_DIR) + export.file_digest(train)
+
+
+def evaluate_checkpoint(job: TrainJob, env: dict[str, str], before: str | None, log_path: Path) -> dict:
+    """The seed's evaluator (prepare/trusted_eval.py of the export, checked unchanged) scores the
+    checkpoint in a process of its own; the child's code runs only in the model server it starts,
+    sandboxed like the training. Its stderr goes to the end of run.log, after EVAL_HEADER."""
+    checkpoint = Path(job.output_dir) / CHECKPOINT_NAME
+    scorer_cwd = _scorer_root(job)
+    if _exported_fingerprint(job) != before or export.directory_fingerprint(scorer_cwd, PREPARE_DIR) != before[:64]:
+        shutil.rmtree(scorer_cwd, ignore_errors=True)
+        return {"error": "export rule: the training changed prepare/ or the train file of its export", "rule": "violation"}
+    if not checkpoint.is_file():
+        return {"error": f"checkpoint rule: the training saved no model at AUTORESEARCH_CHECKPOINT ({CHECKPOINT_NAME}); "
+                         "the train file must save it for the evaluator (program.md)", "rule": "crash"}
+    train_file = str(Path(job.worktree) / job.train_file)
+    server = [sys.executable, "-s", "-B", "-m", "prepare.model_server", train_file, str(checkpoint), job.device]
+    server_env = {**env, "PYTHONDONTWRITEBYTECODE": "1"}
+    if job.sandbox:
+        data_cache = training_cache_dir(env)
+        wrapped = sandbox.sandboxed(server, worktree=job.output_dir, data_cache=data_cache, env=server_env,
+                                    mode=sandbox.TRAINING, readonly=[job.worktree],
+                                    hidden=evaluation_files(job.task, data_cache), chdir=job.worktree)
+        server, server_env = wrapped.argv, {**server_env, **wrapped.env}
+    scorer = [sys.executable, "-E", "-s", "-B", "-m", EVALUATOR_MODULE, "--task", job.task,
+              "--train-file", train_file, "--checkpoint", str(checkpoint), "--device", job.device,
+              "--server-argv-json", json.dumps(server)]
+    result_path = Path(job.output_dir).parent / f"{job.exp_id}.evaluation"
+    with open(log_path, "ab") as log, open(result_path, "wb") as result_file:
+        log.write(f"\n{EVAL_HEADER}\n".encode())
+        log.flush()
+        returncode, timed_out = _run_limited(scorer, server_env, scorer_cwd, result_file, job.eval_timeout_s,
+                                             stderr=log)
+    shutil.rmtree(scorer_cwd, ignore_errors=True)
+    lines = result_path.read_text(errors="replace").strip().splitlines()
+    result_path.unlink(missing_ok=True)
+    if timed_out:
+        return {"error": f"the evaluation passed its {job.eval_timeout_s:g} s limit", "rule": "timeout"}
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"error": f"the evaluator exited with code {returncode} and no result", "rule": "crash"}
+    if "error" in result:
+        result["rule"] = "violation" if " rule:" in f" {result['error']}" and "checkpoint" not in result["error"] else "crash"
+    return result
+
+
+def _scorer_root(job: TrainJob) -> str:
+    """A directory holding only a copy of the export's (checked) prepare/: the evaluator runs from
+    there, so nothing that a training left beside it can shadow a module it imports."""
+    root = Path(job.output_dir).parent / f"{job.exp_id}.evaluator"
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(Path(job.worktree) / PREPARE_DIR, root / PREPARE_DIR, symlinks=True)
+    return str(root)
 
 
 train_task = ray.remote(max_retries=0)(run_training)
