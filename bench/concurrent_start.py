@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from population.summary import parse_summary  # noqa: E402
-from population.worker import TrainJob, training_env  # noqa: E402
+from population.training import TrainJob, training_env  # noqa: E402
 
 PHASES = ("startup_seconds", "compile_seconds", "eval_seconds")
 

@@ -104,7 +104,8 @@ def run(work: Path, name: str, *, gpus: int, experiments: int, train_s: float, a
     os.environ["AUTORESEARCH_FAKE_SLEEP"] = str(train_s)
     config = RunConfig(tag=name, repo=str(seed), runs_dir=str(seed / "runs"), workdir=str(work / "workers"),
                        workers=gpus, noise_runs=gpus, max_experiments=experiments, budget_s=max(train_s, 1.0),
-                       agents=[agent], population_size=max(4, gpus), tournament_size=2, agent_timeout_s=600)
+                       agents=[agent], population_size=max(4, gpus), tournament_size=2, agent_timeout_s=600,
+                       sandbox=False)   # the fake train file records to the host
     driver = timed_driver_class()(config, console=Console(None))
     done = threading.Event()
 

@@ -42,7 +42,8 @@ import ray.exceptions as ray_exceptions  # noqa: E402  (the real exception types
 
 from population import gitops  # noqa: E402
 from population.config import DEFAULT_SELECTION, SELECTIONS  # noqa: E402
-from population.worker import Prepared, TrainResult  # noqa: E402
+from population.training import TrainResult  # noqa: E402
+from population.worker import Prepared  # noqa: E402
 
 EPOCH = 1_800_000_000.0          # virtual time.time() at the start of a simulation
 GPUS_PER_NODE = 8

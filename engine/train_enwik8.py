@@ -1,8 +1,10 @@
 """Character-level enwik8 with x-transformers: THE file an agent edits for the `enwik8` task.
 
-One run trains for a fixed budget of training seconds (compile warm-up excluded), then scores the
-model with the fixed metric of prepare/enwik8.py (val_bpc: bits per character over the same
-validation characters at the same context, whatever this file does) and prints a summary block.
+One run trains for a fixed budget of training seconds (compile warm-up excluded) on the train split
+only, then, under the population (AUTORESEARCH_CHECKPOINT set), saves the model for the harness,
+whose trusted evaluator scores it (val_bpc: bits per character over the same validation
+characters at the same context, from the logits of `load_model`'s model); run by hand, it scores
+itself with the same fixed metric of prepare/enwik8.py. Then it prints a summary block.
 
     python engine/train_enwik8.py                       # GPU, bf16 autocast, 300 s
     USE_FP8=1 python engine/train_enwik8.py             # torchao float8 training (compute capability >= 8.9)
@@ -83,8 +85,6 @@ WARMUP_RATIO = 0.05       # of the time budget
 WARMDOWN_RATIO = 0.3      # linear decay over the last 30 % of the budget
 FINAL_LR_FRAC = 0.0
 # bookkeeping (outside the budget)
-VAL_EVERY = 250           # steps between quick validation-loss estimates
-VAL_BATCHES = 8
 LOG_EVERY = 25
 EVAL_BATCH_SIZE = 32      # windows per forward pass of the final evaluation
 COMPILE = True            # torch.compile on the GPU
@@ -93,15 +93,9 @@ if SMOKE:  # tiny CPU configuration (tests, laptops): the recipe above scaled do
     DIM, DEPTH, HEADS = max(DIM // 8, 16), max(DEPTH // 3, 1), max(HEADS // 2, 1)
     SEQ_LEN, BATCH_SIZE, GRAD_ACCUM = max(SEQ_LEN // 8, 16), 2 * BATCH_SIZE, max(GRAD_ACCUM // 4, 1)
     LR = 20 * LR
-    VAL_EVERY, LOG_EVERY, EVAL_BATCH_SIZE = 50, 10, 64
+    LOG_EVERY, EVAL_BATCH_SIZE = 10, 64
     if DEVICE == "cpu":
         torch.set_num_threads(1)  # its matmuls are too small to gain from threads; a CPU population runs one per core
-
-# ---------------------------------------------------------------------------------------------
-# Data: random windows of SEQ_LEN + 1 characters (the splits live on the device)
-
-train_batches = random_windows("train", BATCH_SIZE, SEQ_LEN, DEVICE, seed=SEED)
-val_batches = random_windows("val", BATCH_SIZE, SEQ_LEN, DEVICE, seed=SEED + 1)
 
 # ---------------------------------------------------------------------------------------------
 # Model
@@ -123,6 +117,14 @@ def build_model() -> AutoregressiveWrapper:
         ),
     )
     return AutoregressiveWrapper(net)
+
+
+def load_model(checkpoint_path, device):
+    """The evaluator's way back to the trained model (keep it working when you change the model):
+    what main() saved, as a module mapping character ids (B, T) to logits (B, T, 256)."""
+    model = build_model()
+    model.load_state_dict(torch.load(checkpoint_path, map_location="cpu", weights_only=True)["model"])
+    return model.net.to(device).eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,15 +219,6 @@ def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
 # Training
 
 
-@torch.no_grad()
-def quick_val_loss(model: AutoregressiveWrapper) -> float:
-    model.eval()
-    with autocast():
-        losses = [model(next(val_batches)).item() for _ in range(VAL_BATCHES)]
-    model.train()
-    return sum(losses) / len(losses)
-
-
 def final_val_bpc(model: AutoregressiveWrapper) -> float:
     """The fixed metric; an FP8-trained model is scored in bf16 on the same weights."""
     if PRECISION == "fp8":
@@ -237,6 +230,7 @@ def final_val_bpc(model: AutoregressiveWrapper) -> float:
 
 def main() -> None:
     torch.manual_seed(SEED)
+    train_batches = random_windows("train", BATCH_SIZE, SEQ_LEN, DEVICE, seed=SEED)   # windows of SEQ_LEN + 1
     model = build_model().to(DEVICE)
     num_params = sum(p.numel() for p in model.parameters())
     if PRECISION == "fp8":
@@ -279,25 +273,29 @@ def main() -> None:
             print(f"step {step:5d} | {100 * progress:5.1f}% | loss {debiased:.4f} nats | lr {lr:.2e} | "
                   f"{1000 * dt:6.0f} ms | {tokens_per_step / dt:9,.0f} chars/s | mfu {mfu:5.1f}% | "
                   f"left {max(TIME_BUDGET - total_training_time, 0):.0f} s", flush=True)
-        if VAL_EVERY and step > 0 and step % VAL_EVERY == 0:
-            print(f"step {step:5d} | val loss {quick_val_loss(model) / math.log(2):.4f} bpc (estimate)")
         step += 1
         if step > COMPILE_WARMUP_STEPS and total_training_time >= TIME_BUDGET:
             break
 
     # -----------------------------------------------------------------------------------------
-    # Final evaluation (fixed metric) and summary
+    # The model for the harness's evaluator (under the population), or the fixed metric here; summary
 
-    checkpoint = os.environ.get("AUTORESEARCH_CHECKPOINT")
+    checkpoint = os.environ.get("AUTORESEARCH_CHECKPOINT", "").strip()
+    val_bpc = None
     if checkpoint:
-        torch.save(model.state_dict(), checkpoint)
-    val_bpc = final_val_bpc(model)
+        if PRECISION == "fp8":
+            use_plain_linears(model)       # scored in bf16 on the same weights
+        torch.save({"model": model.state_dict()}, checkpoint)
+        print(f"checkpoint: {checkpoint}")
+    else:
+        val_bpc = final_val_bpc(model)
     t_end = time.time()
     counted_steps = step - COMPILE_WARMUP_STEPS - 1
     mfu = 100 * flops_token * tokens_per_step * counted_steps / max(total_training_time, 1e-9) / peak
     peak_vram_mb = torch.cuda.max_memory_allocated() / 1024 / 1024 if DEVICE == "cuda" else 0.0
     print("---")
-    print(f"val_bpc:          {val_bpc:.6f}")
+    if val_bpc is not None:
+        print(f"val_bpc:          {val_bpc:.6f}")
     print(f"training_seconds: {total_training_time:.1f}")
     print(f"total_seconds:    {t_end - T_START:.1f}")
     print(f"peak_vram_mb:     {peak_vram_mb:.1f}")

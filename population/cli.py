@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--budget", type=_number, default=None, metavar="SECONDS",
                      help=f"training seconds per experiment, uniform for the run "
                           f"(default: {C.DEFAULT_BUDGET_S:g}; a resumed run keeps its budget)")
+    run.add_argument("--overhead-allowance", type=_number, default=C.RunConfig.overhead_allowance_s, metavar="SECONDS",
+                     help="budget rule: a training process may run beyond the budget by twice the seed's "
+                          "time outside it plus this many seconds (a cold compile must fit); more is a "
+                          "violation. Busy device time beyond the budget has its own rule (population/budget.py) "
+                          "(default: %(default)g)")
     run.add_argument("--train-timeout", type=_number, default=None, metavar="SECONDS",
                      help="hard wall-clock limit of one training; the process group is killed "
                           "(default: 2 * budget + 300)")
@@ -123,12 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--accelerator", default=None, metavar="TYPE",
                        help="use only nodes of this Ray accelerator_type (H100, H200...): results compare "
                             "only within one GPU type (default: any)")
-    where.add_argument("--sandbox", action="store_true",
-                       help="run every training and every subprocess agent (claude, codex, command:) inside "
-                            "bubblewrap (bwrap, Linux user namespaces): everything outside the experiment's "
-                            "worktree read-only (its prepare/ too), a private /tmp; trainings get no network at "
-                            "all, agents keep it for their model and get a private HOME; each worker checks that "
-                            "bwrap works on its node before it starts (default: off)")
+    where.add_argument("--sandbox", action=argparse.BooleanOptionalAction, default=True,
+                       help="run every training, the model server of its evaluation and every subprocess agent "
+                            "(claude, codex, command:) inside bubblewrap (bwrap, Linux user namespaces): only "
+                            "what the process needs is visible, its own output directory the only place it may "
+                            "write, a private /tmp and PID namespace; trainings see no validation data and no "
+                            "network, agents reach only their model's endpoint. Without it the metric is still "
+                            "the fixed side's, but a training can read the validation data and change the node "
+                            "(README, 'Security'). Each node checks that bwrap works before it starts "
+                            "(default: on; --no-sandbox turns it off)")
     # Hidden, for tests and laptops: a local Ray with fake GPUs / a set CPU count.
     p.add_argument("--ray-num-gpus", type=_integer, default=None, help=argparse.SUPPRESS)
     p.add_argument("--ray-num-cpus", type=_integer, default=None, help=argparse.SUPPRESS)
@@ -146,7 +154,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         cull=args.cull, selection=args.selection, promotion_confidence=args.promotion_confidence,
         promotion_z=args.promotion_z, confirm_runs=args.confirm_runs,
         max_runs_per_member=args.max_runs, max_experiments=args.max_experiments, noise_runs=args.noise_runs,
-        train_timeout_s=args.train_timeout, device=args.device, resume=args.resume, address=args.address,
+        train_timeout_s=args.train_timeout, overhead_allowance_s=args.overhead_allowance, device=args.device,
+        resume=args.resume, address=args.address,
         accelerator=args.accelerator, repo=args.repo, seed=args.seed, workdir=args.workdir,
         status_every_s=args.status_every, sandbox=args.sandbox)
     validate(cfg)

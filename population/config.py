@@ -64,6 +64,7 @@ class RunConfig:
     max_experiments: int | None = None      # None: until stopped
     noise_runs: int | None = None           # None: min(workers, 3)
     train_timeout_s: float | None = None    # None: 2 * budget + 300
+    overhead_allowance_s: float = 60.0      # the budget rule's wall-clock slack beyond twice the seed's (population/budget.py)
     device: str | None = None               # None: cuda, or the resumed run's
     resume: bool = False
     address: str | None = None
@@ -78,7 +79,7 @@ class RunConfig:
     promotion_z: float = DEFAULT_PROMOTION_Z       # margin: promotion margin, in standard errors of the difference
     confirm_runs: int = DEFAULT_CONFIRM_RUNS       # trainings behind a child before it can be promoted
     max_runs_per_member: int = DEFAULT_MAX_RUNS    # promotion: at most this many runs before "keep"
-    sandbox: bool = False                   # trainings and subprocess agents in bubblewrap: read-only outside the worktree
+    sandbox: bool = True                    # trainings, model servers and subprocess agents in bubblewrap (sandbox.py)
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -133,6 +134,7 @@ def validate(config: RunConfig) -> None:
     budget = config.budget_s or DEFAULT_BUDGET_S
     need(config.train_timeout_s is None or config.train_timeout_s > budget,
          f"--train-timeout ({config.train_timeout_s} s) must be longer than the budget ({budget:g} s)")
+    need(config.overhead_allowance_s >= 0, f"--overhead-allowance must be >= 0 seconds, got {config.overhead_allowance_s:g}")
     need(config.device is None or config.device in DEVICES,
          f"--device must be one of {', '.join(DEVICES)}, got {config.device!r}")
     need(config.address is None or bool(config.address.strip()), "--address must not be empty")

@@ -34,11 +34,19 @@ def experiment_line(*, exp_id: int, kind: str, member: str, parent: str | None, 
             extra.append(f"best {_value(best)}")
         line += f" {metric} {_value(value)}" + (f" ({', '.join(extra)})" if extra else "")
     elif reason:
-        last = [part for part in str(reason).strip().splitlines() if part.strip()]
-        line += f" [{_short(last[-1] if last else reason, 100)}]"
+        line += f" [{_short(reason_headline(reason), 100)}]"
     if description:
         line += f" '{_short(description)}'"
     return line
+
+
+def reason_headline(reason: str) -> str:
+    """The line of a failure's reason worth one line: a broken rule's own sentence when it names
+    one ("causality rule: ..."), else the last line of the log tail (often the file's own advice)."""
+    lines = [part.strip() for part in str(reason).strip().splitlines() if part.strip()]
+    if not lines:
+        return str(reason)
+    return lines[0] if " rule: " in f" {lines[0]}" else lines[-1]
 
 
 def status_line(*, finished: int, ok: int, in_flight: int, training: int, workers: int, alive: int,

@@ -28,16 +28,17 @@ from typing import TextIO
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from population import gitops, readiness
+from population import budget, gitops, readiness, sandbox
 from population.config import (RERUN_OPTIMISM, ConfigError, RunConfig, default_tag, resolve, validate,
                                with_run_settings)
-from population.console import Console, experiment_line, status_line
+from population.console import Console, experiment_line, reason_headline, status_line
 from population.selection import (choose_culls, clears_margin, estimate_noise, posterior_choice,
                                   promotion_decision, tournament_select)
-from population.state import PopulationState
+from population.state import PopulationState, holdout_column
 from population.store import RunStore, StoreError
 from population.summary import parse_summary, tail
-from population.worker import PrepareJob, Prepared, TrainJob, TrainResult, WorkerActor, train_task
+from population.training import EVAL_HEADER, EVALUATOR_FILE, TrainJob, TrainResult, train_task
+from population.worker import PrepareJob, Prepared, WorkerActor
 from prepare.tasks import Task, get_task
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -60,18 +61,28 @@ class DriverError(Exception):
 
 # ---------------------------------------------------------------- pure helpers
 
-def training_outcome(result: TrainResult, metric: str, keys, timeout_s: float) -> tuple[str, str, dict]:
-    """(status, reason, summary) of one training: ok, crash or timeout."""
-    summary = parse_summary(result.log, keys)
+def training_outcome(result: TrainResult, task: Task, timeout_s: float) -> tuple[str, str, dict]:
+    """(status, reason, figures) of one training: ok, crash, timeout or violation. The metric and
+    the holdout are the trusted evaluator's; what the file printed is information
+    (`reported_<metric>` and its other summary figures)."""
+    summary = parse_summary(result.log, task.summary_keys)
+    figures = {k: v for k, v in summary.items() if k != task.metric}
+    figures["reported_" + task.metric] = summary.get(task.metric)
+    figures["busy_seconds"] = result.busy_seconds
     log_tail = tail(result.log, LOG_TAIL_LINES)
     if result.timed_out:
-        return "timeout", f"killed at the {timeout_s:g} s wall-clock limit\n{log_tail}", summary
+        return "timeout", f"killed at the {timeout_s:g} s wall-clock limit\n{log_tail}", figures
     if result.returncode != 0:
-        return "crash", f"exit code {result.returncode}\n{log_tail}", summary
-    value = summary.get(metric)
-    if value is None or not math.isfinite(value):
-        return "crash", f"no finite {metric} in the summary block\n{log_tail}", summary
-    return "ok", "", summary
+        return "crash", f"exit code {result.returncode}\n{log_tail}", figures
+    verdict = result.evaluation or {"error": "the training was not scored", "rule": "crash"}
+    if "error" in verdict:
+        return verdict.get("rule", "crash"), f"{verdict['error']}\n{log_tail}", figures
+    value = verdict.get("metric")
+    figures.update({task.metric: value, holdout_column(task.metric): verdict.get("holdout"),
+                    "eval_seconds": verdict.get("wall_seconds")})
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "crash", f"the evaluator gave no finite {task.metric}", figures
+    return "ok", "", figures
 
 
 def train_env(config: RunConfig, seed: int, source: dict[str, str]) -> dict[str, str]:
@@ -241,7 +252,11 @@ class Driver:
                 raise DriverError(f"run {cfg.tag!r} already exists in {cfg.runs_dir}; "
                                   "pass --resume to continue it or pick another --run")
         self.program_md = self._program_md()
+        self._check_evaluator()
         self._check_agents()
+        if cfg.sandbox and not sandbox.available():
+            raise DriverError(f"{sandbox.probe()}; or pass --no-sandbox to run trainings and agents unconfined "
+                              "(README, 'Security')")
         self._init_ray()
         slots = self._node_slots()
         workers = cfg.workers or (len(slots) if cfg.device == "cuda" else 1)
@@ -268,6 +283,12 @@ class Driver:
         except gitops.git.GitCommandError:
             raise DriverError(f"the seed commit {self.seed_commit[:9]} has no {PROGRAM_FILE}; "
                               "commit the agents' instructions first") from None
+
+    def _check_evaluator(self) -> None:
+        """The metric comes from the seed's fixed side: no prepare/trusted_eval.py, no run."""
+        if gitops.file_blob(self.repo, self.seed_commit, EVALUATOR_FILE) is None:
+            raise DriverError(f"the seed commit {self.seed_commit[:9]} has no {EVALUATOR_FILE}: the metric must be "
+                              "computed on the fixed side (see docs/ARCHITECTURE.md, 'The trusted evaluation')")
 
     def _agent_options(self, index: int) -> dict:
         # each worker's mutator draws its own sequence (same seed = same proposals = duplicates)
@@ -431,7 +452,9 @@ class Driver:
             workers = len(self.slots)
             self.console.line(f"run {self.tag}: task {self.task.name}, {workers} worker{'s' if workers != 1 else ''} "
                               f"({', '.join(sorted(set(self.config.agents)))}), budget {self.config.budget_s:g} s, "
-                              f"device {self.config.device}, store {self.store.dir}")
+                              f"device {self.config.device}, "
+                              f"{'sandboxed' if self.config.sandbox else 'NOT sandboxed (--no-sandbox)'}, "
+                              f"store {self.store.dir}")
             self.record({"type": "run_state", "state": "running"})
             self.store.update_meta(state="running")
             self._recover()
@@ -769,8 +792,8 @@ class Driver:
         prepared = flight.prepared
         job = TrainJob(exp_id=flight.exp_id, worktree=prepared.worktree, train_file=self.task.train_file,
                        env=train_env(cfg, flight.work.seed, dict(os.environ)), timeout_s=cfg.train_timeout_s,
-                       log_path=prepared.log_path,
-                       device=cfg.device, accelerator=slot.accelerator, sandbox=cfg.sandbox)
+                       log_path=prepared.log_path, device=cfg.device, accelerator=slot.accelerator,
+                       sandbox=cfg.sandbox, task=self.task.name, output_dir=prepared.output_dir)
         resources = {"num_gpus": 1, "num_cpus": 0} if cfg.device == "cuda" else {"num_gpus": 0, "num_cpus": 1}
         ref = train_task.options(
             **resources, scheduling_strategy=NodeAffinitySchedulingStrategy(slot.node_id, soft=False),
@@ -972,16 +995,30 @@ class Driver:
         self._record_finished(flight, row)
 
     def _trained(self, slot: Slot, flight: Flight, result: TrainResult) -> None:
-        status, reason, summary = training_outcome(result, self.task.metric, self.task.summary_keys,
-                                                   self.config.train_timeout_s)
+        status, reason, figures = training_outcome(result, self.task, self.config.train_timeout_s)
+        if status == "ok" and flight.member != BASELINE_MEMBER:
+            reason = self._budget_violation(result, figures) or ""
+            status = "violation" if reason else status
         row = self._base_row(flight, status, reason)
-        row.update(summary)
+        row.update(figures)
         row.update(gpu=result.gpu, node=result.node, train_seconds=result.seconds,
                    finished_at=time.time(), cuda_visible_devices=result.cuda_visible_devices,
                    node_id=result.extra.get("node_id", ""), train_started_at=result.started_at)
-        self.store.write_experiment_files(flight.exp_id, self._files(flight, result.log))
+        log = f"{result.log}\n{EVAL_HEADER}\n{result.eval_log}" if result.evaluation is not None else result.log
+        self.store.write_experiment_files(flight.exp_id, self._files(flight, log))
         self._record_finished(flight, row)
         slot.actor.cleanup.remote(flight.exp_id)
+
+    def _budget_violation(self, result: TrainResult, figures: dict) -> str | None:
+        """The budget rule (population/budget.py) against the seed's own runs so far."""
+        seed_rows = [self.state.experiments[i].row for i in self.state.experiment_ids(BASELINE_MEMBER)
+                     if self.state.experiments[i].row.get("status") == "ok"]
+        budget_s = self.config.budget_s
+        return budget.budget_violation(
+            budget_s, result.seconds, figures.get("training_seconds"), result.busy_seconds,
+            budget.excess((r.get("train_seconds") for r in seed_rows), budget_s),
+            budget.excess((r.get("busy_seconds") for r in seed_rows), budget_s),
+            self.config.overhead_allowance_s)
 
     def _record_finished(self, flight: Flight, row: dict) -> None:
         self.record({"type": "experiment_finished", "id": flight.exp_id, "row": row})
@@ -1030,10 +1067,11 @@ class Driver:
         self._judge_noise_round_children()
 
     def _last_baseline_error(self) -> str:
-        """The last line of the latest baseline's failure (often the train file's own advice)."""
+        """The headline of the latest baseline's failure: the rule it broke, else the last line of its
+        log (often the train file's own advice)."""
         runs = [e for e in self.state.experiments.values() if e.kind == "baseline" and e.phase == "finished"]
         reason = str(runs[-1].row.get("reason") or "") if runs else ""
-        return next((line.strip() for line in reversed(reason.splitlines()) if line.strip()), "no log")
+        return reason_headline(reason) if reason.strip() else "no log"
 
     def _judge_noise_round_children(self) -> None:
         """Children that finished while the noise was unknown get their verdict now, in id order

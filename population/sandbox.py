@@ -45,7 +45,7 @@ PROBE_TIMEOUT_S = 20.0
 # plain run had warmed and compiled for 30 s instead of 6 (4 H200s, bench/gpu/compile_cache.sh).
 TOOLCHAIN_ENV_NAMES = ("CC", "CXX", "CUDAHOSTCXX", "CFLAGS", "CXXFLAGS", "LDFLAGS", "CPATH", "LIBRARY_PATH",
                        "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH")
-# The node's basics a training inherits, sandboxed or not (worker.training_env uses the same list).
+# The node's basics a training inherits, sandboxed or not (training.training_env uses the same list).
 NODE_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "LD_LIBRARY_PATH", "CUDA_HOME",
                   "CUDA_PATH", "HF_HOME", "HF_HUB_OFFLINE", "XDG_CACHE_HOME", "VIRTUAL_ENV", "CONDA_PREFIX",
                   *TOOLCHAIN_ENV_NAMES)

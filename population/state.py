@@ -36,17 +36,20 @@ log = logging.getLogger(__name__)
 SUMMARY_FLOAT_COLUMNS = ("training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                          "total_tokens_M", "num_steps", "num_params_M", "depth")
 METRIC_PLACEHOLDER = "<metric>"
+HOLDOUT_PLACEHOLDER = "<holdout>"
+REPORTED_PLACEHOLDER = "<reported>"
 # The columns of lineage.parquet (docs/ARCHITECTURE.md), in order, with their kind.
 _LINEAGE_SCHEMA: tuple[tuple[str, str], ...] = (
     ("id", "int"), ("kind", "str"), ("member", "str"), ("parent_id", "int"),
     ("commit", "str"), ("parent_commit", "str"), ("branch", "str"),
     ("status", "str"), ("reason", "str"),
-    (METRIC_PLACEHOLDER, "float"), ("metric_mean", "float"),
+    (METRIC_PLACEHOLDER, "float"), ("metric_mean", "float"), (HOLDOUT_PLACEHOLDER, "float"),
+    (REPORTED_PLACEHOLDER, "float"),
     *((name, "float") for name in SUMMARY_FLOAT_COLUMNS),
     ("alive", "bool"), ("champion", "bool"), ("culled_at", "float"), ("generation", "int"),
     ("gpu", "str"), ("node", "str"), ("worker", "str"), ("agent", "str"),
     ("agent_seconds", "float"), ("agent_cost_usd", "float"), ("agent_tokens", "int"),
-    ("train_seconds", "float"), ("description", "str"),
+    ("train_seconds", "float"), ("busy_seconds", "float"), ("eval_seconds", "float"), ("description", "str"),
     ("seed", "int"), ("budget_s", "float"), ("started_at", "float"), ("finished_at", "float"),
 )
 # Fields of `experiment_started` copied into the lineage row ("time" becomes started_at).
@@ -58,9 +61,16 @@ _MEMBER_COLUMNS = ("metric_mean", "alive", "champion", "culled_at")
 RECENT_FAILURES_KEPT = 64          # the newest failures (by id) context_rows() can show
 
 
+def holdout_column(metric: str) -> str:
+    """The hidden holdout's column for `metric`: val_bpb -> holdout_bpb (selection never reads it)."""
+    return "holdout_" + metric.removeprefix("val_")
+
+
 def lineage_columns(metric: str) -> list[tuple[str, str]]:
     """(column, kind) of lineage.parquet in order; kind is "int", "float", "str" or "bool"."""
-    return [(metric if name == METRIC_PLACEHOLDER else name, kind) for name, kind in _LINEAGE_SCHEMA]
+    names = {METRIC_PLACEHOLDER: metric, HOLDOUT_PLACEHOLDER: holdout_column(metric),
+             REPORTED_PLACEHOLDER: "reported_" + metric}
+    return [(names.get(name, name), kind) for name, kind in _LINEAGE_SCHEMA]
 
 
 @dataclass

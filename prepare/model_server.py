@@ -1,20 +1,25 @@
 """The model server: the only place where the child's code meets the evaluation's inputs.
 
 Run by the trusted evaluator (`prepare/trusted_eval.py`) as a process of its own, sandboxed like a
-training, with no access to the data cache. It imports the child's committed train file as a
-module (its `main()` does not run), asks the file's `load_model(checkpoint, device)` for the
-trained model, and answers each request of token ids with the model's logits. It never sees a
-target, a loss or a metric: what it computes is only ever an input to the evaluator's own scoring.
+training, with no access to the evaluation data. It starts while the training still runs and
+imports only torch; on LOAD it imports the child's committed train file as a module (its `main()`
+does not run), asks the file's `load_model(checkpoint, device)` for the trained model, and then
+answers each request of token ids with the model's logits. It never sees a target, a loss or a
+metric: what it computes is only ever an input to the evaluator's own scoring.
 
-    python -m prepare.model_server TRAIN_FILE CHECKPOINT DEVICE
+    python -m prepare.model_server TRAIN_FILE CHECKPOINT DEVICE [--share-socket FD]
 
 The protocol (`prepare/wire.py`) runs on the stdin/stdout that the evaluator gave it; everything
-the child's code prints goes to stderr (into the experiment's run.log).
+the child's code prints goes to stderr (into the experiment's run.log). With `--share-socket`
+(GPU), the evaluator sends the file descriptor of a GPU buffer over that Unix socket after LOAD,
+and the logits are written there instead of through the pipe (`prepare/cuda_share.py`).
 """
 from __future__ import annotations
 
 import importlib.util
 import os
+import socket
+import struct
 import sys
 import traceback
 from contextlib import nullcontext
@@ -36,12 +41,33 @@ def load_child(train_file: str):
     return module
 
 
-def serve(train_file: str, checkpoint: str, device_name: str, requests, replies) -> None:
+def receive_buffer(share_socket: int):
+    """The GPU buffer the evaluator exported: (fd, size) over the Unix socket, then mapped here."""
+    from prepare import cuda_share
+
+    with socket.socket(fileno=share_socket) as sock:
+        message, fds, _, _ = socket.recv_fds(sock, 8, 1)
+    if len(message) != 8 or len(fds) != 1:
+        raise RuntimeError("the evaluator sent no GPU buffer")
+    (size,) = struct.unpack("<Q", message)
+    return cuda_share.open_shared(fds[0], size)
+
+
+def serve(train_file: str, checkpoint: str, device_name: str, requests, replies, share_socket: int | None) -> None:
     import numpy as np
     import torch
 
+    if not wire.read_load(requests):
+        return                                   # called off: the training did not produce a model
     device = torch.device(device_name)
+    shared = None
+    if share_socket is not None:
+        torch.zeros(1, device=device)            # a current CUDA context for the driver calls
+        shared = receive_buffer(share_socket)
     model = load_child(train_file).load_model(checkpoint, device)
+    if hasattr(model, "eval"):
+        model.eval()
+    wire.write_magic(replies, wire.READY)
     autocast = torch.amp.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     while (x := wire.read_rows(requests)) is not None:
         with torch.no_grad(), autocast:
@@ -51,17 +77,29 @@ def serve(train_file: str, checkpoint: str, device_name: str, requests, replies)
         if logits.dim() != 3 or tuple(logits.shape[:2]) != x.shape:
             raise ValueError(f"the model returned a tensor of shape {tuple(logits.shape)} for token ids of shape "
                              f"{x.shape}: load_model's model must return logits (B, T, vocab)")
-        wire.write_logits(replies, logits.detach().float().cpu().numpy().astype(np.float32, copy=False))
+        shape = tuple(logits.shape)
+        if shared is not None:
+            shared.tensor(torch.float32, shape).copy_(logits)
+            torch.cuda.synchronize()
+            wire.write_done(replies, shape)
+        else:
+            wire.write_logits(replies, logits.detach().float().cpu().numpy().astype(np.float32, copy=False))
 
 
 def main(argv: list[str] | None = None) -> int:
-    train_file, checkpoint, device = (argv if argv is not None else sys.argv[1:])[:3]
+    args = list(argv if argv is not None else sys.argv[1:])
+    share_socket = None
+    if "--share-socket" in args:
+        at = args.index("--share-socket")
+        share_socket = int(args[at + 1])
+        del args[at:at + 2]
+    train_file, checkpoint, device = args[:3]
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)                      # the child's prints must not corrupt the protocol
     sys.stdout = sys.stderr
     requests = sys.stdin.buffer
     try:
-        serve(train_file, checkpoint, device, requests, replies)
+        serve(train_file, checkpoint, device, requests, replies, share_socket)
     except Exception as exc:           # the child's error, sent as the reason of the crash
         traceback.print_exc()
         try:

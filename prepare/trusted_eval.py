@@ -1,10 +1,14 @@
 """The trusted evaluator: the metric of an experiment, computed on the fixed side.
 
-The train file trains and saves its model; this process, after the training has exited, starts
-the model server (`prepare/model_server.py`, the child's code, sandboxed, no data) and talks to it
-over a pipe: it sends token ids, receives logits, and computes the loss and the bits per byte
-itself, in float64, from the validation rows only it has read. It also scores a hidden holdout
-(rows no training and no agent reads) that selection never sees.
+The train file trains and saves its model; this process starts the model server
+(`prepare/model_server.py`: the child's code, sandboxed, no data) and talks to it over a pipe: it
+sends token ids, receives logits, and computes the loss and the bits per byte itself from the
+validation rows only it has read. It also scores a hidden holdout (rows no training and no agent
+reads) that selection never sees.
+
+On a GPU the logits never leave it: the evaluator allocates a buffer, hands its file descriptor to
+the server (`prepare/cuda_share.py`), the server writes each batch's logits there and says DONE.
+On the CPU they come back through the pipe.
 
 Before a number is trusted, causality probes run on real rows, mixed at random (a secret order
 from the OS's generator) into the scoring batches: for a few rows and a few positions t, a copy
@@ -14,8 +18,11 @@ logits everywhere (rows of a batch must not affect each other, and the model mus
 deterministic). A stateful model cannot tell a probe from a scored row.
 
     python -m prepare.trusted_eval --task climbmix --train-file F --checkpoint C --device cpu \
-        [--server-argv-json '[...]'] [--holdout-tokens N]
+        [--server-argv-json '[...]'] [--holdout-tokens N] [--wait-for-go]
 
+With `--wait-for-go` it loads the data and starts the server at once, then waits for a line on
+stdin before the model is loaded: the worker starts it beside the training, so the imports and
+the data cost no time after the training ends (EOF instead of a line: called off, exit 0).
 The last line of stdout is one JSON object: {"metric": ..., "holdout": ..., ...} or {"error": ...}.
 """
 from __future__ import annotations
@@ -23,7 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -33,10 +43,16 @@ import numpy as np
 
 from prepare import wire
 
-PROBE_ROWS = 4                 # rows probed for causality, at PROBE_CUTS positions each
-PROBE_CUTS = 2
-TOLERANCE = {"cpu": 1e-3, "cuda": 5e-2}   # max |logit change| of an honest model (bf16 on a GPU)
+# Causality probes: one cut at a random position in each of max(MIN_PROBE_ROWS, PROBE_SHARE of the
+# validation rows) random rows (2 % more forward passes on a GPU); copies of COPY_ROWS of them.
+# Sampling cannot prove a model causal: one that peeks at a small share of positions can pass one
+# evaluation (its descendants carry the same code, and every evaluation draws new probes).
+PROBE_SHARE = 0.02
+MIN_PROBE_ROWS = 16
+COPY_ROWS = 8
+TOLERANCE = {"cpu": 1e-3, "cuda": 5e-2}   # max change of a position's loss (nats) of an honest model (bf16 on a GPU)
 DEFAULT_BATCH = {"cpu": 16, "cuda": 64}
+HOLDOUT_SHARE = 8              # holdout targets: 1/8 of the validation's, unless --holdout-tokens
 
 
 class EvaluationError(RuntimeError):
@@ -92,15 +108,26 @@ def enwik8_sets(eval_chars: int, holdout_chars: int) -> list[EvalSet]:
     return sets
 
 
+def task_sets(task: str, holdout_tokens: int | None) -> list[EvalSet]:
+    from prepare import constants
+
+    if task == "enwik8":
+        from prepare import enwik8
+        n = enwik8.EVAL_CHARS
+        return enwik8_sets(n, n // HOLDOUT_SHARE if holdout_tokens is None else holdout_tokens)
+    n = constants.EVAL_TOKENS
+    return climbmix_sets(n, n // HOLDOUT_SHARE if holdout_tokens is None else holdout_tokens, constants.MAX_SEQ_LEN)
+
+
 # ---------------------------------------------------------------- scoring (pure)
 
-def row_nats(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Per-position negative log-likelihood in float64 from raw logits: logsumexp - logit[target]."""
-    z = logits.astype(np.float64)
-    peak = z.max(axis=-1, keepdims=True)
-    lse = np.log(np.exp(z - peak).sum(axis=-1)) + peak[..., 0]
-    picked = np.take_along_axis(z, targets[..., None], axis=-1)[..., 0]
-    return lse - picked
+def position_nats(logits, targets):
+    """Negative log-likelihood of `targets` at every position, from raw logits (B, T, V) as torch
+    tensors: logsumexp - logit[target], in float32 on a GPU (float64 on the CPU), returned in float64."""
+    import torch
+
+    z = logits.double() if logits.device.type == "cpu" else logits.float()
+    return (torch.logsumexp(z, dim=-1) - z.gather(-1, targets[..., None])[..., 0]).double()
 
 
 @dataclass(frozen=True)
@@ -116,9 +143,10 @@ def plan_requests(sets: list[EvalSet], rng: random.Random) -> tuple[list[Request
     validation set, so a model cannot treat them apart from what is scored."""
     scored = [Request(i, r, "score") for i, s in enumerate(sets) for r in range(len(s.rows))]
     T = sets[0].rows.shape[1] - 1
-    probe_rows = rng.sample(range(len(sets[0].rows)), min(PROBE_ROWS, len(sets[0].rows)))
-    probes = [Request(0, r, "cut", rng.randrange(0, T - 1)) for r in probe_rows for _ in range(PROBE_CUTS)]
-    probes += [Request(0, r, "copy") for r in probe_rows]
+    n_rows = len(sets[0].rows)
+    probe_rows = rng.sample(range(n_rows), min(n_rows, max(MIN_PROBE_ROWS, round(PROBE_SHARE * n_rows))))
+    probes = [Request(0, r, "cut", rng.randrange(0, T - 1)) for r in probe_rows]
+    probes += [Request(0, r, "copy") for r in probe_rows[:COPY_ROWS]]
     requests = scored + probes
     rng.shuffle(requests)
     return requests, probes
@@ -133,101 +161,169 @@ def request_input(request: Request, sets: list[EvalSet], rng: random.Random) -> 
     return x
 
 
-def evaluate(server: subprocess.Popen, sets: list[EvalSet], batch_size: int, tolerance: float,
-             rng: random.Random | None = None, progress=None) -> dict:
-    """Score every set through the model server; raise EvaluationError if a probe fails."""
+class PipeLogits:
+    """Logits back through the pipe (the CPU path)."""
+
+    def __init__(self, server: subprocess.Popen):
+        self.server = server
+
+    def __call__(self, x: np.ndarray, V: int):
+        import torch
+        wire.write_rows(self.server.stdin, x)
+        B, T = x.shape
+        return torch.from_numpy(wire.read_logits(self.server.stdout, B, T, V).copy())
+
+
+class SharedLogits:
+    """Logits written by the server into a GPU buffer this process owns (the GPU path); each
+    batch is copied out before it is scored, so what is scored is what the server said DONE to."""
+
+    def __init__(self, server: subprocess.Popen, buffer):
+        self.server, self.buffer = server, buffer
+
+    def __call__(self, x: np.ndarray, V: int):
+        import torch
+        wire.write_rows(self.server.stdin, x)
+        B, T = x.shape
+        wire.read_done(self.server.stdout, B, T, V)
+        return self.buffer.tensor(torch.float32, (B, T, V)).clone()
+
+
+def evaluate(logits_of, sets: list[EvalSet], batch_size: int, tolerance: float, device: str = "cpu",
+             rng: random.Random | None = None) -> dict:
+    """Score every set through `logits_of(x, V)`; raise EvaluationError if a probe fails.
+
+    Every request, probe or not, is scored against its row's real targets: a scored row adds its
+    masked sum, and a probed row keeps its per-position values for the probes. Those values are
+    all the metric depends on, so a probe compares exactly what could be forged (and keeps 8
+    bytes a position, not a row of logits)."""
+    import torch
+
     rng = rng or random.SystemRandom()
     requests, probes = plan_requests(sets, rng)
     probed_rows = {p.row for p in probes}
-    nats = [np.zeros(len(s.rows)) for s in sets]
-    kept: dict[tuple[str, int, int], np.ndarray] = {}     # logits of probed rows, by (kind, row, cut)
-    T, V = sets[0].rows.shape[1] - 1, sets[0].vocab_size
+    nats = [torch.zeros(len(s.rows), dtype=torch.float64, device=device) for s in sets]
+    kept: dict[tuple[str, int, int], object] = {}     # per-position nats of probed rows, by (kind, row, cut)
+    V = sets[0].vocab_size
+    targets = [torch.from_numpy(s.rows[:, 1:]).to(device) for s in sets]
+    masks = [torch.from_numpy(s.mask).to(device) for s in sets]
     for start in range(0, len(requests), batch_size):
         batch = requests[start:start + batch_size]
         x = np.stack([request_input(r, sets, rng) for r in batch])
         padded = np.concatenate([x, np.repeat(x[:1], batch_size - len(batch), axis=0)]) if len(batch) < batch_size else x
-        wire.write_rows(server.stdin, padded)
-        logits = wire.read_logits(server.stdout, batch_size, T, V)[:len(batch)]
-        if not np.isfinite(logits).all():
+        logits = logits_of(padded, V)[:len(batch)]
+        if not torch.isfinite(logits).all():
             raise EvaluationError("the model returned non-finite logits")
-        for request, row_logits in zip(batch, logits):
-            s = sets[request.set_index]
+        batch_targets = torch.stack([targets[r.set_index][r.row] for r in batch])
+        per_position = position_nats(logits, batch_targets)
+        for i, request in enumerate(batch):
             if request.kind == "score":
-                targets = s.rows[request.row, 1:]
-                nats[request.set_index][request.row] = float((row_nats(row_logits, targets) * s.mask[request.row]).sum())
+                nats[request.set_index][request.row] = (per_position[i] * masks[request.set_index][request.row]).sum()
             if request.set_index == 0 and request.row in probed_rows:
-                kept[(request.kind, request.row, request.cut)] = row_logits.copy()
-        if progress:
-            progress(min(start + batch_size, len(requests)), len(requests))
+                kept[(request.kind, request.row, request.cut)] = per_position[i]
     check_probes(kept, probes, tolerance)
     result = {f"{s.name}_units": s.units for s in sets}
     for s, n in zip(sets, nats):
-        result[s.name] = float(n.sum() / (math.log(2) * s.units))
+        result[s.name] = float(n.sum().item() / (math.log(2) * s.units))
     result["probes"] = len(probes)
     return result
 
 
 def check_probes(kept: dict, probes: list[Request], tolerance: float) -> None:
-    """Every probe against the logits that its row was scored with (copies first: a model that
+    """Every probe against the values that its row was scored with (copies first: a model that
     mixes rows or is not deterministic fails those, whatever else it does)."""
     for probe in sorted(probes, key=lambda p: p.kind != "copy"):
         reference = kept[("score", probe.row, -1)]
         seen = kept[(probe.kind, probe.row, probe.cut)]
         if probe.kind == "cut":
-            moved = float(np.abs(seen[:probe.cut + 1] - reference[:probe.cut + 1]).max())
+            moved = float((seen[:probe.cut + 1] - reference[:probe.cut + 1]).abs().max())
             if not moved <= tolerance:
                 raise EvaluationError(
                     f"causality rule: changing the tokens after position {probe.cut} of a validation row moved "
-                    f"the logits at positions <= {probe.cut} by {moved:.3g} (tolerance {tolerance:g}); "
+                    f"its loss at positions <= {probe.cut} by {moved:.3g} nats (tolerance {tolerance:g}); "
                     "the model sees the future (or remembers what it was shown)")
         else:
-            moved = float(np.abs(seen - reference).max())
+            moved = float((seen - reference).abs().max())
             if not moved <= tolerance:
                 raise EvaluationError(
-                    f"independence rule: the same validation row gave logits {moved:.3g} apart in two batches "
+                    f"independence rule: the same validation row scored {moved:.3g} nats apart in two batches "
                     f"(tolerance {tolerance:g}); rows of a batch must not affect each other and the model "
                     "must be deterministic (eval mode, no dropout)")
 
 
 # ---------------------------------------------------------------- the process
 
-def start_server(argv: list[str]) -> subprocess.Popen:
+def start_server(argv: list[str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
     return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=sys.stderr,
-                            start_new_session=True)
+                            start_new_session=True, pass_fds=pass_fds)
+
+
+def wait_for_go() -> bool:
+    """True once the worker says the checkpoint is there; False if it closes stdin instead."""
+    return sys.stdin.readline().strip() == "go"
+
+
+def share_buffer(sock: socket.socket, batch_size: int, T: int, V: int):
+    """A GPU buffer for one batch of logits, its descriptor sent to the server."""
+    import torch
+    from prepare import cuda_share
+
+    torch.zeros(1, device="cuda")
+    buffer = cuda_share.allocate(4 * batch_size * T * V)
+    socket.send_fds(sock, [struct.pack("<Q", buffer.size)], [buffer.fd])
+    os.close(buffer.fd)
+    buffer.fd = -1
+    return buffer
 
 
 def run(args) -> dict:
-    from prepare import constants
+    import torch
 
-    started = time.perf_counter()
-    if args.task == "enwik8":
-        from prepare import enwik8
-        eval_n = enwik8.EVAL_CHARS
-        sets = enwik8_sets(eval_n, args.holdout_tokens if args.holdout_tokens is not None else eval_n // 4)
-    else:
-        eval_n = constants.EVAL_TOKENS
-        sets = climbmix_sets(eval_n, args.holdout_tokens if args.holdout_tokens is not None else eval_n // 4,
-                             constants.MAX_SEQ_LEN)
+    sets = task_sets(args.task, args.holdout_tokens)
     server_argv = json.loads(args.server_argv_json) if args.server_argv_json else \
         [sys.executable, "-m", "prepare.model_server", args.train_file, args.checkpoint, args.device]
-    server = start_server(server_argv)
+    ours, theirs = socket.socketpair() if args.device == "cuda" else (None, None)
+    if theirs is not None:
+        server_argv = [*server_argv, "--share-socket", str(theirs.fileno())]
+    server = start_server(server_argv, pass_fds=(theirs.fileno(),) if theirs is not None else ())
+    if theirs is not None:
+        theirs.close()
+    buffer = None
     try:
-        result = evaluate(server, sets, args.batch_size or DEFAULT_BATCH[args.device],
-                          TOLERANCE[args.device])
+        if args.wait_for_go and not wait_for_go():
+            return {}
+        started = time.perf_counter()
+        batch_size = args.batch_size or DEFAULT_BATCH[args.device]
+        wire.write_magic(server.stdin, wire.LOAD)
+        if ours is not None:
+            buffer = share_buffer(ours, batch_size, sets[0].rows.shape[1] - 1, sets[0].vocab_size)
+        wire.read_ready(server.stdout)
+        loaded = time.perf_counter()
+        logits_of = SharedLogits(server, buffer) if buffer is not None else PipeLogits(server)
+        with torch.no_grad():
+            result = evaluate(logits_of, sets, batch_size, TOLERANCE[args.device], device=args.device)
     except (wire.WireError, BrokenPipeError) as exc:
         raise EvaluationError(f"the model server failed: {exc}") from None
     finally:
-        try:
-            server.stdin.close()
-        except OSError:
-            pass
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop(server)
+        if buffer is not None:
+            buffer.close()
     result["metric"] = result.pop("val")
+    result["load_seconds"] = loaded - started
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+def _stop(server: subprocess.Popen) -> None:
+    try:
+        server.stdin.close()
+    except OSError:
+        pass
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 def parse_args(argv=None):
@@ -238,9 +334,11 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--batch-size", type=int, default=0, help="rows per request (speed only)")
     parser.add_argument("--holdout-tokens", type=int, default=None,
-                        help="scored holdout targets (default: a quarter of the validation's; 0: none)")
+                        help=f"scored holdout targets (default: 1/{HOLDOUT_SHARE} of the validation's; 0: none)")
     parser.add_argument("--server-argv-json", default="",
                         help="the model server's command line as a JSON list (the worker wraps it in the sandbox)")
+    parser.add_argument("--wait-for-go", action="store_true",
+                        help="start at once, load the model only after a line 'go' on stdin")
     return parser.parse_args(argv)
 
 
@@ -251,7 +349,8 @@ def main(argv=None) -> int:
     except (EvaluationError, OSError, ValueError) as exc:
         print(json.dumps({"error": " ".join(str(exc).split())}), flush=True)
         return 1
-    print(json.dumps(result), flush=True)
+    if result:
+        print(json.dumps(result), flush=True)
     return 0
 
 

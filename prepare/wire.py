@@ -3,8 +3,12 @@
 Token ids go one way, logits come back; nothing is ever unpickled on the trusted side, so a model
 server that sends garbage can only produce a clear error, never run code in the evaluator.
 
-    request:  b"ROWS" <u32 B> <u32 T>          then B*T little-endian int64 token ids
-    reply:    b"LOGT" <u32 B> <u32 T> <u32 V>  then B*T*V little-endian float32 logits
+    request:  b"LOAD"                          load the child's model now (the server starts early,
+                                               while the training runs, and imports only torch)
+              b"ROWS" <u32 B> <u32 T>          then B*T little-endian int64 token ids
+    reply:    b"REDY"                          the model is loaded
+              b"LOGT" <u32 B> <u32 T> <u32 V>  then B*T*V little-endian float32 logits
+              b"DONE" <u32 B> <u32 T> <u32 V>  the logits are in the shared GPU buffer (cuda_share.py)
               b"FAIL" <u32 n>                  then n bytes of UTF-8: why the model could not answer
 """
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import BinaryIO
 import numpy as np
 
 ROWS, LOGITS, FAIL = b"ROWS", b"LOGT", b"FAIL"
+LOAD, READY, DONE = b"LOAD", b"REDY", b"DONE"
 MAX_REPLY_BYTES = 64 << 30      # a reply larger than this is refused before it is read
 
 
@@ -39,6 +44,29 @@ def write_rows(stream: BinaryIO, x: np.ndarray) -> None:
     stream.flush()
 
 
+def write_magic(stream: BinaryIO, magic: bytes) -> None:
+    stream.write(magic)
+    stream.flush()
+
+
+def read_load(stream: BinaryIO) -> bool:
+    """Wait for the LOAD request; False at a clean end of input (the evaluation was called off)."""
+    magic = stream.read(4)
+    if not magic:
+        return False
+    if magic != LOAD:
+        raise WireError(f"expected a LOAD request, got {magic!r}")
+    return True
+
+
+def read_ready(stream: BinaryIO) -> None:
+    magic = _read_exact(stream, 4)
+    if magic == FAIL:
+        _raise_failure(stream)
+    if magic != READY:
+        raise WireError(f"expected the model server to be ready, got {magic!r}")
+
+
 def read_rows(stream: BinaryIO) -> np.ndarray | None:
     """The next request, or None at a clean end of input."""
     magic = stream.read(4)
@@ -56,24 +84,47 @@ def write_logits(stream: BinaryIO, logits: np.ndarray) -> None:
     stream.flush()
 
 
+def write_done(stream: BinaryIO, shape: tuple[int, int, int]) -> None:
+    stream.write(DONE + struct.pack("<III", *shape))
+    stream.flush()
+
+
 def write_failure(stream: BinaryIO, message: str) -> None:
     data = message.encode("utf-8", errors="replace")[:4096]
     stream.write(FAIL + struct.pack("<I", len(data)) + data)
     stream.flush()
 
 
-def read_logits(stream: BinaryIO, B: int, T: int, V: int) -> np.ndarray:
-    """The reply to a request of shape (B, T): logits of exactly (B, T, V), else WireError."""
-    magic = _read_exact(stream, 4)
-    if magic == FAIL:
-        (n,) = struct.unpack("<I", _read_exact(stream, 4))
-        raise WireError(_read_exact(stream, min(n, 4096)).decode("utf-8", errors="replace"))
-    if magic != LOGITS:
-        raise WireError(f"expected logits, got {magic!r}")
+def _raise_failure(stream: BinaryIO) -> None:
+    (n,) = struct.unpack("<I", _read_exact(stream, 4))
+    raise WireError(_read_exact(stream, min(n, 4096)).decode("utf-8", errors="replace"))
+
+
+def _read_shape(stream: BinaryIO, B: int, T: int, V: int) -> None:
     shape = struct.unpack("<III", _read_exact(stream, 12))
     if shape != (B, T, V):
         raise WireError(f"the model returned logits of shape {shape}, expected {(B, T, V)} "
                         "(load_model's model must map token ids (B, T) to logits (B, T, vocab))")
+
+
+def read_logits(stream: BinaryIO, B: int, T: int, V: int) -> np.ndarray:
+    """The reply to a request of shape (B, T): logits of exactly (B, T, V), else WireError."""
+    magic = _read_exact(stream, 4)
+    if magic == FAIL:
+        _raise_failure(stream)
+    if magic != LOGITS:
+        raise WireError(f"expected logits, got {magic!r}")
+    _read_shape(stream, B, T, V)
     if 4 * B * T * V > MAX_REPLY_BYTES:
         raise WireError(f"a reply of {4 * B * T * V} bytes is over the limit")
     return np.frombuffer(_read_exact(stream, 4 * B * T * V), dtype="<f4").reshape(B, T, V)
+
+
+def read_done(stream: BinaryIO, B: int, T: int, V: int) -> None:
+    """The reply to a request of shape (B, T) in shared-buffer mode: DONE with exactly (B, T, V)."""
+    magic = _read_exact(stream, 4)
+    if magic == FAIL:
+        _raise_failure(stream)
+    if magic != DONE:
+        raise WireError(f"expected DONE, got {magic!r}")
+    _read_shape(stream, B, T, V)

@@ -103,7 +103,7 @@ def nodes(tmp_path_factory):
 def _config(repo: Path, tag: str, **kw) -> RunConfig:
     # no workdir: each worker takes its own node's AUTORESEARCH_WORKDIR
     defaults = dict(tag=tag, repo=str(repo), runs_dir=str(repo / "runs"), budget_s=5.0, accelerator=GPU_KIND,
-                    agent_timeout_s=30.0, status_every_s=3600.0)
+                    agent_timeout_s=30.0, status_every_s=3600.0, sandbox=False)   # the fake train file records to the host
     return RunConfig(**(defaults | kw))
 
 

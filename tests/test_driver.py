@@ -54,8 +54,10 @@ def seed(tmp_path, monkeypatch):
 
 
 def _config(seed_repo: Path, tag: str, **kw) -> RunConfig:
+    # sandbox off: the fake train file records what it saw into a host directory, which a sandboxed
+    # training cannot write (the sandboxed path: tests/test_wiring.py, tests/test_adversarial.py)
     defaults = dict(tag=tag, repo=str(seed_repo), runs_dir=str(seed_repo / "runs"), budget_s=5.0,
-                    workdir=str(seed_repo.parent / "workers"), agent_timeout_s=30.0)
+                    workdir=str(seed_repo.parent / "workers"), agent_timeout_s=30.0, sandbox=False)
     return RunConfig(**(defaults | kw))
 
 
@@ -219,7 +221,8 @@ def test_cpu_mode_uses_the_smoke_config_and_no_gpu(cluster, seed):
 
 def _start_cli(repo: Path, address: str, tag: str, *extra: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "population", "--address", address, "--repo", str(repo), "--runs-dir",
-            str(repo / "runs"), "--run", tag, "--budget", "5", "--workdir", str(repo.parent / "workers"), *extra]
+            str(repo / "runs"), "--run", tag, "--budget", "5", "--workdir", str(repo.parent / "workers"),
+            "--no-sandbox", *extra]
     return subprocess.Popen(args, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

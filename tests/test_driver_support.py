@@ -1,6 +1,7 @@
 """Helpers shared by the driver's tests (no tests here): a fake seed repository whose train file
-sleeps, records what it saw (CUDA_VISIBLE_DEVICES, timestamps, seed, environment) and prints a
-summary block; and readers of a run's store."""
+sleeps, records what it saw (CUDA_VISIBLE_DEVICES, timestamps, seed, environment), saves its
+value as its "model" and prints a summary block, and whose fixed side scores that value; and
+readers of a run's store."""
 from __future__ import annotations
 
 import json
@@ -34,12 +35,42 @@ if record:
 if DEPTH > 12:
     raise SystemExit("fake: too deep")
 val = 1.0 + abs(LEARNING_RATE - 0.03) + 0.002 * abs(DEPTH - 10) + 0.0001 * (seed % 7)
+checkpoint = os.environ.get("AUTORESEARCH_CHECKPOINT")
+if checkpoint:                      # what FAKE_EVALUATOR scores
+    with open(checkpoint, "w") as f:
+        json.dump({"val": val}, f)
 print("step 1/1")
 print("---")
 print(f"val_bpb:          {val:.6f}")
 print(f"training_seconds: {end - start:.1f}")
 print("peak_vram_mb:     1024.0")
 print(f"depth:            {DEPTH}")
+'''
+
+
+# The fake seed's fixed side: a stand-in for prepare/trusted_eval.py with its command line and its
+# go/called-off protocol, scoring the value the fake train file saved. A test stand-in only: the
+# real evaluator (tests/test_trusted_eval.py, tests/test_adversarial.py) never reads a number that
+# the training wrote.
+FAKE_EVALUATOR = '''\
+import argparse, json, math, sys
+parser = argparse.ArgumentParser()
+for flag in ("--task", "--train-file", "--checkpoint", "--device", "--server-argv-json"):
+    parser.add_argument(flag)
+parser.add_argument("--wait-for-go", action="store_true")
+args = parser.parse_args()
+if args.wait_for_go and sys.stdin.readline().strip() != "go":
+    sys.exit(0)
+try:
+    with open(args.checkpoint) as f:
+        value = json.load(f)["val"]
+except (OSError, ValueError, KeyError, TypeError) as error:
+    print(json.dumps({"error": f"fake evaluator: unreadable checkpoint ({error})"}))
+    sys.exit(1)
+if not isinstance(value, (int, float)) or not math.isfinite(value):
+    print(json.dumps({"error": f"fake evaluator: no finite value in the checkpoint ({value!r})"}))
+    sys.exit(1)
+print(json.dumps({"metric": value, "holdout": value + 0.001, "seconds": 0.0}))
 '''
 
 
@@ -52,6 +83,7 @@ def make_seed_repo(root: Path, train: str = FAKE_TRAIN) -> Path:
     """A run repository: prepare/ (faked), engine/train.py (fake trainer), program.md, committed."""
     (root / "prepare").mkdir(parents=True)
     (root / "prepare" / "__init__.py").write_text("MAX_SEQ_LEN = 256  # fixed\n")
+    (root / "prepare" / "trusted_eval.py").write_text(FAKE_EVALUATOR)
     (root / "engine").mkdir()
     (root / "engine" / "train.py").write_text(train)
     (root / "program.md").write_text("Lower {metric} by editing `{train_file}` only.\n")

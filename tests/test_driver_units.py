@@ -10,32 +10,45 @@ import pytest
 from population.config import RunConfig
 from population.console import experiment_line, status_line
 from population.driver import DriverError, check_address, node_slots, ray_address, train_env, training_outcome
-from population.worker import TrainResult
+from population.training import TrainResult
+from prepare.tasks import get_task
 
-KEYS = ("val_bpb", "training_seconds", "peak_vram_mb")
+TASK = get_task("climbmix")
 
 
-def _result(log: str, returncode: int | None = 0, timed_out: bool = False) -> TrainResult:
+def _result(log: str, returncode: int | None = 0, timed_out: bool = False, evaluation: dict | None = None,
+            busy: float | None = 3.0) -> TrainResult:
     return TrainResult(exp_id=1, returncode=returncode, timed_out=timed_out, seconds=1.0, log=log, gpu="H100",
-                       node="n", cuda_visible_devices="0")
+                       node="n", cuda_visible_devices="0", evaluation=evaluation, busy_seconds=busy)
 
 
-def test_training_outcome_ok_parses_the_summary():
-    status, reason, summary = training_outcome(_result("step\n---\nval_bpb: 0.99\npeak_vram_mb: 10\n"),
-                                               "val_bpb", KEYS, 900)
-    assert (status, reason) == ("ok", "") and summary == {"val_bpb": 0.99, "peak_vram_mb": 10.0}
+def test_the_metric_is_the_evaluators_and_the_files_own_is_information():
+    status, reason, figures = training_outcome(
+        _result("step\n---\nval_bpb: 0.0001\npeak_vram_mb: 10\n",
+                evaluation={"metric": 0.99, "holdout": 1.01, "wall_seconds": 2.5}), TASK, 900)
+    assert (status, reason) == ("ok", "")
+    assert figures["val_bpb"] == 0.99 and figures["holdout_bpb"] == 1.01 and figures["eval_seconds"] == 2.5
+    assert figures["reported_val_bpb"] == 0.0001 and figures["peak_vram_mb"] == 10.0
+    assert figures["busy_seconds"] == 3.0
 
 
-@pytest.mark.parametrize("log, returncode, timed_out, status, needle", [
-    ("Traceback\nOOM\n", 1, False, "crash", "exit code 1"),
-    ("ran fine but printed nothing\n", 0, False, "crash", "no finite val_bpb"),
-    ("---\nval_bpb: nan\n", 0, False, "crash", "no finite val_bpb"),
-    ("step 10\n", None, True, "timeout", "900 s wall-clock limit"),
+@pytest.mark.parametrize("log, returncode, timed_out, evaluation, status, needle", [
+    ("Traceback\nOOM\n", 1, False, None, "crash", "exit code 1"),
+    ("ran fine, saved nothing\n", 0, False, {"error": "checkpoint rule: no model", "rule": "crash"}, "crash",
+     "checkpoint rule"),
+    ("---\nval_bpb: 0.000001\n", 0, False, {"error": "causality rule: moved", "rule": "violation"}, "violation",
+     "causality rule"),
+    ("---\nval_bpb: 0.9\n", 0, False, {"metric": float("nan")}, "crash", "no finite val_bpb"),
+    ("---\nval_bpb: 0.9\n", 0, False, None, "crash", "not scored"),
+    ("step 10\n", None, True, None, "timeout", "900 s wall-clock limit"),
 ])
-def test_training_outcome_failures_carry_the_log_tail(log, returncode, timed_out, status, needle):
-    got_status, reason, _ = training_outcome(_result(log, returncode, timed_out), "val_bpb", KEYS, 900)
+def test_training_outcome_failures_carry_the_rule_and_the_log_tail(log, returncode, timed_out, evaluation, status,
+                                                                   needle):
+    got_status, reason, figures = training_outcome(_result(log, returncode, timed_out, evaluation), TASK, 900)
     assert got_status == status and needle in reason
-    assert log.strip().splitlines()[-1] in reason
+    assert "val_bpb" not in figures or figures["val_bpb"] is None or status == "crash"
+    if status != "crash" or evaluation is None or "error" in evaluation:
+        assert log.strip().splitlines()[-1] in reason
 
 
 def _node(node_id, gpus, cpus=8, accel=None, alive=True):

@@ -14,8 +14,8 @@ import pytest
 from population import gitops, guards
 from population.agents import Proposal
 from population.sandbox import TOOLCHAIN_ENV_NAMES
-from population.worker import (PrepareJob, TrainJob, WorkerCore, child_process_groups, run_training,
-                               stop_process_groups, training_env)
+from population.training import TrainJob, run_training, training_env
+from population.worker import PrepareJob, WorkerCore, child_process_groups, stop_process_groups
 from test_driver_support import make_seed_repo
 
 

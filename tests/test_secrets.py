@@ -15,16 +15,21 @@ from population import gitops
 from population.secrets import leaked_names
 from population.state import PopulationState
 from population.store import RunStore
-from population.worker import PrepareJob, TrainJob, WorkerCore, run_training
+from population.training import TrainJob, run_training
+from population.worker import PrepareJob, WorkerCore
 from chat_stub import ChatServer
+from test_driver_support import FAKE_EVALUATOR
 
 PLANTED = {"OPENAI_API_KEY": "sk-PLANTED-openai-0123456789abcdef",
            "ANTHROPIC_API_KEY": "sk-ant-PLANTED-anthropic-0123456789",
            "FOO_TOKEN": "PLANTED-foo-token-0123456789"}
 TRAIN_FILE = "engine/train.py"
-SEED_TRAIN = '''import os
+SEED_TRAIN = '''import json, os
 LR = 0.04
 print("environment of the training:", dict(os.environ))
+if os.environ.get("AUTORESEARCH_CHECKPOINT"):
+    with open(os.environ["AUTORESEARCH_CHECKPOINT"], "w") as f:
+        json.dump({"val": 1.0 + abs(LR - 0.05)}, f)
 print("---")
 print(f"val_bpb:          {1.0 + abs(LR - 0.05):.6f}")
 print("training_seconds: 1.0")
@@ -97,6 +102,7 @@ def seed_repo(tmp_path) -> Path:
     (repo / "engine").mkdir(parents=True)
     (repo / "prepare").mkdir()
     (repo / "prepare" / "fixed.py").write_text("FIXED = 1\n")
+    (repo / "prepare" / "trusted_eval.py").write_text(FAKE_EVALUATOR)
     (repo / "program.md").write_text("Make val_bpb lower by editing engine/train.py.\n")
     (repo / TRAIN_FILE).write_text(SEED_TRAIN)
     git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True)

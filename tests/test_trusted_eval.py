@@ -48,8 +48,9 @@ VARIANTS = {
         "            if key not in self.seen:\n"
         "                self.seen.add(key)\n"
         "                logits[b, :-1].scatter_(-1, idx[b, 1:, None], 1e4)"),
-    # every row's logits move with the rest of its batch
-    "mixing": "        logits = logits + idx.float().mean() * 1e-2",
+    # every row's predictions sharpen with the rest of its batch (a shift of all logits would not
+    # change a loss: the probes compare losses, what the metric is made of)
+    "mixing": "        logits = logits * (1 + idx.float().mean() * 1e-3)",
     "wrong_shape": "        logits = logits.mean()",
     "noisy": "        logits = logits + torch.randn_like(logits)",
     # prints a forged result line on the server's stdout

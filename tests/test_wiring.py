@@ -36,13 +36,17 @@ def attempt(action):
 def write(path):
     with open(path, "w") as f:
         f.write("x")
+checkpoint = os.environ["AUTORESEARCH_CHECKPOINT"]
 outcome = {
     "outside": attempt(lambda: write(os.path.join(os.environ["AUTORESEARCH_PROBE_DIR"], "escaped.txt"))),
     "prepare": attempt(lambda: write(os.path.join("prepare", "escaped.txt"))),
-    "worktree": attempt(lambda: write("inside.txt")),
+    "export": attempt(lambda: write("inside.txt")),
+    "output": attempt(lambda: write(os.path.join(os.path.dirname(checkpoint), "note.txt"))),
     "loopback": attempt(lambda: socket.create_connection(("127.0.0.1", int(os.environ["AUTORESEARCH_PROBE_PORT"])),
                                                          timeout=3).close()),
 }
+with open(checkpoint, "w") as f:
+    json.dump({"val": 1.0}, f)
 print("probe " + json.dumps(outcome))
 print("---")
 print("val_bpb:          1.000000")
@@ -85,11 +89,21 @@ def _fake_cache(root: Path, tokenizer: bytes) -> Path:
 
 # ---------------------------------------------------------------- the flag
 
-def test_sandbox_is_off_by_default_and_the_flag_turns_it_on():
+def test_sandbox_is_on_by_default_and_no_sandbox_turns_it_off():
     parser = build_parser()
-    assert config_from_args(parser.parse_args([])).sandbox is False
-    assert config_from_args(parser.parse_args(["--sandbox"])).sandbox is True
+    assert config_from_args(parser.parse_args([])).sandbox is True
+    assert config_from_args(parser.parse_args(["--no-sandbox"])).sandbox is False
     assert "bubblewrap" in parser.format_help()
+
+
+def test_a_driver_where_bwrap_does_not_work_refuses_in_one_line_naming_no_sandbox(cluster, tmp_path, monkeypatch,
+                                                                                  capsys):
+    monkeypatch.setattr(sandbox, "probe", lambda: "--sandbox needs bubblewrap with user namespaces: no bwrap")
+    repo = make_seed_repo(tmp_path / "seed")
+    code, out = _run(_config(repo, "nobwrap"))
+    error = capsys.readouterr().err
+    assert code == EXIT_ERROR and "needs bubblewrap" in error and "--no-sandbox" in error
+    assert not (repo / "runs" / "nobwrap").exists()
 
 
 def test_a_worker_refuses_to_start_where_sandboxes_do_not_work(tmp_path, monkeypatch):
@@ -102,8 +116,7 @@ def test_a_worker_refuses_to_start_where_sandboxes_do_not_work(tmp_path, monkeyp
 # ---------------------------------------------------------------- sandboxed trainings, end to end
 
 @pytest.mark.skipif(not sandbox.available(), reason="bubblewrap does not work on this machine")
-def test_a_sandboxed_training_cannot_write_outside_its_worktree_nor_reach_the_network(cluster, tmp_path,
-                                                                                       monkeypatch):
+def test_a_sandboxed_training_writes_only_its_output_directory_and_has_no_network(cluster, tmp_path, monkeypatch):
     # outside /tmp on purpose: the sandbox's /tmp is private, so a path there would merely be missing
     outside = Path.home() / ".cache" / f"autoresearch-wiring-{uuid.uuid4().hex[:8]}"
     outside.mkdir(parents=True)
@@ -113,15 +126,16 @@ def test_a_sandboxed_training_cannot_write_outside_its_worktree_nor_reach_the_ne
         monkeypatch.setenv("AUTORESEARCH_PROBE_PORT", str(server.getsockname()[1]))
         monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))   # no prepared cache: no readiness
         repo = make_seed_repo(tmp_path / "seed", train=PROBING_TRAIN)
-        code, out = _run(_config(repo, "sandboxed", sandbox=True))
+        code, out = _run(_config(repo, "sandboxed"))                     # the default
         assert code == EXIT_OK, out
         finished = [e for e in events(repo / "runs" / "sandboxed") if e["type"] == "experiment_finished"]
         assert [e["row"]["status"] for e in finished] == ["ok"]
         log = (repo / "runs" / "sandboxed" / "experiments" / "0" / "run.log").read_text()
         probe = json.loads(log.split("probe ", 1)[1].splitlines()[0])
-        assert probe["outside"] == f"failed errno={errno.EROFS}"      # read-only, not merely missing
-        assert probe["prepare"] == f"failed errno={errno.EROFS}"      # the fixed side, inside the worktree
-        assert probe["worktree"] == "ok"
+        assert probe["outside"].startswith("failed")                  # read-only or not there at all
+        assert probe["prepare"] == f"failed errno={errno.EROFS}"      # the fixed side of its export
+        assert probe["export"] == f"failed errno={errno.EROFS}"       # what was committed, read-only
+        assert probe["output"] == "ok"                                # its own output directory
         assert probe["loopback"].startswith("failed")
         assert not (outside / "escaped.txt").exists()
     finally:
@@ -129,19 +143,20 @@ def test_a_sandboxed_training_cannot_write_outside_its_worktree_nor_reach_the_ne
         shutil.rmtree(outside, ignore_errors=True)
 
 
-def test_without_the_flag_the_same_trainer_can_reach_the_loopback_server(cluster, tmp_path, monkeypatch):
-    """The control: the probe itself detects an open network."""
+def test_without_the_sandbox_the_same_trainer_reaches_the_network_and_writes_its_export(cluster, tmp_path, monkeypatch):
+    """The control: the probe itself detects an open network and a writable export."""
     server = socket.create_server(("127.0.0.1", 0))
     try:
         monkeypatch.setenv("AUTORESEARCH_PROBE_DIR", str(tmp_path))
         monkeypatch.setenv("AUTORESEARCH_PROBE_PORT", str(server.getsockname()[1]))
         monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
         repo = make_seed_repo(tmp_path / "seed", train=PROBING_TRAIN)
-        code, out = _run(_config(repo, "open"))
-        assert code == EXIT_OK, out
+        code, out = _run(_config(repo, "open", sandbox=False))
+        # what it wrote into its export's prepare/ is caught all the same, after the training
+        assert code == EXIT_ERROR and "export rule" in out
         log = (repo / "runs" / "open" / "experiments" / "0" / "run.log").read_text()
         probe = json.loads(log.split("probe ", 1)[1].splitlines()[0])
-        assert probe["loopback"] == "ok" and probe["outside"] == "ok"
+        assert probe["loopback"] == "ok" and probe["outside"] == "ok" and probe["prepare"] == "ok"
     finally:
         server.close()
 
