@@ -107,7 +107,8 @@ def sandboxed_agent(spec: str, **options):
 def test_agent_argv_makes_a_private_home_and_binds_no_data_cache_it_was_not_given(tmp_path):
     argv = sandbox.bwrap_argv(["claude"], worktree=tmp_path, data_cache=None, mode=sandbox.AGENT)
     assert argv.index("--tmpfs") < argv.index("--dir") and argv[argv.index("--dir") + 1] == sandbox.AGENT_HOME
-    assert [word for word in argv if word == "--ro-bind"] == ["--ro-bind"]          # the root only
+    bound = [argv[i + 1] for i, word in enumerate(argv) if word in ("--ro-bind", "--bind")]
+    assert [path for path in bound if path.startswith(str(tmp_path))] == [str(tmp_path)]     # the worktree only
     training = sandbox.bwrap_argv(["python"], worktree=tmp_path, data_cache=tmp_path / "cache")
     assert "--dir" not in training and (str(tmp_path / "cache"),) * 2 in zip(training[1:], training[2:])
 
@@ -117,9 +118,48 @@ def test_agent_env_keeps_the_key_and_moves_home_and_temp_into_the_sandbox():
     assert env == {"PATH": "/usr/bin", "HOME": sandbox.AGENT_HOME, "TMPDIR": "/tmp", "ANTHROPIC_API_KEY": PLANTED_FOO}
 
 
-def test_only_a_program_living_in_tmp_is_re_exposed():
-    assert sandbox.program_under_tmp(["/tmp/x/bin/agent", "--flag"]) == ["/tmp/x/bin/agent"]
-    assert sandbox.program_under_tmp(["/usr/bin/claude"]) == [] and sandbox.program_under_tmp(["claude"]) == []
+def test_a_program_anywhere_is_re_exposed_with_what_it_needs_to_start(tmp_path):
+    """A program outside the system directories (here in /tmp, which the private /tmp hides):
+    the file itself, where its symlink leads, the interpreter its #! line names, and the package
+    directory of a script that npm installed."""
+    package = tmp_path / "lib" / "node_modules" / "@scope" / "agent"
+    (package / "vendor").mkdir(parents=True)
+    (tmp_path / "bin").mkdir()
+    interpreter = tmp_path / "bin" / "runtime"
+    interpreter.write_text("")
+    (package / "cli.js").write_text("#!/usr/bin/env runtime --flag\n")
+    for program in (interpreter, package / "cli.js"):
+        program.chmod(0o755)
+    (tmp_path / "bin" / "agent").symlink_to(package / "cli.js")
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin"}
+    assert set(sandbox.program_paths(["agent", "-p"], env)) == {
+        str(tmp_path / "bin" / "agent"), str(package / "cli.js"), str(package), str(interpreter)}
+    assert set(sandbox.program_paths(["/usr/bin/env"], env)) == {"/usr/bin/env"}   # in the system: left out later
+    assert sandbox.program_paths(["no-such-program"], env) == []
+
+
+def test_a_python_in_a_virtual_environment_brings_its_installation(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text(f"home = {tmp_path / 'base' / 'bin'}\ninclude-system-site-packages = true\n")
+    (venv / "bin" / "python3").write_text("")
+    assert set(sandbox.program_paths([str(venv / "bin" / "python3")], {})) == {
+        str(venv / "bin" / "python3"), str(venv), str(tmp_path / "base")}
+
+
+def test_runtime_paths_never_show_a_directory_that_holds_more_than_an_installation(tmp_path, monkeypatch):
+    checkout = tmp_path / "checkout"
+    (checkout / ".git").mkdir(parents=True)
+    experiments = tmp_path / "experiments"
+    installed = tmp_path / "opt" / "site-packages"
+    installed.mkdir(parents=True)
+    (experiments / "1").mkdir(parents=True)
+    monkeypatch.setattr(sandbox.sys, "path", [str(checkout), str(experiments), str(installed), str(tmp_path / "gone"),
+                                              os.path.expanduser("~"), "/usr/lib/python3"])
+    paths = sandbox.runtime_paths(["true"], {}, keep_out=[experiments / "1"])
+    assert str(installed) in paths
+    assert not {str(checkout), str(experiments), str(tmp_path / "gone"), os.path.expanduser("~")} & set(paths)
+    assert not any(path.startswith("/usr/") for path in paths)                        # bound as the system
 
 
 @needs_bwrap
@@ -155,7 +195,8 @@ def test_agent_edits_its_worktree_and_nothing_outside(host_home, outside, worktr
     assert line(proposal.transcript, "key_sha=") == key_sha(PLANTED_FOO)
     names = set(line(proposal.transcript, "names=").split())
     assert "FOO_TOKEN" in names and "OPENAI_API_KEY" not in names
-    assert names <= {"PATH", "HOME", "LANG", "TERM", "TMPDIR", "FOO_TOKEN", "PWD", "OLDPWD", "SHLVL", "_"}
+    assert names <= {"PATH", "HOME", "LANG", "TERM", "TMPDIR", "FOO_TOKEN", "PWD", "OLDPWD", "SHLVL", "_",
+                     *sandbox.egress.proxy_env()}
 
 
 def test_without_the_sandbox_the_same_agent_does_write_outside(host_home, outside, worktree, agent_script):
@@ -178,8 +219,8 @@ def test_a_sandboxed_agent_is_killed_at_its_time_limit_with_its_children(host_ho
     assert not sleepers_alive()
 
 
-def sleepers_alive() -> list[int]:
-    """Live processes running the fake agent's sleeper (host pids; zombies do not count)."""
+def sleepers_alive(seconds: str = SLEEPER) -> list[int]:
+    """Live processes running `sleep <seconds>` (host pids; zombies do not count)."""
     alive = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
@@ -187,7 +228,7 @@ def sleepers_alive() -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if cmdline[:2] == [b"sleep", SLEEPER.encode()] and state != "Z":
+        if cmdline[:2] == [b"sleep", seconds.encode()] and state != "Z":
             alive.append(int(entry.name))
     return alive
 
