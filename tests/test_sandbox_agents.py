@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
+import shlex
 import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +19,7 @@ from population import gitops, guards, sandbox
 from population.agents import make_agent
 from population.worker import PrepareJob, WorkerCore
 from test_driver_support import make_seed_repo
+from test_egress import serve_http
 
 needs_bwrap = pytest.mark.skipif(not sandbox.available(), reason=f"bubblewrap cannot run here: {sandbox.probe()}")
 
@@ -255,3 +258,32 @@ def test_a_sandboxed_worker_confines_its_agent_and_still_commits_the_child(host_
     assert line(result.transcript, "commit=") == "refused"      # read-only, as agents never commit
     assert "+# tuned inside the sandbox" in gitops.diff(repo, job.commit, gitops.fetch_bundle(
         repo, result.bundle, result.bundle_ref, "refs/heads/population/t/m0001"))
+
+
+_NET_AGENT = """
+import os, urllib.error, urllib.request
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return f"refused {error.code}"
+print("model:", get(os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages"))
+print("ray:", get("http://127.0.0.1:%d/"))
+os.makedirs(".agent", exist_ok=True)
+open(".agent/description", "w").write("asked the model")
+"""
+
+
+@needs_bwrap
+def test_a_sandboxed_agent_talks_to_its_model_and_to_nothing_else(host_home, worktree, monkeypatch):
+    """Its base URL (passed on with key_env) is its allowlist: the model answers, Ray's port does not."""
+    with serve_http(b"make it better") as (model, _), serve_http(b"ray's secrets") as (ray, ray_seen):
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{model}")
+        agent = sandboxed_agent(f"command:{sys.executable} -c {shlex.quote(_NET_AGENT % ray)}",
+                                key_env="ANTHROPIC_BASE_URL")
+        proposal = agent.propose(worktree, "make it better", timeout=30)
+    assert proposal.error is None, proposal.transcript
+    assert line(proposal.transcript, "model: ") == "make it better"
+    assert line(proposal.transcript, "ray: ") == "refused 403" and ray_seen == []
+    assert proposal.description == "asked the model"
