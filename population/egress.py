@@ -233,7 +233,8 @@ def shared_proxy(allowed: Iterable[str]) -> EgressProxy:
 
 
 @atexit.register
-def _close_shared() -> None:
+def close_shared() -> None:
+    """Close every shared proxy (at exit; a test suite that ends with os._exit calls it itself)."""
     with _shared_lock:
         for proxy in _shared.values():
             proxy.close()

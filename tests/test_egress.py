@@ -47,6 +47,14 @@ def serve_http(body: bytes) -> Iterator[tuple[int, list[str]]]:
         server.server_close()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def no_proxy_left_behind():
+    """The shared proxies of a module's sandboxed agents closed after it (their socket directories
+    removed): the suite ends with os._exit, so the atexit hook never runs."""
+    yield
+    egress.close_shared()
+
+
 def exchange(proxy: EgressProxy, request: bytes) -> bytes:
     """Send `request` to the proxy's socket and read until it closes."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:

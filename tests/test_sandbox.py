@@ -14,6 +14,7 @@ import pytest
 
 from population import sandbox
 from population.sandbox import AGENT, TRAINING, bwrap_argv, minimal_env, sandbox_env
+from test_egress import no_proxy_left_behind                # noqa: F401  (autouse: agents' proxies closed)
 
 PLANTED = {"OPENAI_API_KEY": "sk-PLANTED-openai-0123456789", "ANTHROPIC_API_KEY": "sk-ant-PLANTED-0123456789",
            "FOO_TOKEN": "PLANTED-foo-token-0123456789", "AUTORESEARCH_API_KEY": "PLANTED-autoresearch-key-01"}

@@ -19,7 +19,7 @@ from population import gitops, guards, sandbox
 from population.agents import make_agent
 from population.worker import PrepareJob, WorkerCore
 from test_driver_support import make_seed_repo
-from test_egress import serve_http
+from test_egress import no_proxy_left_behind, serve_http   # noqa: F401  (autouse: agents' proxies closed)
 
 needs_bwrap = pytest.mark.skipif(not sandbox.available(), reason=f"bubblewrap cannot run here: {sandbox.probe()}")
 

@@ -20,7 +20,7 @@ import pytest
 
 from population import egress, sandbox
 from population.sandbox import AGENT, TRAINING, minimal_env
-from test_egress import serve_http
+from test_egress import no_proxy_left_behind, serve_http   # noqa: F401  (autouse: agents' proxies closed)
 from test_sandbox import layout                      # noqa: F401  (a fixture: a worktree and a data cache)
 from test_sandbox_agents import sleepers_alive
 
@@ -225,9 +225,10 @@ MODES_ORDER = (TRAINING, AGENT)
 def test_a_daemon_left_behind_dies_when_the_sandboxed_command_exits(layout, mode):
     worktree, cache = layout
     seconds = _sleeper(mode)
-    script = (f"setsid sleep {seconds} </dev/null >/dev/null 2>&1 & pid=$!; "
-              "for i in 1 2 3 4 5 6 7 8 9 10; do grep -q sleep /proc/$pid/cmdline 2>/dev/null && break; sleep 0.1; done; "
-              "tr '\\0' ' ' < /proc/$pid/cmdline")
+    # the background job is a forked shell before it execs setsid, then sleep: wait for the sleep
+    script = (f"setsid sleep {seconds} </dev/null >/dev/null 2>&1 & pid=$!; for i in $(seq 100); do "
+              f"c=$(tr '\\0' ' ' < /proc/$pid/cmdline); [ \"$c\" = 'sleep {seconds} ' ] && break; sleep 0.05; done; "
+              "echo \"$c\"")
     box = boxed(["/bin/sh", "-c", script], worktree, cache, mode)
     result = subprocess.run(box.argv, env=box.env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and result.stdout.split() == ["sleep", seconds], result.stderr   # it did start
