@@ -14,6 +14,7 @@ import pytest
 
 from population import sandbox
 from population.sandbox import AGENT, TRAINING, bwrap_argv, minimal_env, sandbox_env
+from test_egress import no_proxy_left_behind                # noqa: F401  (autouse: agents' proxies closed)
 
 PLANTED = {"OPENAI_API_KEY": "sk-PLANTED-openai-0123456789", "ANTHROPIC_API_KEY": "sk-ant-PLANTED-0123456789",
            "FOO_TOKEN": "PLANTED-foo-token-0123456789", "AUTORESEARCH_API_KEY": "PLANTED-autoresearch-key-01"}
@@ -27,21 +28,35 @@ def _pairs(argv: list[str], flag: str) -> list[tuple[str, str]]:
 
 def test_training_argv_confines_and_cuts_the_network(tmp_path):
     argv = bwrap_argv(["python", "train.py"], worktree=tmp_path / "wt", data_cache=tmp_path / "cache",
-                      gpu_devices=["/dev/nvidia0", "/dev/nvidiactl"])
-    assert argv[:5] == ["bwrap", "--ro-bind", "/", "/", "--dev"]
-    assert argv[argv.index("--") + 1:] == ["python", "train.py"]
+                      gpu_devices=["/dev/nvidia0", "/dev/nvidiactl"], runtime=["/opt/py"])
+    assert argv[0] == "bwrap" and argv[argv.index("--") + 1:] == ["python", "train.py"]
     assert "--unshare-all" in argv and "--share-net" not in argv and "--die-with-parent" in argv
+    # an allowlist, never the host's root: the system, the runtime, the caller's paths
+    assert ("/", "/") not in _pairs(argv, "--ro-bind") and ("/usr", "/usr") in _pairs(argv, "--ro-bind")
+    assert not {"/etc", "/etc/shadow", "/etc/ssl", "/etc/ssl/private", "/etc/pki"} & {a for a, _ in _pairs(argv, "--ro-bind")}
+    assert ("/opt/py", "/opt/py") in _pairs(argv, "--ro-bind") and ("/opt", "/opt") not in _pairs(argv, "--ro-bind")
     assert (str(tmp_path / "wt"),) * 2 in _pairs(argv, "--bind")
     assert (str(tmp_path / "cache"),) * 2 in _pairs(argv, "--ro-bind")
     assert _pairs(argv, "--dev-bind") == [("/dev/nvidia0", "/dev/nvidia0"), ("/dev/nvidiactl", "/dev/nvidiactl")]
     assert argv[argv.index("--chdir") + 1] == str(tmp_path / "wt")
-    # the worktree may live in /tmp: it is bound after the private /tmp, or it would be hidden
-    assert argv.index("--tmpfs") < argv.index(str(tmp_path / "wt"))
+    assert argv[argv.index("--proc") + 1] == "/proc" and argv[argv.index("--remount-ro") + 1] == "/"
+    # the worktree and the runtime may live in /tmp: bound after the private /tmp, or they would be hidden
+    assert argv.index("--tmpfs") < argv.index("/opt/py") < argv.index(str(tmp_path / "wt"))
+    assert argv.index(str(tmp_path / "cache")) < argv.index("--remount-ro")
 
 
-def test_agent_argv_shares_the_network(tmp_path):
-    argv = bwrap_argv(["claude"], worktree=tmp_path, data_cache=tmp_path, mode=AGENT)
-    assert "--share-net" in argv and argv.index("--unshare-all") < argv.index("--share-net")
+def test_agent_argv_has_no_network_but_the_proxy_to_its_model(tmp_path):
+    argv = bwrap_argv(["claude", "-p"], worktree=tmp_path, data_cache=None, mode=AGENT,
+                      egress_socket=tmp_path / "proxy.sock", python="/opt/py/bin/python")
+    assert "--unshare-all" in argv and "--share-net" not in argv
+    assert (str(tmp_path / "proxy.sock"), sandbox.EGRESS_SOCKET) in _pairs(argv, "--ro-bind")
+    assert (str(Path(sandbox.egress.__file__).resolve()), sandbox.FORWARDER) in _pairs(argv, "--ro-bind")
+    assert argv[argv.index("--") + 1:] == ["/opt/py/bin/python", "-I", "-S", sandbox.FORWARDER, "forward",
+                                           sandbox.EGRESS_SOCKET, str(sandbox.egress.FORWARD_PORT), "--",
+                                           "claude", "-p"]
+    assert ("/etc/resolv.conf",) * 2 not in _pairs(bwrap_argv(["x"], worktree=tmp_path, data_cache=None), "--ro-bind")
+    with pytest.raises(ValueError, match="no network"):
+        bwrap_argv(["python"], worktree=tmp_path, data_cache=tmp_path, egress_socket=tmp_path / "proxy.sock")
 
 
 def test_readonly_paths_win_over_the_worktree(tmp_path):
@@ -206,11 +221,11 @@ except OSError as e:
 
 
 @needs_bwrap
-def test_training_has_no_network_agent_has(layout, loopback_server):
+def test_training_has_no_network_nor_has_an_agent_but_through_its_proxy(layout, loopback_server):
     worktree, cache = layout
     code = _CONNECT.format(port=loopback_server)
     assert _run_inside(code, worktree, cache, mode=TRAINING) == "ConnectionRefusedError"
-    assert _run_inside(code, worktree, cache, mode=AGENT) == "hello"
+    assert _run_inside(code, worktree, cache, mode=AGENT) == "ConnectionRefusedError"   # not the host's loopback
 
 
 @needs_bwrap

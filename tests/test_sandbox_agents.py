@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
+import shlex
 import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +19,7 @@ from population import gitops, guards, sandbox
 from population.agents import make_agent
 from population.worker import PrepareJob, WorkerCore
 from test_driver_support import make_seed_repo
+from test_egress import no_proxy_left_behind, serve_http   # noqa: F401  (autouse: agents' proxies closed)
 
 needs_bwrap = pytest.mark.skipif(not sandbox.available(), reason=f"bubblewrap cannot run here: {sandbox.probe()}")
 
@@ -107,7 +110,8 @@ def sandboxed_agent(spec: str, **options):
 def test_agent_argv_makes_a_private_home_and_binds_no_data_cache_it_was_not_given(tmp_path):
     argv = sandbox.bwrap_argv(["claude"], worktree=tmp_path, data_cache=None, mode=sandbox.AGENT)
     assert argv.index("--tmpfs") < argv.index("--dir") and argv[argv.index("--dir") + 1] == sandbox.AGENT_HOME
-    assert [word for word in argv if word == "--ro-bind"] == ["--ro-bind"]          # the root only
+    bound = [argv[i + 1] for i, word in enumerate(argv) if word in ("--ro-bind", "--bind")]
+    assert [path for path in bound if path.startswith(str(tmp_path))] == [str(tmp_path)]     # the worktree only
     training = sandbox.bwrap_argv(["python"], worktree=tmp_path, data_cache=tmp_path / "cache")
     assert "--dir" not in training and (str(tmp_path / "cache"),) * 2 in zip(training[1:], training[2:])
 
@@ -117,9 +121,48 @@ def test_agent_env_keeps_the_key_and_moves_home_and_temp_into_the_sandbox():
     assert env == {"PATH": "/usr/bin", "HOME": sandbox.AGENT_HOME, "TMPDIR": "/tmp", "ANTHROPIC_API_KEY": PLANTED_FOO}
 
 
-def test_only_a_program_living_in_tmp_is_re_exposed():
-    assert sandbox.program_under_tmp(["/tmp/x/bin/agent", "--flag"]) == ["/tmp/x/bin/agent"]
-    assert sandbox.program_under_tmp(["/usr/bin/claude"]) == [] and sandbox.program_under_tmp(["claude"]) == []
+def test_a_program_anywhere_is_re_exposed_with_what_it_needs_to_start(tmp_path):
+    """A program outside the system directories (here in /tmp, which the private /tmp hides):
+    the file itself, where its symlink leads, the interpreter its #! line names, and the package
+    directory of a script that npm installed."""
+    package = tmp_path / "lib" / "node_modules" / "@scope" / "agent"
+    (package / "vendor").mkdir(parents=True)
+    (tmp_path / "bin").mkdir()
+    interpreter = tmp_path / "bin" / "runtime"
+    interpreter.write_text("")
+    (package / "cli.js").write_text("#!/usr/bin/env runtime --flag\n")
+    for program in (interpreter, package / "cli.js"):
+        program.chmod(0o755)
+    (tmp_path / "bin" / "agent").symlink_to(package / "cli.js")
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin"}
+    assert set(sandbox.program_paths(["agent", "-p"], env)) == {
+        str(tmp_path / "bin" / "agent"), str(package / "cli.js"), str(package), str(interpreter)}
+    assert set(sandbox.program_paths(["/usr/bin/env"], env)) == {"/usr/bin/env"}   # in the system: left out later
+    assert sandbox.program_paths(["no-such-program"], env) == []
+
+
+def test_a_python_in_a_virtual_environment_brings_its_installation(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text(f"home = {tmp_path / 'base' / 'bin'}\ninclude-system-site-packages = true\n")
+    (venv / "bin" / "python3").write_text("")
+    assert set(sandbox.program_paths([str(venv / "bin" / "python3")], {})) == {
+        str(venv / "bin" / "python3"), str(venv), str(tmp_path / "base")}
+
+
+def test_runtime_paths_never_show_a_directory_that_holds_more_than_an_installation(tmp_path, monkeypatch):
+    checkout = tmp_path / "checkout"
+    (checkout / ".git").mkdir(parents=True)
+    experiments = tmp_path / "experiments"
+    installed = tmp_path / "opt" / "site-packages"
+    installed.mkdir(parents=True)
+    (experiments / "1").mkdir(parents=True)
+    monkeypatch.setattr(sandbox.sys, "path", [str(checkout), str(experiments), str(installed), str(tmp_path / "gone"),
+                                              os.path.expanduser("~"), "/usr/lib/python3"])
+    paths = sandbox.runtime_paths(["true"], {}, keep_out=[experiments / "1"])
+    assert str(installed) in paths
+    assert not {str(checkout), str(experiments), str(tmp_path / "gone"), os.path.expanduser("~")} & set(paths)
+    assert not any(path.startswith("/usr/") for path in paths)                        # bound as the system
 
 
 @needs_bwrap
@@ -155,7 +198,8 @@ def test_agent_edits_its_worktree_and_nothing_outside(host_home, outside, worktr
     assert line(proposal.transcript, "key_sha=") == key_sha(PLANTED_FOO)
     names = set(line(proposal.transcript, "names=").split())
     assert "FOO_TOKEN" in names and "OPENAI_API_KEY" not in names
-    assert names <= {"PATH", "HOME", "LANG", "TERM", "TMPDIR", "FOO_TOKEN", "PWD", "OLDPWD", "SHLVL", "_"}
+    assert names <= {"PATH", "HOME", "LANG", "TERM", "TMPDIR", "FOO_TOKEN", "PWD", "OLDPWD", "SHLVL", "_",
+                     *sandbox.egress.proxy_env()}
 
 
 def test_without_the_sandbox_the_same_agent_does_write_outside(host_home, outside, worktree, agent_script):
@@ -178,8 +222,8 @@ def test_a_sandboxed_agent_is_killed_at_its_time_limit_with_its_children(host_ho
     assert not sleepers_alive()
 
 
-def sleepers_alive() -> list[int]:
-    """Live processes running the fake agent's sleeper (host pids; zombies do not count)."""
+def sleepers_alive(seconds: str = SLEEPER) -> list[int]:
+    """Live processes running `sleep <seconds>` (host pids; zombies do not count)."""
     alive = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
@@ -187,7 +231,7 @@ def sleepers_alive() -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if cmdline[:2] == [b"sleep", SLEEPER.encode()] and state != "Z":
+        if cmdline[:2] == [b"sleep", seconds.encode()] and state != "Z":
             alive.append(int(entry.name))
     return alive
 
@@ -214,3 +258,32 @@ def test_a_sandboxed_worker_confines_its_agent_and_still_commits_the_child(host_
     assert line(result.transcript, "commit=") == "refused"      # read-only, as agents never commit
     assert "+# tuned inside the sandbox" in gitops.diff(repo, job.commit, gitops.fetch_bundle(
         repo, result.bundle, result.bundle_ref, "refs/heads/population/t/m0001"))
+
+
+_NET_AGENT = """
+import os, urllib.error, urllib.request
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return f"refused {error.code}"
+print("model:", get(os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages"))
+print("ray:", get("http://127.0.0.1:%d/"))
+os.makedirs(".agent", exist_ok=True)
+open(".agent/description", "w").write("asked the model")
+"""
+
+
+@needs_bwrap
+def test_a_sandboxed_agent_talks_to_its_model_and_to_nothing_else(host_home, worktree, monkeypatch):
+    """Its base URL (passed on with key_env) is its allowlist: the model answers, Ray's port does not."""
+    with serve_http(b"make it better") as (model, _), serve_http(b"ray's secrets") as (ray, ray_seen):
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{model}")
+        agent = sandboxed_agent(f"command:{sys.executable} -c {shlex.quote(_NET_AGENT % ray)}",
+                                key_env="ANTHROPIC_BASE_URL")
+        proposal = agent.propose(worktree, "make it better", timeout=30)
+    assert proposal.error is None, proposal.transcript
+    assert line(proposal.transcript, "model: ") == "make it better"
+    assert line(proposal.transcript, "ray: ") == "refused 403" and ray_seen == []
+    assert proposal.description == "asked the model"

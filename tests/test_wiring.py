@@ -117,7 +117,7 @@ def test_a_worker_refuses_to_start_where_sandboxes_do_not_work(tmp_path, monkeyp
 
 @pytest.mark.skipif(not sandbox.available(), reason="bubblewrap does not work on this machine")
 def test_a_sandboxed_training_writes_only_its_output_directory_and_has_no_network(cluster, tmp_path, monkeypatch):
-    # outside /tmp on purpose: the sandbox's /tmp is private, so a path there would merely be missing
+    # outside /tmp on purpose: under HOME, which the sandbox's allowlist leaves out (not merely private)
     outside = Path.home() / ".cache" / f"autoresearch-wiring-{uuid.uuid4().hex[:8]}"
     outside.mkdir(parents=True)
     server = socket.create_server(("127.0.0.1", 0))
@@ -132,7 +132,7 @@ def test_a_sandboxed_training_writes_only_its_output_directory_and_has_no_networ
         assert [e["row"]["status"] for e in finished] == ["ok"]
         log = (repo / "runs" / "sandboxed" / "experiments" / "0" / "run.log").read_text()
         probe = json.loads(log.split("probe ", 1)[1].splitlines()[0])
-        assert probe["outside"].startswith("failed")                  # read-only or not there at all
+        assert probe["outside"] == f"failed errno={errno.ENOENT}"     # the host's HOME is not in the sandbox at all
         assert probe["prepare"] == f"failed errno={errno.EROFS}"      # the fixed side of its export
         assert probe["export"] == f"failed errno={errno.EROFS}"       # what was committed, read-only
         assert probe["output"] == "ok"                                # its own output directory

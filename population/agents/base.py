@@ -40,7 +40,8 @@ class Agent:
     """Edits the task's train file in a worktree; never commits. Subclasses implement `_propose`.
 
     `use_sandbox` (set by the worker under `--sandbox`): run the agent's program in bubblewrap,
-    the worktree its only writable place besides a private /tmp and HOME. Only subprocess agents
+    the worktree its only writable place besides a private /tmp and HOME, its model's endpoint
+    its only network. Only subprocess agents
     (claude, codex, command:) act on it; the built-in `openai:` and `mutate` agents run no
     external program (our own code applies their edits), so they have nothing to confine."""
 
@@ -196,8 +197,10 @@ def run_agent_process(argv: list[str], *, cwd: Path, env: dict[str, str], stdin_
     """Run `argv` in its own process group; at `timeout` kill the whole group (agents spawn
     shells and tools). Output goes to temporary files so a chatty agent cannot exhaust memory.
     With `use_sandbox`, in bubblewrap: `cwd` (the worktree) writable, its git directories
-    read-only (visible even when they live in /tmp; agents never commit), the rest of the
-    filesystem read-only, the network kept. Raises SandboxUnavailable."""
+    read-only (visible even when they live in /tmp; agents never commit), of the rest of the
+    host only what the program needs to run (population/sandbox.py), read-only, and no network
+    but the model endpoint(s) its environment names, through an egress proxy
+    (population/egress.py). Raises SandboxUnavailable."""
     if use_sandbox:
         boxed = sandbox.sandboxed(argv, worktree=cwd, env=env, mode=sandbox.AGENT, readonly=git_dirs(Path(cwd)))
         argv, env = boxed.argv, boxed.env
