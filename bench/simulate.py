@@ -42,7 +42,7 @@ import ray.exceptions as ray_exceptions  # noqa: E402  (the real exception types
 
 from population import gitops  # noqa: E402
 from population.config import DEFAULT_SELECTION, SELECTIONS  # noqa: E402
-from population.training import TrainResult  # noqa: E402
+from population.training import EVALUATOR_FILE, TrainResult  # noqa: E402
 from population.worker import Prepared  # noqa: E402
 
 EPOCH = 1_800_000_000.0          # virtual time.time() at the start of a simulation
@@ -309,18 +309,21 @@ class SimTrainTask:
             worker, commit = sim.trainings_of.pop(job.exp_id)
             seconds = (sim.budget_s + sim.overhead_s) * self.rng.uniform(0.98, 1.02)
             code = sim.codes[commit]
+            evaluation = None
             if self.rng.random() < sim.crash_rate:
                 log, code_rc = "Traceback (most recent call last):\nRuntimeError: simulated crash\n", 1
                 seconds *= self.rng.random()
             else:
                 value = sim.landscape.observe(code, self.rng)
-                log = (f"---\nval_bpb:          {value:.6f}\ntraining_seconds: {sim.budget_s:.1f}\n"
+                log = (f"---\ntraining_seconds: {sim.budget_s:.1f}\n"
                        f"total_seconds:    {seconds:.1f}\npeak_vram_mb:     45060.2\nmfu_percent:      39.80\n"
                        f"total_tokens_M:   499.6\nnum_steps:        953\nnum_params_M:     50.3\ndepth:            8\n")
                 code_rc = 0
+                evaluation = {"metric": value, "holdout": value, "wall_seconds": 6.0}   # the trusted evaluator's
             sim.gpu_runs[worker].append((start, start + seconds))
             result = TrainResult(job.exp_id, code_rc, False, seconds, log, "NVIDIA H100 80GB HBM3",
-                                 f"sim-{worker}", "0", started_at=EPOCH + start, finished_at=EPOCH + start + seconds)
+                                 f"sim-{worker}", "0", started_at=EPOCH + start, finished_at=EPOCH + start + seconds,
+                                 evaluation=evaluation, busy_seconds=sim.budget_s + 4.0)
             return FakeRef(start + seconds, result)
 
 
@@ -391,6 +394,8 @@ class SimGit:
 
     def file_blob(self, repo, commit, path):
         self._count("file_blob")
+        if path == EVALUATOR_FILE:                      # the seed's fixed side has its evaluator
+            return blob_id(("evaluator",)) if commit in self.sim.codes else None
         code = self.sim.codes.get(commit)
         return blob_id(code) if code is not None else None
 
@@ -572,7 +577,7 @@ def simulate(sim: Simulation, runs_dir: Path, tag: str = "sim") -> Outcome:
     config = RunConfig(tag=tag, repo=str(runs_dir), runs_dir=str(runs_dir), workers=sim.workers,
                        max_experiments=sim.experiments, budget_s=sim.budget_s, agents=["mutate"],
                        population_size=sim.population_size, selection=sim.selection, seed=sim.seed,
-                       status_every_s=600.0)
+                       status_every_s=600.0, sandbox=False)       # nothing runs: no bwrap needed
     simgit = SimGit(sim)
     driver = sim_driver_class()(config, console=Console(None), clock=sim.clock)
     sim._driver = driver

@@ -37,7 +37,7 @@ from population.selection import (choose_culls, clears_margin, estimate_noise, p
 from population.state import PopulationState, holdout_column
 from population.store import RunStore, StoreError
 from population.summary import parse_summary, tail
-from population.training import EVAL_HEADER, EVALUATOR_FILE, TrainJob, TrainResult, train_task
+from population.training import EVAL_HEADER, EVALUATOR_FILE, TrainJob, TrainResult, evaluation_files, train_task
 from population.worker import PrepareJob, Prepared, WorkerActor
 from prepare.tasks import Task, get_task
 
@@ -53,6 +53,9 @@ CAPACITY_CHECK_EVERY_S = 5.0   # while a worker is dead: how often to look for a
 _BUNDLE_CACHE = 64
 TABLES_EVERY_S = 5.0
 TABLES_MAX_SHARE = 0.02        # full rewrites grow with the run: at most this share of the driver's time
+
+
+REPORT_TOLERANCE = 0.01        # a file's own claim better than the evaluator's figure by more: a violation
 
 
 class DriverError(Exception):
@@ -73,6 +76,9 @@ def training_outcome(result: TrainResult, task: Task, timeout_s: float) -> tuple
     if result.timed_out:
         return "timeout", f"killed at the {timeout_s:g} s wall-clock limit\n{log_tail}", figures
     if result.returncode != 0:
+        broken = confinement_rule(result.log, task)
+        if broken:
+            return "violation", f"{broken}\nexit code {result.returncode}\n{log_tail}", figures
         return "crash", f"exit code {result.returncode}\n{log_tail}", figures
     verdict = result.evaluation or {"error": "the training was not scored", "rule": "crash"}
     if "error" in verdict:
@@ -82,7 +88,23 @@ def training_outcome(result: TrainResult, task: Task, timeout_s: float) -> tuple
                     "eval_seconds": verdict.get("wall_seconds")})
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         return "crash", f"the evaluator gave no finite {task.metric}", figures
+    claimed = figures["reported_" + task.metric]
+    if claimed is not None and math.isfinite(claimed) and task.better(claimed, value) and \
+            abs(claimed - value) > REPORT_TOLERANCE * abs(value):
+        return "violation", (f"report rule: the file claims {task.metric} {claimed:.6f}, the evaluator measured "
+                             f"{value:.6f}; under the harness a train file prints no metric of its own"), figures
     return "ok", "", figures
+
+
+def confinement_rule(log: str, task: Task) -> str | None:
+    """Why a training that failed broke a rule, when its log shows it: it reached for the data only
+    the evaluator reads (hidden from it), or tried to write where it may not (read-only)."""
+    for name in (path.name for path in evaluation_files(task.name, Path("/"))):
+        if name in log:
+            return f"data rule: the training reached for {name}, which only the evaluator reads"
+    if "Read-only file system" in log:
+        return "confinement rule: the training tried to write outside its output directory"
+    return None
 
 
 def train_env(config: RunConfig, seed: int, source: dict[str, str]) -> dict[str, str]:
@@ -999,6 +1021,8 @@ class Driver:
         if status == "ok" and flight.member != BASELINE_MEMBER:
             reason = self._budget_violation(result, figures) or ""
             status = "violation" if reason else status
+        if status != "ok":                 # a rule breaker's score is no figure of the run (the reason says why)
+            figures[self.task.metric] = figures[holdout_column(self.task.metric)] = None
         row = self._base_row(flight, status, reason)
         row.update(figures)
         row.update(gpu=result.gpu, node=result.node, train_seconds=result.seconds,

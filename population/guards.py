@@ -23,9 +23,13 @@ AGENT_SCRATCH = ".agent/"   # the agent's scratch space (description, prompt): n
 
 
 def changed_paths(worktree: Path, gitdir: Path | None = None) -> list[str]:
-    """Every path git sees as changed, staged or new (untracked files one by one)."""
+    """Every path git sees as changed, staged or new (untracked files one by one), and what git
+    ignores (a directory of ignored files as `dir/`): a `sitecustomize.py` or a planted
+    `prepare/__pycache__/*.pyc` never reaches a training (it trains an export of the commit), but
+    an agent that leaves one broke the rule all the same."""
     output = gitops.worktree_git(worktree, gitdir).status("--porcelain=v1", "-z", "--untracked-files=all",
-                                                           "--no-renames", "--ignore-submodules=all")
+                                                           "--ignored=matching", "--no-renames",
+                                                           "--ignore-submodules=all")
     return sorted({entry[3:] for entry in output.split("\0") if len(entry) > 3})
 
 

@@ -286,7 +286,8 @@ def gpu_device_nodes(dev: str = "/dev") -> list[str]:
 def runtime_paths(command: Sequence[str], env: Mapping[str, str], keep_out: Iterable[str | os.PathLike] = (),
                   cwd: str | os.PathLike | None = None) -> list[str]:
     """What `command` needs, read-only, to start and run: this Python's installation
-    (`python_paths`), the command's program (`program_paths`), the compilers `env` names with
+    (`python_paths`), the command's program (`program_paths`) and the files its arguments name
+    by absolute path (a `command:` agent's script), the compilers `env` names with
     their installations (CC, CXX, CUDAHOSTCXX: torch.compile builds with them) and the
     directories it names for CUDA, libraries and headers (CUDA_HOME, CUDA_PATH,
     SEARCH_PATH_NAMES). Each as given and
@@ -299,7 +300,9 @@ def runtime_paths(command: Sequence[str], env: Mapping[str, str], keep_out: Iter
              *(path for name in SEARCH_PATH_NAMES for path in env.get(name, "").split(os.pathsep))]
     compilers = [_which(word, env, cwd) for name in TOOLCHAIN_PROGRAM_NAMES for word in env.get(name, "").split()
                  if not word.startswith("-")]                   # "ccache gcc": both
-    candidates = [*python_paths(env), *program_paths(command, env, cwd), *(path for path in named if path),
+    # files the command line names (a `command:` agent's script), each alone: the user's own tools
+    named_files = [arg for arg in command[1:] if os.path.isabs(arg) and os.path.isfile(arg)]
+    candidates = [*python_paths(env), *program_paths(command, env, cwd), *(path for path in named if path), *named_files,
                   *(path for compiler in compilers if compiler for path in _program_files(compiler, installation=True))]
     private = _private_roots(keep_out)
     kept: list[str] = []

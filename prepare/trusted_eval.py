@@ -302,6 +302,9 @@ def run(args) -> dict:
         logits_of = SharedLogits(server, buffer) if buffer is not None else PipeLogits(server)
         with torch.no_grad():
             result = evaluate(logits_of, sets, batch_size, TOLERANCE[args.device], device=args.device)
+    except wire.ProtocolError as exc:
+        raise EvaluationError(f"protocol rule: the model server sent what the protocol does not allow ({exc}); "
+                              "only prepare/model_server.py may write to its output") from None
     except (wire.WireError, BrokenPipeError) as exc:
         raise EvaluationError(f"the model server failed: {exc}") from None
     finally:

@@ -24,7 +24,11 @@ MAX_REPLY_BYTES = 64 << 30      # a reply larger than this is refused before it 
 
 
 class WireError(RuntimeError):
-    """The other side broke the protocol or went away; the message is one line."""
+    """The other side failed, went away or broke the protocol; the message is one line."""
+
+
+class ProtocolError(WireError):
+    """The other side sent bytes the protocol does not allow (not a failure it reported)."""
 
 
 def _read_exact(stream: BinaryIO, n: int) -> bytes:
@@ -55,7 +59,7 @@ def read_load(stream: BinaryIO) -> bool:
     if not magic:
         return False
     if magic != LOAD:
-        raise WireError(f"expected a LOAD request, got {magic!r}")
+        raise ProtocolError(f"expected a LOAD request, got {magic!r}")
     return True
 
 
@@ -64,7 +68,7 @@ def read_ready(stream: BinaryIO) -> None:
     if magic == FAIL:
         _raise_failure(stream)
     if magic != READY:
-        raise WireError(f"expected the model server to be ready, got {magic!r}")
+        raise ProtocolError(f"expected the model server to be ready, got {magic!r}")
 
 
 def read_rows(stream: BinaryIO) -> np.ndarray | None:
@@ -73,7 +77,7 @@ def read_rows(stream: BinaryIO) -> np.ndarray | None:
     if not magic:
         return None
     if magic != ROWS:
-        raise WireError(f"expected a ROWS request, got {magic!r}")
+        raise ProtocolError(f"expected a ROWS request, got {magic!r}")
     B, T = struct.unpack("<II", _read_exact(stream, 8))
     return np.frombuffer(_read_exact(stream, 8 * B * T), dtype="<i8").reshape(B, T)
 
@@ -113,10 +117,10 @@ def read_logits(stream: BinaryIO, B: int, T: int, V: int) -> np.ndarray:
     if magic == FAIL:
         _raise_failure(stream)
     if magic != LOGITS:
-        raise WireError(f"expected logits, got {magic!r}")
+        raise ProtocolError(f"expected logits, got {magic!r}")
     _read_shape(stream, B, T, V)
     if 4 * B * T * V > MAX_REPLY_BYTES:
-        raise WireError(f"a reply of {4 * B * T * V} bytes is over the limit")
+        raise ProtocolError(f"a reply of {4 * B * T * V} bytes is over the limit")
     return np.frombuffer(_read_exact(stream, 4 * B * T * V), dtype="<f4").reshape(B, T, V)
 
 
@@ -126,5 +130,5 @@ def read_done(stream: BinaryIO, B: int, T: int, V: int) -> None:
     if magic == FAIL:
         _raise_failure(stream)
     if magic != DONE:
-        raise WireError(f"expected DONE, got {magic!r}")
+        raise ProtocolError(f"expected DONE, got {magic!r}")
     _read_shape(stream, B, T, V)

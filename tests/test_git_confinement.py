@@ -130,7 +130,8 @@ def test_unrecorded_worktree_naming_a_git_dir_inside_itself_is_refused(setup):
     gitops._worktree_gitdirs.clear()                     # as if another process had made it
     with pytest.raises(gitops.GitOpsError, match="inside the worktree"):
         guards.changed_paths(worktree)
-    assert guards.changed_paths(worktree, gitdir=gitdir) == [".gitattributes"]  # an explicit git dir is used
+    # an explicit git dir is used; the evil git dir sits in an ignored folder, which counts too
+    assert guards.changed_paths(worktree, gitdir=gitdir) == [".gitattributes", "__pycache__/"]
     assert not marker.exists()
 
 

@@ -20,11 +20,13 @@ _MIN_SECRET_LENGTH = 6
 
 
 def minimal_env(keys: Iterable[str] = (), source: Mapping[str, str] | None = None) -> dict[str, str]:
-    """PATH, HOME, LANG, TERM and the named `keys`, taken from `source` (default: os.environ)."""
+    """PATH, HOME, LANG, TERM and the named `keys`, taken from `source` (default: os.environ), and
+    PYTHONDONTWRITEBYTECODE=1."""
     source = os.environ if source is None else source
     env = {name: source[name] for name in BASE_VARIABLES if name in source}
     env.setdefault("PATH", os.defpath)
     env.setdefault("LANG", "C.UTF-8")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"     # an agent leaves no file but its edit, not even __pycache__ (guards.py)
     for name in keys:
         if source.get(name):
             env[name] = source[name]
