@@ -91,6 +91,7 @@ def training_outcome(result: TrainResult, task: Task, timeout_s: float) -> tuple
     claimed = figures["reported_" + task.metric]
     if claimed is not None and math.isfinite(claimed) and task.better(claimed, value) and \
             abs(claimed - value) > REPORT_TOLERANCE * abs(value):
+        figures[task.metric] = figures[holdout_column(task.metric)] = None
         return "violation", (f"report rule: the file claims {task.metric} {claimed:.6f}, the evaluator measured "
                              f"{value:.6f}; under the harness a train file prints no metric of its own"), figures
     return "ok", "", figures
