@@ -678,7 +678,8 @@ def load_model(checkpoint_path, device):
     model.to_empty(device=device)
     model.init_weights()  # buffers and dtypes as in training; the weights come next
     model.load_state_dict(saved["model"])
-    return model.eval()
+    model.eval()
+    return torch.compile(model, dynamic=False) if device.type == "cuda" else model
 
 
 # ---------------------------------------------------------------------------
