@@ -32,7 +32,7 @@ from population import budget, gitops, readiness, sandbox
 from population.config import (RERUN_OPTIMISM, ConfigError, RunConfig, default_tag, resolve, validate,
                                with_run_settings)
 from population.console import Console, experiment_line, reason_headline, status_line
-from population.selection import (choose_culls, clears_margin, estimate_noise, posterior_choice,
+from population.selection import (choose_culls, clears_margin, estimate_noise, holdout_lags, posterior_choice,
                                   promotion_decision, tournament_select)
 from population.state import PopulationState, holdout_column
 from population.store import RunStore, StoreError
@@ -1137,7 +1137,8 @@ class Driver:
 
     def _promote(self, member: str) -> None:
         previous = self.state.champion
-        self.record({"type": "champion", "member": member})
+        gains = self._gains_over_seed(member)
+        self.record({"type": "champion", "member": member, **gains})
         gitops.set_ref(self.repo, gitops.best_branch(self.tag), self.state.members[member].commit)
         mean = self.state.members[member].mean
         why = ""
@@ -1147,6 +1148,28 @@ class Driver:
                    f"{self.state.posterior.prob_better(member, previous):.0%} likely better than {previous}")
         self.console.line(f"champion: {member} {self.task.metric} {mean:.6f}"
                           + (f" (was {previous}{why})" if previous else ""))
+        if gains and holdout_lags(gains["val_gain"], gains["holdout_gain"], self.state.noise_std):
+            self.console.line(f"warning: champion {member} gains {gains['val_gain']:.6f} over the seed on the "
+                              f"validation rows but {gains['holdout_gain']:.6f} on the hidden holdout: possibly "
+                              "selected for the validation set rather than better")
+
+    def _gains_over_seed(self, member: str) -> dict:
+        """The member's gain over the seed on the validation rows and on the hidden holdout (means
+        of their ok runs, positive is better), when both have both; {} otherwise."""
+        holdout = holdout_column(self.task.metric)
+        sign = 1 if self.task.lower_is_better else -1
+
+        def means(name: str) -> tuple[float, float] | None:
+            rows = [self.state.experiments[i].row for i in self.state.experiment_ids(name)
+                    if self.state.experiments[i].row.get("status") == "ok"]
+            pairs = [(r[self.task.metric], r[holdout]) for r in rows
+                     if isinstance(r.get(self.task.metric), (int, float)) and isinstance(r.get(holdout), (int, float))]
+            return (sum(v for v, _ in pairs) / len(pairs), sum(h for _, h in pairs) / len(pairs)) if pairs else None
+
+        seed, child = means(BASELINE_MEMBER), means(member)
+        if seed is None or child is None:
+            return {}
+        return {"val_gain": sign * (seed[0] - child[0]), "holdout_gain": sign * (seed[1] - child[1])}
 
     def _queue_rerun(self, member: str) -> None:
         if any(w.kind == "rerun" and w.member == member for w in self.pending) or any(

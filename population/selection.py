@@ -181,3 +181,10 @@ def estimate_noise(values: Sequence[float], floor_fraction: float = 1e-4,
     if len(values) < 2:
         return fallback_fraction * scale
     return max(statistics.stdev(values), floor_fraction * scale)
+
+
+def holdout_lags(val_gain: float, holdout_gain: float, noise_std: float | None) -> bool:
+    """A champion that selection may have fitted to the validation rows: it gains clearly on them
+    (more than two noise std over the seed) and less than half of that on the hidden holdout, which
+    selection never sees. Gains are oriented: positive is better."""
+    return noise_std is not None and val_gain > 2 * noise_std and holdout_gain < val_gain / 2

@@ -341,6 +341,23 @@ def test_a_better_child_is_promoted_once_its_own_child_confirms_it_without_a_rer
     assert f"champion: {child}" in out and "likely better than m0000" in out
 
 
+def test_a_champion_better_on_validation_only_is_flagged_against_the_hidden_holdout(cluster, tmp_path, monkeypatch):
+    """The seed's evaluator gives every model the same holdout score: the promoted child's gain on
+    the validation rows is not there on the holdout, and the console and the journal say so."""
+    monkeypatch.setenv("AUTORESEARCH_FAKE_SLEEP", "0.1")
+    repo = make_seed_repo(tmp_path / "seed")
+    evaluator = repo / "prepare" / "trusted_eval.py"
+    evaluator.write_text(evaluator.read_text().replace('"holdout": value + 0.001', '"holdout": 1.5'))
+    git(repo, "commit", "-qam", "an evaluator whose holdout never moves")
+    agent = agent_spec(write_plan(tmp_path / "plan", [("better-lr", {"action": "set", "line": BETTER_LR})]))
+    code, out = _run(_config(repo, "overfit", max_experiments=4, agents=[agent]))
+    assert code == EXIT_OK, out
+    events = journal(repo / "runs" / "overfit")
+    promoted = [e for e in events if e["type"] == "champion" and e["member"] != "m0000"]
+    assert promoted and promoted[-1]["val_gain"] > 0.005 and promoted[-1]["holdout_gain"] == pytest.approx(0)
+    assert f"warning: champion {promoted[-1]['member']} gains" in out and "hidden holdout" in out
+
+
 def test_driver_killed_just_after_recording_a_result_makes_its_decision_on_resume(cluster, better_child):
     repo, agent, env = better_child
     proc = _start_driver(repo, cluster, "after", "--max-experiments", "2", "--agent", agent, "--confirm-runs", "1",

@@ -233,3 +233,11 @@ def test_posterior_choice_needs_the_confidence():
     assert posterior_choice(candidates, "seed", posterior, confidence=0.99, min_evidence=2) is None
     assert posterior_choice(candidates, "seed", posterior, confidence=probability - 1e-3,
                             min_evidence=2) in ("child", "grandchild")
+
+
+def test_a_champion_is_flagged_when_its_holdout_gain_is_under_half_its_clear_validation_gain():
+    from population.selection import holdout_lags
+    assert holdout_lags(val_gain=0.01, holdout_gain=0.004, noise_std=0.001)
+    assert not holdout_lags(val_gain=0.01, holdout_gain=0.006, noise_std=0.001)      # half of it is there
+    assert not holdout_lags(val_gain=0.0015, holdout_gain=0.0, noise_std=0.001)      # inside the noise
+    assert not holdout_lags(val_gain=0.01, holdout_gain=0.0, noise_std=None)         # noise not yet measured
