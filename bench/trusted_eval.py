@@ -3,8 +3,8 @@
 Trains the seed (engine/train.py) once for --budget seconds through population.training.run_training,
 exactly as a population worker does it (an export of the files, the sandbox unless --no-sandbox,
 the trusted evaluator started beside the training and told to go when it ends), then scores the
-same checkpoint the old way: one process, the compiled model, prepare.evaluate_bpb. With
---standalone it first trains the seed as a user's plain `python engine/train.py` would (the old
+same checkpoint the old way, twice (one process, the compiled model, prepare.evaluate_bpb). With
+--standalone N it then trains the seed as a user's plain `python engine/train.py` would (the old
 contract: the file scores itself), whose eval_seconds is what a worker paid before. The last of
 each kind is the warm one (compile caches filled by the ones before).
 
@@ -82,7 +82,7 @@ def main() -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--sandbox", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--standalone", type=int, default=0, metavar="N",
-                        help="first train the seed N times the old way (the first may compile cold)")
+                        help="then train the seed N times the old way")
     parser.add_argument("--repeat", type=int, default=1,
                         help="trusted trainings in a row (the first may compile the model server's graph cold)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
@@ -93,9 +93,6 @@ def main() -> int:
     if args.device == "cuda":
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")    # what Ray sets for a worker's training
     report["standalone"] = []
-    for _ in range(args.standalone):
-        report["standalone"].append(standalone(export, args.budget, args.device))
-        print("standalone:", json.dumps(report["standalone"][-1])[:400], flush=True)
     runs = []
     for index in range(args.repeat):
         job = TrainJob(exp_id=index, worktree=str(export), train_file="engine/train.py",
@@ -117,10 +114,15 @@ def main() -> int:
     checkpoint = work / "out" / str(args.repeat - 1) / "model.pt"
     if checkpoint.is_file():
         env = {**os.environ, **run_env(args.budget, args.device), "PYTHONPATH": str(export)}
-        out = subprocess.run([sys.executable, "-c", OLD_PATH, str(checkpoint), args.device], cwd=export, env=env,
-                             capture_output=True, text=True)
-        report["old_path_same_weights"] = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 \
-            else {"error": out.stderr[-1500:]}
+        for _ in range(2):                  # the second from a warm compile cache
+            out = subprocess.run([sys.executable, "-c", OLD_PATH, str(checkpoint), args.device], cwd=export,
+                                 env=env, capture_output=True, text=True)
+            report["old_path_same_weights"] = json.loads(out.stdout.strip().splitlines()[-1]) \
+                if out.returncode == 0 else {"error": out.stderr[-1500:]}
+            print("old path, same weights:", json.dumps(report["old_path_same_weights"])[:300], flush=True)
+    for _ in range(args.standalone):        # last: the compile caches are warm for it
+        report["standalone"].append(standalone(export, args.budget, args.device))
+        print("standalone:", json.dumps(report["standalone"][-1])[:400], flush=True)
     evaluation = runs[-1]["evaluation"] or {}
     if "metric" in evaluation and "val_bpb" in report.get("old_path_same_weights", {}):
         report["metric_difference"] = evaluation["metric"] - report["old_path_same_weights"]["val_bpb"]

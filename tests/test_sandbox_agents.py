@@ -199,7 +199,7 @@ def test_agent_edits_its_worktree_and_nothing_outside(host_home, outside, worktr
     names = set(line(proposal.transcript, "names=").split())
     assert "FOO_TOKEN" in names and "OPENAI_API_KEY" not in names
     assert names <= {"PATH", "HOME", "LANG", "TERM", "TMPDIR", "FOO_TOKEN", "PWD", "OLDPWD", "SHLVL", "_",
-                     *sandbox.egress.proxy_env()}
+                     "PYTHONDONTWRITEBYTECODE", *sandbox.egress.proxy_env()}
 
 
 def test_without_the_sandbox_the_same_agent_does_write_outside(host_home, outside, worktree, agent_script):
