@@ -1,6 +1,7 @@
 """The app's data logic (population/lineage_view.py) and figures (population/lineage_charts.py)."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -274,3 +275,27 @@ def test_exports_round_trip(normal):
     assert list(csv.columns) == list(normal.frame.columns) and len(csv) == len(normal.frame)
     with pytest.raises(ValueError):
         lv.export_bytes(normal.frame, "xlsx")
+
+
+def test_results_tsv_gives_lost_and_stopped_experiments_their_own_status_not_crash():
+    """autoresearch's analysis counts KEEP/DISCARD/CRASH: a lost training is none of them."""
+    from population.state import PopulationState
+    from population.store import results_tsv
+
+    started = [{"type": "experiment_started", "id": i, "kind": "baseline" if i == 0 else "child",
+                "member": f"m000{i}", "parent_id": None if i == 0 else 0, "worker": "w0", "time": 1.0}
+               for i in range(4)]
+    events = started + [
+        {"type": "experiment_finished", "id": 0, "row": {"status": "ok", "val_bpb": 1.0, "commit": "a" * 40}},
+        {"type": "experiment_lost", "id": 1, "reason": "node lost", "time": 2.0},
+        {"type": "experiment_finished", "id": 2, "row": {"status": "crash", "reason": "oom", "commit": "c" * 40}},
+        {"type": "experiment_finished", "id": 3, "row": {"status": "stopped", "commit": "d" * 40,
+                                                          "description": "cut short"}},
+    ]
+    lines = results_tsv(PopulationState.replay(events, "val_bpb").lineage_rows(), "val_bpb").splitlines()
+    assert len(lines) == 5 and all(len(line.split("\t")) == 5 for line in lines)   # line i + 1 = experiment i
+    assert lines[2].split("\t") == ["", "", "", "lost", ""]
+    assert lines[3].split("\t")[3] == "crash"
+    assert lines[4].split("\t") == ["ddddddd", "", "", "stopped", "cut short"]
+    analysed = pd.read_csv(io.StringIO("\n".join(lines)), sep="\t")
+    assert (analysed["status"].str.upper() == "CRASH").sum() == 1
