@@ -299,3 +299,14 @@ def test_results_tsv_gives_lost_and_stopped_experiments_their_own_status_not_cra
     assert lines[4].split("\t") == ["ddddddd", "", "", "stopped", "cut short"]
     analysed = pd.read_csv(io.StringIO("\n".join(lines)), sep="\t")
     assert (analysed["status"].str.upper() == "CRASH").sum() == 1
+
+
+def test_console_status_line_counts_training_and_waiting_for_a_gpu_apart():
+    """The one-GPU fallback: four workers submitted, one trains, three wait (issue 25)."""
+    from population.console import status_line
+
+    common = dict(finished=12, ok=9, in_flight=4, workers=4, alive=6, champion="m0003", metric="val_bpb",
+                  best=0.9903, elapsed_s=3723, max_experiments=100)
+    line = status_line(training=1, waiting_for_gpu=3, **common)
+    assert "1 training, 3 waiting for a GPU (4 workers)" in line and "4/4" not in line
+    assert "3/4 training" in status_line(training=3, **common)     # a driver that does not tell yet
