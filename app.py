@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -40,6 +41,38 @@ TREE_TAB, PROGRESS_TAB, TABLE_TAB, THROUGHPUT_TAB = (
     ":material/account_tree: Lineage tree", ":material/show_chart: Progress", ":material/table: Experiments",
     ":material/timeline: Throughput")
 SCOPES = {"living lineage": "living", "every member": "all"}
+# Streamlit gives a chart whose figure changed a new element id, so the browser draws a new plot and
+# plotly's uirevision never sees the old one: every refresh with new rows, and every click that
+# moves the ring, would reset the user's zoom. This keeps each chart's last zoom (per chart key,
+# which names the run and the view) in the page and lays it over the new plot; a double-click
+# (autorange) forgets it. A fixed script, no input in it.
+KEEP_ZOOM_JS = """
+(() => {
+  if (window.__keepZoom) return;
+  window.__keepZoom = {};
+  const views = window.__keepZoom;
+  const keyOf = (gd) => ((gd.closest('[class*="st-key-"]') || {}).className || '').match(/st-key-(zoom_\\S+)/);
+  const attach = (gd) => {
+    const match = keyOf(gd);
+    if (!match || gd.__keepZoomOn || typeof gd.on !== 'function') return;
+    gd.__keepZoomOn = true;
+    const key = match[1];
+    if (views[key]) window.Plotly.relayout(gd, views[key]);
+    gd.on('plotly_relayout', (event) => {
+      if (Object.keys(event).some((k) => k.endsWith('autorange'))) { delete views[key]; return; }
+      if (!Object.keys(event).some((k) => /^[xy]axis[0-9]*\\.range/.test(k))) return;
+      const layout = gd._fullLayout, view = {};
+      for (const name of Object.keys(layout)) {
+        if (/^[xy]axis[0-9]*$/.test(name) && layout[name].range) view[name + '.range'] = layout[name].range.slice();
+      }
+      views[key] = view;
+    });
+  };
+  const scan = () => document.querySelectorAll('.js-plotly-plot').forEach(attach);
+  new MutationObserver(scan).observe(document.body, {childList: true, subtree: true});
+  scan();
+})();
+"""
 TABLE_COLUMNS = ["id", "status", "reason", "member", "kind", "{metric}", "delta_parent", "estimate", "member_runs",
                  "alive", "champion", "parent_id", "generation", "description", "agent", "worker", "gpu",
                  "train_seconds", "agent_cost_usd", "started"]
@@ -148,6 +181,12 @@ def pick_run() -> tuple[Path | None, Path]:
 
 def select(exp_id: int) -> None:
     st.session_state["selected_id"] = int(exp_id)
+
+
+def chart_key(*view: str) -> str:
+    """A chart's key: one per run and view, so the page's zoom keeper (KEEP_ZOOM_JS) keeps each
+    view's zoom apart (`zoom_` marks the charts it keeps)."""
+    return f"zoom_{view[0]}_{zlib.crc32('|'.join(view).encode()):08x}"
 
 
 def on_chart_select(key: str) -> None:
@@ -277,8 +316,9 @@ def show_tree(run: lv.RunData, path: str, signature: tuple) -> None:
     member = selected_member(run, st.session_state.get("selected_id"))
     fig, click_map = tree_figure_cached(path, signature, SCOPES[scope], x_mode, member,
                                         bool(st.session_state.get("living_only")))
-    st.session_state["tree_chart_click_map"] = click_map
-    st.plotly_chart(fig, key="tree_chart", on_select=lambda: on_chart_select("tree_chart"), selection_mode="points",
+    key = chart_key("tree", path, scope, x_mode)
+    st.session_state[f"{key}_click_map"] = click_map
+    st.plotly_chart(fig, key=key, on_select=lambda: on_chart_select(key), selection_mode="points",
                     config={"scrollZoom": True, "displaylogo": False})
     layout = layout_cached(path, signature, SCOPES[scope], x_mode)
     hidden = int(layout.nodes["hidden_members"].sum())
@@ -291,9 +331,10 @@ def show_tree(run: lv.RunData, path: str, signature: tuple) -> None:
 
 def show_progress(run: lv.RunData, path: str, signature: tuple) -> None:
     fig = progress_figure_cached(path, signature)
-    st.session_state["progress_chart_click_map"] = {}
-    st.plotly_chart(fig, key="progress_chart", on_select=lambda: on_chart_select("progress_chart"),
-                    selection_mode="points", config={"displaylogo": False})
+    key = chart_key("progress", path)
+    st.session_state[f"{key}_click_map"] = {}
+    st.plotly_chart(fig, key=key, on_select=lambda: on_chart_select(key), selection_mode="points",
+                    config={"displaylogo": False})
     promotions = lv.promotion_table(run)
     st.caption(f"Each step is a promotion: the champion's {run.metric} as the posterior estimated it then, labelled "
                "with its description; faint points: every trained experiment (one run each). "
@@ -359,7 +400,7 @@ def show_table(run: lv.RunData, path: str, signature: tuple) -> None:
 
 def show_throughput(run: lv.RunData, path: str, signature: tuple) -> None:
     fig, busy = throughput_cached(path, signature)
-    st.plotly_chart(fig, key="throughput_chart", config={"displaylogo": False})
+    st.plotly_chart(fig, key=chart_key("throughput", path), config={"displaylogo": False})
     if not busy.empty:
         st.dataframe(busy, hide_index=True, column_config={
             "busy_h": st.column_config.NumberColumn("busy hours", format="%.2f"),
@@ -597,6 +638,7 @@ def main() -> None:
     st.html("<style>.st-key-details [data-testid='stMetricValue'] {font-size: 1.3rem;}"
             "[data-testid='stMainBlockContainer'] {padding-top: 2rem; padding-bottom: 1rem;}"
             ".st-key-headline [data-testid='stMetricValue'] {font-size: 1.9rem;}</style>")
+    st.html(f"<script>{KEEP_ZOOM_JS}</script>", unsafe_allow_javascript=True)
     path, runs_dir = pick_run()
     if path is None:
         st.title("autoresearch population")
@@ -613,7 +655,9 @@ def main() -> None:
     st.sidebar.caption("Read-only: this page never writes to a run.")
     known_runs = len(lv.list_runs(runs_dir))
 
-    @st.fragment(run_every=REFRESH_SECONDS if refresh else None)
+    # A live run refreshes every REFRESH_SECONDS (unless paused); a finished or stopped one is looked at
+    # now and then, so that a --resume shows without a reload.
+    @st.fragment(run_every=REFRESH_SECONDS if refresh else None if live else 6 * REFRESH_SECONDS)
     def live_view() -> None:
         try:
             show_run(path, live, runs_dir, known_runs)

@@ -125,6 +125,7 @@ def tree_figure(layout: lv.TreeLayout, metric: str, lower_is_better: bool, x_tit
         fig.add_trace(scatter(x=part["x"], y=part["y"], mode="markers", marker=marker, name=label,
                               customdata=part["first_id"].to_numpy(), hovertext=hover[part.index.to_numpy()],
                               hoverinfo="text", hoverlabel=dict(namelength=0)))
+    frontier = _frontier(nodes, x_title)
     if selected is not None and nodes["member"].eq(selected).any():
         chosen = nodes[nodes["member"].eq(selected)]
         fig.add_trace(go.Scatter(x=chosen["x"], y=chosen["y"], mode="markers+text", hoverinfo="skip",
@@ -134,7 +135,7 @@ def tree_figure(layout: lv.TreeLayout, metric: str, lower_is_better: bool, x_tit
     fig.update_layout(
         coloraxis=dict(colorscale="Viridis", reversescale=not lower_is_better, cmin=cmin, cmax=cmax,
                        colorbar=dict(title=dict(text=f"estimate<br>{metric}", side="top"), thickness=10, len=0.7)),
-        xaxis=dict(title=x_title, zeroline=False, range=_frontier(nodes, x_title)), yaxis=dict(visible=False),
+        xaxis=dict(title=x_title, zeroline=False, range=frontier[0]), yaxis=dict(visible=False, range=frontier[1]),
         clickmode="event+select", dragmode="pan", height=620, margin=dict(l=10, r=10, t=40, b=10),
         uirevision="tree", legend=dict(orientation="h", yanchor="bottom", y=1.01, x=0, itemsizing="constant"),
         hoverlabel=dict(align="left"), modebar=dict(orientation="v"), plot_bgcolor="white",
@@ -142,13 +143,15 @@ def tree_figure(layout: lv.TreeLayout, metric: str, lower_is_better: bool, x_tit
     return fig, click_map
 
 
-def _frontier(nodes: pd.DataFrame, x_title: str) -> list[float] | None:
-    """A deep lineage opens on its last FRONTIER_GENERATIONS generations, where the living members
-    are (the root stays one drag or double-click away); a shallow one shows everything."""
+def _frontier(nodes: pd.DataFrame, x_title: str) -> tuple[list[float] | None, list[float] | None]:
+    """(x range, y range) to open on: a deep lineage opens on its last FRONTIER_GENERATIONS
+    generations, where the living members are, and the rows drawn there (the root stays one drag
+    or double-click away); a shallow one shows everything (None, None)."""
     if x_title != "generation" or nodes.empty or nodes["x"].max() - nodes["x"].min() <= FRONTIER_GENERATIONS:
-        return None
+        return None, None
     end = float(nodes["x"].max())
-    return [end - FRONTIER_GENERATIONS, end + 1.5]
+    rows = nodes.loc[nodes["x"] >= end - FRONTIER_GENERATIONS, "y"]
+    return [end - FRONTIER_GENERATIONS, end + 1.5], [float(rows.min()) - 1.0, float(rows.max()) + 1.0]
 
 
 # --------------------------------------------------------------------------- progress: the promotion staircase
