@@ -124,31 +124,32 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Server:
-    """`streamlit run app.py` on loopback, pinned to `cores`."""
+    """`streamlit run app.py` on loopback serving `runs_dir` (pinned to `cores` when given), ready
+    once its health check answers; tests/test_app_browser.py serves its stores with it too."""
 
-    def __init__(self, runs_dir: Path, cores: set[int], watcher: bool, log: Path):
+    def __init__(self, runs_dir: Path, log: Path, cores: set[int] | None = None, watcher: bool = False,
+                 refresh_s: float = REFRESH_S, env: dict | None = None, timeout_s: float = 120):
         import requests
         self.port = free_port()
         args = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(self.port),
-                "--server.headless", "true"]
-        if watcher:
-            args += ["--server.fileWatcherType", "auto"]
-        self.log = open(log, "w")
+                "--server.headless", "true"] + (["--server.fileWatcherType", "auto"] if watcher else [])
+        self.log_path, self.log = log, open(log, "w")
         self.proc = subprocess.Popen(args + ["--", "--runs-dir", str(runs_dir)], cwd=ROOT, stdout=self.log,
-                                     stderr=subprocess.STDOUT, preexec_fn=lambda: os.sched_setaffinity(0, cores),
-                                     env={**os.environ, "AUTORESEARCH_APP_REFRESH_S": str(REFRESH_S)})
+                                     stderr=subprocess.STDOUT,
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
+                                     env={**os.environ, "AUTORESEARCH_APP_REFRESH_S": str(refresh_s), **(env or {})})
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.time() + 120
+        deadline = time.time() + timeout_s
         while True:
             try:
                 if requests.get(f"{self.url}/_stcore/health", timeout=2).ok:
-                    break
+                    return
             except requests.RequestException:
                 pass
             if self.proc.poll() is not None or time.time() > deadline:
-                raise SystemExit("app_scale: streamlit did not start; see " + str(log))
+                self.close()
+                raise RuntimeError("streamlit did not start:\n" + log.read_text()[-2000:])
             time.sleep(0.3)
-        time.sleep(1.0)              # let the server settle before the first measured load
 
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid)
@@ -199,7 +200,8 @@ def bench_browser(runs_dir: Path, run_dir: Path, rows: int, source: str, cores: 
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         try:
             for with_watcher in ([False, True] if watcher else [False]):
-                server = Server(runs_dir, cores, with_watcher, work / f"streamlit-{with_watcher}.log")
+                server = Server(runs_dir, work / f"streamlit-{with_watcher}.log", cores, with_watcher)
+                time.sleep(1.0)              # let the server settle before the first measured load
                 try:
                     label = " (file watcher on)" if with_watcher else ""
                     page = browser.new_page(viewport={"width": 1440, "height": 1000})

@@ -8,20 +8,19 @@ import io
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from population import lineage_charts as charts
 from population import lineage_view as lv
 from storegen import make_run
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -33,12 +32,6 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install -y chromium)"),
 ]
 sync_api = pytest.importorskip("playwright.sync_api")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -70,34 +63,18 @@ def stores(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def url(stores):
+    from app_scale import Server       # bench/app_scale.py: the same server its page loads measure
+
     runs, _, _, root = stores
-    port = free_port()
-    log = open(root / "streamlit.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.headless", "true", "--", "--runs-dir", str(runs)],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "AUTORESEARCH_RUNS": str(root / "nowhere"), "AUTORESEARCH_APP_REFRESH_S": str(REFRESH_S)})
-    address = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if requests.get(f"{address}/_stcore/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                pytest.fail("streamlit did not start:\n" + (root / "streamlit.log").read_text()[-2000:])
-            time.sleep(0.3)
-        yield address
+        server = Server(runs, root / "streamlit.log", refresh_s=REFRESH_S, timeout_s=90,
+                        env={"AUTORESEARCH_RUNS": str(root / "nowhere")})
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    try:
+        yield server.url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        server.close()
 
 
 @pytest.fixture(scope="module")
