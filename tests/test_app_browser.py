@@ -216,12 +216,38 @@ def test_ten_thousand_experiments_stay_a_tree(page, stores):
     # Every member: 8,000 nodes in WebGL, the selection ring still visible (an SVG trace on top).
     page.get_by_text("every member", exact=True).click()
     tree.locator("canvas").first.wait_for(timeout=60_000)
-    pick = page.locator(".st-key-details input[type='number']")
-    target = int(run.selection.members.sort_values("first_id").iloc[100]["first_id"])
-    pick.fill(str(target))
-    pick.press("Enter")
-    page.locator(".st-key-details h3").filter(has_text=f"#{target} ").wait_for(timeout=60_000)
-    sync_api.expect(tree.locator(".scatterlayer .trace").last.locator(".point")).to_have_count(1, timeout=60_000)
+    page.wait_for_timeout(500)
+    # A real click on a WebGL point: zoomed in (as a user would) on a living member, the living member
+    # farthest from any other node on screen.
+    everything = lv.tree_layout(run.selection.members, run.frame, run.selection.champion, "all")
+    nodes = everything.nodes
+    aim = nodes[nodes["category"].eq("living")].iloc[0]
+    page.evaluate("""([x, y]) => window.Plotly.relayout(document.querySelector('.js-plotly-plot'),
+                     {'xaxis.range': [x - 6, x + 2], 'yaxis.range': [y - 12, y + 12]})""", [aim["x"], aim["y"]])
+    page.wait_for_timeout(800)
+    screen = page.evaluate("""(points) => {
+        const gd = document.querySelector('.js-plotly-plot'), fl = gd._fullLayout, r = gd.getBoundingClientRect();
+        return points.map(([x, y]) => [r.left + fl._size.l + fl.xaxis.l2p(x), r.top + fl._size.t + fl.yaxis.l2p(y)]);
+    }""", nodes[["x", "y"]].to_numpy().tolist())
+    plot = tree.locator(".nsewdrag").first.bounding_box()
+    inside = [i for i, (x, y) in enumerate(screen) if plot["x"] + 10 < x < plot["x"] + plot["width"] - 10
+              and plot["y"] + 10 < y < plot["y"] + plot["height"] - 10]
+    living = [i for i in inside if nodes["category"].iloc[i] == "living"]
+    gap = {i: min(math.dist(screen[i], screen[j]) for j in inside if j != i) for i in living}
+    target = max(gap, key=gap.get)
+    assert gap[target] > 8, "no living member stands apart enough to click"
+    page.mouse.move(*screen[target])
+    page.wait_for_timeout(200)
+    page.mouse.click(*screen[target])
+    clicked = nodes.iloc[target]
+    page.locator(".st-key-details h3").filter(has_text=f"#{clicked['first_id']} · {clicked['member']}").wait_for(
+        timeout=60_000)
+    ring = tree.locator(".scatterlayer .trace").last.locator(".point")     # SVG over the WebGL canvas
+    sync_api.expect(ring).to_have_count(1, timeout=60_000)
+    deadline = time.time() + 30
+    while math.dist(centre(ring.bounding_box()), screen[target]) > 4:
+        assert time.time() < deadline, "the selection ring is not on the clicked WebGL point"
+        page.wait_for_timeout(200)
     shoot(page, stores, "big-tree-every-member")
 
     # Progress: the promotion staircase, one marker per promotion.
