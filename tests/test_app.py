@@ -3,6 +3,7 @@ driver's way (tests/storegen.py)."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 import tomllib
@@ -327,3 +328,31 @@ def test_odd_stores_render_without_errors(tmp_path, monkeypatch, change):
     assert not failures(at) and len(at.get("plotly_chart")) == 1
     for tab in (PROGRESS_TAB, TABLE_TAB, THROUGHPUT_TAB):
         show_tab(at, tab)
+
+
+def test_without_experiment_files_the_diff_and_the_file_come_from_git(tmp_path, monkeypatch):
+    """A store copied without experiments/ still shows a child's diff and whole file, read from the
+    run's repository (run.json `repo`) with the commits its rows name."""
+    from test_driver_support import git, make_seed_repo
+
+    repo = make_seed_repo(tmp_path / "seed")
+    seed = git(repo, "rev-parse", "HEAD").strip()
+    train = repo / "engine" / "train.py"
+    train.write_text(train.read_text().replace("DEPTH = 8", "DEPTH = 11"))
+    git(repo, "commit", "-qam", "deeper")
+    child_commit = git(repo, "rev-parse", "HEAD").strip()
+    run_dir = make_run(tmp_path / "runs" / "copied", n=12, lost_rate=0.0)
+    frame = pd.read_parquet(run_dir / "lineage.parquet")
+    child = int(frame.loc[(frame["kind"] == "child") & (frame["status"] == "ok"), "id"].iloc[0])
+    frame.loc[frame["id"] == child, ["commit", "parent_commit"]] = [child_commit, seed]
+    frame.to_parquet(run_dir / "lineage.parquet", index=False)
+    meta = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps(meta | {"repo": str(repo), "seed_commit": seed}))
+    shutil.rmtree(run_dir / "experiments")
+    at = open_app(monkeypatch, tmp_path / "runs")
+    at.number_input(key="selected_id").set_value(child).run()
+    side = [h.proto.body for h in at.get("html") if "class='sbs'" in h.proto.body]
+    assert len(side) == 1 and "class='new'>DEPTH = 11</td>" in side[0] and "class='old'>DEPTH = 8</td>" in side[0]
+    assert any(c.startswith(f"from git diff {seed[:9]} {child_commit[:9]}") for c in texts(at.caption))
+    files = [c.value for c in at.code if c.language == "python"]
+    assert [text.rstrip("\n") for text in files] == [train.read_text().rstrip("\n")]
