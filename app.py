@@ -420,7 +420,7 @@ def ensure_selection(run: lv.RunData) -> None:
         st.session_state["selected_id"] = champion if champion is not None else last
 
 
-def show_details(run: lv.RunData, path: str, signature: tuple) -> None:
+def show_details(run: lv.RunData) -> None:
     frame = run.frame
     first, last = int(frame["id"].min()), int(frame["id"].max())
     head, pick = st.columns([3, 1.1], vertical_alignment="bottom")
@@ -445,17 +445,18 @@ def show_details(run: lv.RunData, path: str, signature: tuple) -> None:
     if row["description"]:
         st.markdown(f"**{row['description']}**")
     if row["status"] in ("lost", "stopped"):
-        st.info(f"{row['status']}: {row['reason'] or 'no reason recorded'} — not a failure: its work was queued again.")
+        again = "its work was queued again under a new id" if row["status"] == "lost" else "`--resume` queues it again"
+        st.info(f"{row['status']}: {row['reason'] or 'no reason recorded'} — not a failure: {again}.")
     elif row["reason"]:
         (st.info if row["status"] == "ok" else st.error)(row["reason"])
     if member is not None:
-        show_member(run, member, row)
+        show_member(run, member)
     show_navigation(run, row)
     show_figures(run, row)
     show_files(run, row)
 
 
-def show_member(run: lv.RunData, member: pd.Series, row: pd.Series) -> None:
+def show_member(run: lv.RunData, member: pd.Series) -> None:
     """The member this run belongs to: its runs (n, mean, spread) and the posterior's estimate."""
     metric = run.metric
     parent = run.selection.members.loc[member["parent"]] if member["parent"] in run.selection.members.index else None
@@ -504,7 +505,7 @@ def show_figures(run: lv.RunData, row: pd.Series) -> None:
         figures.append((run.holdout, _fmt(row[run.holdout], "{:.6f}"), None))
     reported = lv.reported_column(metric)
     if reported in run.frame and not math.isnan(row[reported]):
-        figures.append((f"reported by train file", _fmt(row[reported], "{:.6f}"), None))
+        figures.append(("reported by train file", _fmt(row[reported], "{:.6f}"), None))
     figures += [("training s", _fmt(row["training_seconds"], "{:.1f}"), None),
                 ("peak VRAM", _fmt(row["peak_vram_mb"] / 1024, "{:.1f} GB"), None),
                 ("MFU", _fmt(row["mfu_percent"], "{:.1f} %"), None),
@@ -618,7 +619,7 @@ def show_run(path: Path, was_live: bool, runs_dir: Path, known_runs: int) -> Non
                     draw(run, str(path), signature)
     with side:
         with st.container(border=True, key="details", height=DETAILS_HEIGHT):
-            show_details(run, str(path), signature)
+            show_details(run)
 
 
 def wait_for_runs(runs_dir: Path) -> None:
