@@ -68,12 +68,16 @@ def make_store(runs_dir: Path, rows: int, source: str) -> Path:
 
 
 def grow(run_dir: Path, rows: int, source: str) -> None:
-    """The store as a live run sees it a little later: 50 more experiments."""
+    """The store as a live run sees it a little later: 50 more experiments. Written aside, then each
+    file moved in (os.replace), so the page reads the old store or the new one, not a half-written one."""
     if source == "simulate":                 # a simulated run cannot be continued: touch it instead
         os.utime(run_dir / "events.jsonl")
         return
     from storegen import make_run
-    make_run(run_dir, n=rows + 50, files_for=200, state="running")
+    aside = make_run(run_dir.parent / ".grow" / run_dir.name, n=rows + 50, files_for=200, state="running")
+    for name in (".journal.key", "events.jsonl", "lineage.parquet", "results.tsv", "run.json"):
+        os.replace(aside / name, run_dir / name)
+    shutil.rmtree(aside.parent, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- in process
