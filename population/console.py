@@ -50,12 +50,20 @@ def reason_headline(reason: str) -> str:
 
 
 def status_line(*, finished: int, ok: int, in_flight: int, training: int, workers: int, alive: int,
-                champion: str | None, metric: str, best, elapsed_s: float, max_experiments: int | None) -> str:
+                champion: str | None, metric: str, best, elapsed_s: float, max_experiments: int | None,
+                waiting_for_gpu: int | None = None) -> str:
+    """The minute's status. `training`: trainings that hold a GPU now; `waiting_for_gpu`: trainings
+    submitted but queued for a GPU (the one-GPU fallback queues all but one). Without
+    `waiting_for_gpu` the line reads "{training}/{workers} training", as before the split."""
     total = f"/{max_experiments}" if max_experiments else ""
     best_text = f"{champion} {metric} {_value(best)}" if champion else "none yet"
     hours, rest = divmod(int(elapsed_s), 3600)
+    if waiting_for_gpu is None:
+        gpus = f"{training}/{workers} training"
+    else:
+        gpus = f"{training} training, {waiting_for_gpu} waiting for a GPU ({workers} workers)"
     return (f"status: {finished}{total} finished ({ok} ok), {in_flight} in flight, "
-            f"{training}/{workers} training, {alive} alive, best {best_text}, "
+            f"{gpus}, {alive} alive, best {best_text}, "
             f"elapsed {hours:d}:{rest // 60:02d}:{rest % 60:02d}")
 
 

@@ -458,11 +458,23 @@ def lineage_parquet_bytes(rows: Iterable[dict], metric: str) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+# Statuses of experiments that never produced a result of their own: `lost` (its task, actor or
+# node died; the work was queued again under a new id) and `stopped` (in flight when the driver
+# stopped; --resume queues it again). Neither is a crash of the experiment's code.
+UNFINISHED_STATUSES = ("lost", "stopped")
+
+
 def results_tsv(rows: Iterable[dict], metric: str, lower_is_better: bool = True) -> str:
     """autoresearch's results.tsv: `commit <metric> memory_gb status description`, one line a row.
 
     status: keep (ok and better than its parent member's mean, or a baseline), discard (ok, not
-    better), crash (anything else). A re-run is judged, like its member, against the member's parent.
+    better), crash (the experiment failed: crash, timeout, violation, duplicate, agent_error).
+    A re-run is judged, like its member, against the member's parent.
+
+    Lost and stopped experiments (UNFINISHED_STATUSES) keep their row, so that line i + 1 is still
+    experiment i, but with their own status word (`lost`, `stopped`) and an empty metric and memory:
+    autoresearch's analysis.ipynb counts only KEEP, DISCARD and CRASH and plots only KEEP and DISCARD
+    rows, so it ignores them, and they never count as crashes that did not happen.
     """
     rows = list(rows)
     mean_by_id = {row["id"]: row.get("metric_mean") for row in rows}
@@ -470,21 +482,24 @@ def results_tsv(rows: Iterable[dict], metric: str, lower_is_better: bool = True)
                      if row.get("kind") in ("baseline", "child") and row.get("status") == "ok"}
     lines = [f"commit\t{metric}\tmemory_gb\tstatus\tdescription"]
     for row in rows:
+        commit = (row.get("commit") or "")[:7]
+        description = " ".join(str(row.get("description") or "").replace("\t", " ").splitlines())
+        if row.get("status") in UNFINISHED_STATUSES:
+            lines.append(f"{commit}\t\t\t{row['status']}\t{description}")
+            continue
         value = _finite(row.get(metric))
         parent_id = member_parent.get(row.get("member"), row.get("parent_id")) if row.get("kind") == "rerun" \
             else row.get("parent_id")
         status = tsv_status(row, value, _finite(mean_by_id.get(parent_id)), lower_is_better)
         memory = _finite(row.get("peak_vram_mb"))
         memory_gb = 0.0 if status == "crash" or math.isnan(memory) else memory / 1024
-        commit = (row.get("commit") or "")[:7]
-        description = " ".join(str(row.get("description") or "").replace("\t", " ").splitlines())
         lines.append(f"{commit}\t{value if status != 'crash' else 0.0:.6f}\t"
                      f"{memory_gb:.1f}\t{status}\t{description}")
     return "\n".join(lines) + "\n"
 
 
 def tsv_status(row: dict, value: float, parent_mean: float, lower_is_better: bool) -> str:
-    """keep / discard / crash for one row (see results_tsv)."""
+    """keep / discard / crash for one finished row (see results_tsv)."""
     if row.get("status") != "ok" or math.isnan(value):
         return "crash"
     if row.get("kind") == "baseline" or math.isnan(parent_mean):

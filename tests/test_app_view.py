@@ -1,10 +1,12 @@
-"""The app's data logic (population/lineage_view.py) and figures (population/lineage_charts.py)."""
+"""The app's data logic (population/lineage_view.py) and figures (population/lineage_charts.py), on
+stores written the driver's way (tests/storegen.py: the driver's state, selection code and store)."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-from pathlib import Path
+import statistics
 
 import numpy as np
 import pandas as pd
@@ -13,28 +15,38 @@ import pytest
 
 from population import lineage_charts as charts
 from population import lineage_view as lv
+from population.state import PopulationState
+from population.store import RunStore
 from storegen import make_corrupt_run, make_empty_run, make_run
 
 
 @pytest.fixture(scope="module")
 def normal(tmp_path_factory) -> lv.RunData:
-    return lv.load_run(make_run(tmp_path_factory.mktemp("runs") / "mar5", n=60))
+    return lv.load_run(make_run(tmp_path_factory.mktemp("runs") / "mar5", n=160, lost_rate=0.03, workers=4,
+                                population=6))
 
 
-def test_load_normal_run_reads_every_row_with_documented_dtypes(normal):
+@pytest.fixture(scope="module")
+def replayed(normal) -> PopulationState:
+    """The driver's own state after the run's journal: what the page must agree with."""
+    return PopulationState.replay(RunStore(normal.path).events(), normal.metric, normal.lower_is_better)
+
+
+# --------------------------------------------------------------------------- loading
+
+def test_load_reads_every_row_with_documented_dtypes_and_a_verified_journal(normal):
     raw = pd.read_parquet(normal.path / "lineage.parquet")
     assert normal.metric == "val_bpb" and normal.lower_is_better
     assert normal.source == "lineage.parquet" and normal.notes == []
+    assert normal.journal == "signed" and normal.selection.source == "journal"
     assert normal.frame["id"].tolist() == sorted(raw["id"].tolist())
-    assert normal.frame["parent_id"].dtype == "Int64"
-    assert normal.frame["alive"].dtype == bool
+    assert normal.frame["parent_id"].dtype == "Int64" and normal.frame["alive"].dtype == bool
     assert normal.frame["val_bpb"].isna().sum() == raw["status"].ne("ok").sum()
 
 
 def test_metric_name_comes_from_run_json(tmp_path):
     run = lv.load_run(make_run(tmp_path / "e8", n=20, metric="val_bpc"))
-    assert run.metric == "val_bpc"
-    assert run.frame["val_bpc"].notna().any() and "val_bpb" not in run.frame
+    assert run.metric == "val_bpc" and run.frame["val_bpc"].notna().any() and "val_bpb" not in run.frame
 
 
 def test_unreadable_run_json_guesses_metric_from_parquet_columns(tmp_path):
@@ -47,38 +59,56 @@ def test_unreadable_run_json_guesses_metric_from_parquet_columns(tmp_path):
 
 def test_corrupt_parquet_falls_back_to_results_tsv(tmp_path):
     run = lv.load_run(make_corrupt_run(tmp_path / "bad", "parquet", n=15))
-    assert run.source == "results.tsv"
-    assert len(run.frame) == 15
+    assert run.source == "results.tsv" and len(run.frame) == 15
     assert any(level == "warning" and "lineage.parquet" in text for level, text in run.notes)
     tsv = pd.read_csv(run.path / "results.tsv", sep="\t")
     assert (run.frame["status"] == "crash").sum() == (tsv["status"] == "crash").sum()
     assert run.frame.loc[run.frame["status"] == "crash", "val_bpb"].isna().all()   # not 0.0
+    assert run.selection.champion == lv.replay_selection(RunStore(run.path).events(), "val_bpb", True)[0].champion
 
 
 def test_missing_parquet_is_an_info_note(tmp_path):
     run = lv.load_run(make_corrupt_run(tmp_path / "half", "missing_parquet", n=8))
     assert run.source == "results.tsv" and len(run.frame) == 8
     assert [level for level, _ in run.notes] == ["info"]
-    # No timings in results.tsv: unknown, not zero; the tree is laid out by recording order.
-    assert math.isnan(lv.run_totals(run.frame, "val_bpb", True)["gpu_hours"])
-    assert lv.x_title(run.frame, "time") == "experiment #"
-    assert lv.x_positions(run.frame, "time").tolist() == list(range(8))
+    assert math.isnan(lv.counts(run.frame)["gpu_hours"])   # no timings in results.tsv: unknown, not zero
 
 
-def test_torn_events_line_is_reported(tmp_path):
+def test_torn_events_line_is_reported_and_dropped(tmp_path):
     run_dir = make_corrupt_run(tmp_path / "torn", "events", n=8)
     run = lv.load_run(run_dir)
-    assert len(run.frame) == 8
+    assert len(run.frame) == 8 and run.selection.source == "journal"
     assert any("torn" in text for _, text in run.notes)
     meta = json.loads((run_dir / "run.json").read_text())
     (run_dir / "run.json").write_text(json.dumps(meta | {"state": "running"}))
     assert lv.load_run(run_dir).notes == []   # live: an append in progress, not worth a note
 
 
+def test_a_forged_journal_is_not_trusted(tmp_path):
+    """A journal line another process edited fails the store's signature check: the page says so
+    and falls back to run.json's champion, never obeying the forged `champion` event."""
+    run_dir = make_corrupt_run(tmp_path / "forged", "forged", n=12)
+    run = lv.load_run(run_dir)
+    assert any(level == "warning" and "cannot be trusted" in text for level, text in run.notes)
+    assert run.selection.source == "run.json" and run.journal == ""
+    champion_id = json.loads((run_dir / "run.json").read_text())["champion_id"]
+    assert run.selection.champion_id == champion_id
+
+
+def test_without_a_journal_the_champion_comes_from_run_json(tmp_path):
+    run_dir = make_run(tmp_path / "old", n=30)
+    (run_dir / "events.jsonl").unlink()
+    run = lv.load_run(run_dir)
+    assert run.selection.source == "run.json" and run.selection.promotions.empty
+    assert run.selection.champion_id == json.loads((run_dir / "run.json").read_text())["champion_id"]
+    assert not run.selection.members["estimated"].any()          # plain means, and the page says so
+    assert any("events.jsonl is missing" in text for _, text in run.notes)
+
+
 def test_empty_and_missing_runs_never_raise(tmp_path):
     empty = lv.load_run(make_empty_run(tmp_path / "new"))
-    assert empty.frame.empty and empty.live
-    assert ("info", "No experiments recorded yet.") in empty.notes
+    assert empty.frame.empty and empty.live and ("info", "No experiments recorded yet.") in empty.notes
+    assert empty.selection.champion is None and lv.headline(empty)["champion"] is None
     missing = lv.load_run(tmp_path / "nope")
     assert missing.frame.empty and missing.notes[0][0] == "warning"
 
@@ -87,88 +117,169 @@ def test_partial_columns_are_filled(tmp_path):
     run_dir = tmp_path / "thin"
     run_dir.mkdir()
     pd.DataFrame({"id": [0, 1, 2], "parent_id": [None, 0, 1], "status": ["ok", "ok", "crash"],
-                  "val_bpb": [1.0, 0.99, None]}).to_parquet(run_dir / "lineage.parquet")
+                  "member": ["m0000", "m0001", "m0002"], "val_bpb": [1.0, 0.99, None]}
+                 ).to_parquet(run_dir / "lineage.parquet")
     run = lv.load_run(run_dir)
     assert set(lv.FLOAT_COLUMNS) <= set(run.frame.columns)
     assert run.frame["agent"].eq("").all() and not run.frame["alive"].any()
-    assert lv.ancestry(run.frame, 2) == [0, 1, 2]
-    assert lv.run_totals(run.frame, "val_bpb", True)["failed"] == 1
+    assert run.selection.members["parent"].to_dict() == {"m0000": "", "m0001": "m0000"}
+    assert lv.counts(run.frame)["failed"] == 1
 
 
-def test_champion_from_run_json_then_flags_then_best(normal):
-    frame, meta = normal.frame, normal.meta
-    assert lv.champion_id(frame, meta, "val_bpb", True) == meta["champion_id"]
-    assert lv.champion_id(frame, {}, "val_bpb", True) == meta["champion_id"]   # the champion flag
-    member = frame.loc[frame["id"] == 5, "member"].iloc[0]
-    assert lv.champion_id(frame, {"champion_id": member}, "val_bpb", True) == \
-        frame.loc[frame["member"] == member, "id"].min()
-    unflagged = frame.assign(champion=False)
-    ok = frame[frame["status"] == "ok"]
-    assert lv.champion_id(unflagged, {}, "val_bpb", True) == ok.loc[ok["val_bpb"].idxmin(), "id"]
-    assert lv.champion_id(unflagged, {}, "val_bpb", False) == ok.loc[ok["val_bpb"].idxmax(), "id"]
+# --------------------------------------------------------------------------- the selection, replayed
+
+def test_the_champion_is_the_journals_last_champion_event_with_the_posteriors_estimate(normal, replayed):
+    events = RunStore(normal.path).events()
+    champions = [e["member"] for e in events if e["type"] == "champion"]
+    selection = normal.selection
+    assert selection.champion == champions[-1] == replayed.champion
+    assert selection.promotions["member"].tolist() == champions
+    row = selection.champion_row
+    assert row["estimate"] == pytest.approx(replayed.estimate(replayed.champion))
+    assert row["runs"] == len(replayed.members[replayed.champion].runs)
+    assert row["estimate_sd"] == pytest.approx(math.sqrt(replayed.posterior.variance(replayed.champion)))
+    # the run.json the driver writes names the same experiment
+    assert selection.champion_id == json.loads((normal.path / "run.json").read_text())["champion_id"]
 
 
-def test_ancestry_walks_to_the_baseline_and_survives_cycles(normal):
+def test_each_promotion_records_what_selection_saw_then(normal):
+    promotions = normal.selection.promotions
+    assert promotions["step"].tolist() == list(range(len(promotions))) and len(promotions) >= 3
+    assert promotions["at_id"].is_monotonic_increasing
+    first = promotions.iloc[0]
+    assert first["member"] == "m0000" and first["previous"] == "" and first["runs"] == 3
+    later = promotions.iloc[1:]
+    assert (later["prob_better"] >= 0.95).all()             # the driver's promotion confidence
+    assert (later["previous"].to_numpy() == promotions["member"].iloc[:-1].to_numpy()).all()
+    finished = {e["id"] for e in RunStore(normal.path).events() if e["type"] == "experiment_finished"}
+    assert set(promotions["at_id"]) <= finished             # the result that triggered it
+
+
+def test_a_member_is_one_row_with_all_its_runs(normal, replayed):
+    members = normal.selection.members
+    assert set(members.index) == set(replayed.members)
+    seed = members.loc["m0000"]
+    baselines = normal.frame[normal.frame["kind"].eq("baseline")]
+    assert len(baselines) == 3 and baselines["member"].eq("m0000").all()     # the driver's noise runs
+    assert sorted(seed["run_ids"]) == baselines["id"].tolist() and seed["runs"] == 3
+    assert seed["spread"] == pytest.approx(statistics.stdev(baselines["val_bpb"]))
+    assert (members["runs"] == members["run_ids"].map(len)).all()
+
+
+def test_rows_carry_their_members_state_and_gain_over_the_parents_estimate(normal):
+    frame, members = normal.frame, normal.selection.members
+    child = frame[frame["kind"].eq("child") & frame["status"].eq("ok")].iloc[-1]
+    parent = members.loc[members.loc[child["member"], "parent"]]
+    assert child["parent_member"] == parent["member"]
+    assert child["delta_parent"] == pytest.approx(parent["estimate"] - child["val_bpb"])
+    assert child["estimate"] == pytest.approx(members.loc[child["member"], "estimate"])
+    assert frame.loc[frame["member"].eq(normal.selection.champion), "champion"].all()
+    assert frame["champion"].sum() == members.loc[normal.selection.champion, "runs"]
+    living = set(members.index[members["alive"]])
+    assert set(frame.loc[frame["alive"], "member"]) == living
+
+
+def test_headline_puts_the_champion_first_and_lost_apart_from_failures(normal):
+    h = lv.headline(normal)
     frame = normal.frame
-    champion = lv.champion_id(frame, normal.meta, "val_bpb", True)
-    path = lv.ancestry(frame, champion)
-    assert path[0] == 0 and path[-1] == champion
-    parents = dict(zip(frame["id"], frame["parent_id"]))
-    assert all(parents[child] == parent for parent, child in zip(path, path[1:]))
-    looped = pd.DataFrame({"id": [0, 1], "parent_id": pd.array([1, 0], dtype="Int64")})
-    assert sorted(lv.ancestry(looped, 0)) == [0, 1]
+    assert h["champion"] == normal.selection.champion and h["estimate"] == normal.selection.champion_row["estimate"]
+    seed = normal.selection.members.loc["m0000", "estimate"]
+    assert h["gain"] == pytest.approx(seed - h["estimate"]) and h["gain"] > 0
+    assert h["best"] == frame.loc[frame["status"].eq("ok"), "val_bpb"].min()      # secondary, one run
+    assert h["lost"] == frame["status"].eq("lost").sum() > 0
+    assert h["failed"] == frame["status"].isin(["crash", "timeout", "violation", "duplicate", "agent_error"]).sum()
+    assert h["failed"] + h["lost"] + h["ok"] == len(frame)
 
 
-def test_reruns_hang_from_their_members_first_run(normal):
+def test_holdout_columns_are_read_and_overfitting_is_flagged(tmp_path):
+    honest = lv.load_run(make_run(tmp_path / "honest", n=80, holdout=True, overfit=0.0))
+    overfit = lv.load_run(make_run(tmp_path / "overfit", n=80, holdout=True, overfit=0.85))
+    assert honest.holdout == "holdout_bpb" and "reported_val_bpb" in honest.frame
+    check = lv.headline(honest)["overfitting"]
+    assert check["val_gain"] > 2 * check["noise_std"] and not check["flagged"]
+    check = lv.headline(overfit)["overfitting"]
+    assert check["flagged"] and check["holdout_gain"] < 0.5 * check["val_gain"]
+    promotions = lv.promotion_table(overfit)
+    assert promotions["holdout"].notna().all()
+    assert lv.load_run(make_run(tmp_path / "none", n=20)).holdout is None
+
+
+def test_overfitting_rule():
+    members = pd.DataFrame({"member": ["m0000", "m0009"], "mean": [1.0, 0.99], "parent": ["", "m0000"],
+                            "first_id": [0, 9]}).set_index("member", drop=False)
+    selection = lv.Selection("journal", "m0009", members, pd.DataFrame(), noise_std=0.001)
+    flag = lambda holdout: lv.overfitting(selection, pd.Series({"m0000": 1.1, "m0009": holdout}), 1.0)["flagged"]  # noqa: E731
+    assert flag(1.096) and not flag(1.094)                        # holdout gain 0.004 vs 0.006 (of 0.010)
+    selection.noise_std = 0.006                                    # a val gain under two noise std: no flag
+    assert not flag(1.1)
+    assert lv.overfitting(selection, pd.Series({"m0000": 1.1}), 1.0) is None
+
+
+# --------------------------------------------------------------------------- the tree
+
+def test_living_tree_draws_living_members_and_ancestry_and_folds_the_rest(normal):
+    selection, frame = normal.selection, normal.frame
+    members = selection.members
+    layout = lv.tree_layout(members, frame, selection.champion, "living")
+    drawn = set(layout.nodes["member"])
+    living = set(members.index[members["alive"]])
+    assert living | {selection.champion} <= drawn
+    for name in drawn:                                           # connected: every parent is drawn
+        assert members.loc[name, "parent"] in drawn | {""}
+    assert layout.nodes["hidden_members"].sum() == len(members) - len(drawn)
+    unborn = lv.member_failures(frame, members)
+    counted = layout.nodes[["failed", "lost", "hidden_failed"]].to_numpy().sum()
+    assert counted == len(unborn) and layout.ticks["count"].sum() == layout.nodes[["failed", "lost"]].to_numpy().sum()
+    assert set(layout.ticks["kind"]) == {"failed", "lost"}
+    everything = lv.tree_layout(members, frame, selection.champion, "all")
+    assert len(everything.nodes) == len(members) and everything.nodes["hidden_members"].sum() == 0
+
+
+def test_layered_layout_rows_and_elbow_edges(normal):
+    layout = lv.tree_layout(normal.selection.members, normal.frame, normal.selection.champion, "all")
+    nodes = layout.nodes.set_index("member")
+    assert (nodes["x"] == nodes["generation"]).all()
+    parents = set(nodes["tree_parent"])
+    leaves = nodes[~nodes.index.isin(parents)]
+    assert sorted(leaves["y"]) == list(range(len(leaves)))             # one row per leaf
+    for name, parent in nodes["tree_parent"].items():
+        if parent:
+            kids = nodes[nodes["tree_parent"].eq(parent)]["y"]
+            assert nodes.loc[parent, "y"] == pytest.approx((kids.min() + kids.max()) / 2)
+    with_parent = nodes["tree_parent"].ne("").sum()
+    assert len(layout.edge_x) == 5 * with_parent and np.isnan(layout.edge_x[4::5]).all()
+    path = lv.ancestry_members(normal.selection.members, normal.selection.champion)
+    assert path[0] == "m0000" and path[-1] == normal.selection.champion
+    assert len(layout.path_x) == 5 * (len(path) - 1)
+    by_time = lv.tree_layout(normal.selection.members, normal.frame, normal.selection.champion, "all", "time")
+    assert (by_time.nodes["y"] == layout.nodes["y"]).all() and by_time.nodes["x"].min() >= 0
+
+
+def test_layout_survives_a_deep_lineage_without_recursion():
+    n = 5000                                 # a chain 5,000 generations deep
+    members = pd.DataFrame({"member": [f"m{i:04d}" for i in range(n)], "first_id": range(n),
+                            "parent": [""] + [f"m{i:04d}" for i in range(n - 1)], "generation": range(n),
+                            "alive": [False] * (n - 1) + [True], "runs": 1, "estimate": 1.0})
+    members = members.set_index("member", drop=False)
+    frame = pd.DataFrame({"id": range(n), "status": "ok", "member": members["member"].to_numpy(), "parent_member": ""})
+    layout = lv.tree_layout(members, frame, f"m{n - 1:04d}", "living")
+    assert len(layout.nodes) == n and (layout.nodes["y"] == 0).all()
+
+
+# --------------------------------------------------------------------------- the table
+
+def test_sorting_puts_rows_without_the_value_last(normal):
     frame = normal.frame
-    parents = lv.tree_parents(frame)
-    first = frame.groupby("member")["id"].min()
-    reruns = frame[frame["kind"].eq("rerun") & frame["id"].ne(frame["member"].map(first))]
-    assert not reruns.empty
-    assert (parents[reruns.index] == reruns["member"].map(first)).all()
-    children = frame[frame["kind"] == "child"]
-    assert (parents[children.index] == children["parent_id"]).all()
-    assert lv.children_of(frame, 0) == frame.loc[parents.eq(0).fillna(False), "id"].tolist()
-
-
-def test_tree_layout_puts_failures_below_and_draws_one_segment_per_child(normal):
-    nodes, edge_x, edge_y = lv.tree_layout(normal.frame, "val_bpb", True, "time")
-    with_parent = lv.tree_parents(normal.frame).notna().sum()
-    assert len(edge_x) == len(edge_y) == 3 * with_parent
-    assert np.isnan(edge_x[2::3]).all() and not np.isnan(edge_x[0::3]).any()
-    ids = normal.frame["id"].tolist()
-    child = ids.index(int(normal.frame.loc[normal.frame["kind"] == "child", "id"].iloc[0]))
-    parent = ids.index(int(normal.frame["parent_id"].iloc[child]))
-    segment = list(zip(edge_x[0::3], edge_x[1::3], edge_y[0::3], edge_y[1::3]))
-    assert (nodes["x"][parent], nodes["x"][child], nodes["y"][parent], nodes["y"][child]) in segment
-    failed = nodes[nodes["failed"]]
-    assert not failed.empty and (failed["y"] < nodes.loc[~nodes["failed"], "y"].min()).all()
-    assert set(nodes["category"]) >= {"champion", "living", "culled", "crashed"}
-    by_generation, _, _ = lv.tree_layout(normal.frame, "val_bpb", True, "generation")
-    assert by_generation["x"].tolist() == normal.frame["generation"].astype(float).tolist()
-
-
-def test_running_best_is_monotone_and_marks_each_new_best(normal):
-    best = lv.running_best(normal.frame, "val_bpb", True)
-    assert best["best"].is_monotonic_decreasing
-    manual, count = math.inf, 0
-    for value in best["val_bpb"]:
-        if value < manual:
-            manual, count = value, count + 1
-    assert best["improved"].sum() == count and best["best"].iloc[-1] == manual
-    assert lv.running_best(normal.frame, "val_bpb", False)["best"].is_monotonic_increasing
-
-
-def test_run_totals(normal):
-    frame = normal.frame
-    totals = lv.run_totals(frame, "val_bpb", True)
-    assert totals["experiments"] == len(frame)
-    assert totals["gpu_hours"] == pytest.approx(frame["train_seconds"].sum() / 3600)
-    assert totals["per_gpu_hour"] == pytest.approx(len(frame) / totals["gpu_hours"])
-    assert totals["agent_cost_usd"] == pytest.approx(frame["agent_cost_usd"].sum())
-    base = frame[(frame["member"] == "m0000") & (frame["status"] == "ok")]["val_bpb"].mean()
-    assert totals["baseline"] == pytest.approx(base)
-    assert totals["gain"] == pytest.approx(base - totals["best"]) and totals["gain"] > 0
+    for how in lv.SORTS:
+        how = how.format(metric="val_bpb")
+        ordered = lv.sort_rows(frame, how, "val_bpb", True)
+        column = {"newest first": "id", "val_bpb, best first": "val_bpb", "member estimate, best first": "estimate",
+                  "gain over parent, best first": "delta_parent"}[how]
+        missing = ordered[column].isna().to_numpy()
+        assert not missing[: (~missing).sum()].any(), how       # every failure after every value
+    best = lv.sort_rows(frame, "val_bpb, best first", "val_bpb", True)
+    assert best["val_bpb"].iloc[0] == frame["val_bpb"].min()
+    assert lv.sort_rows(frame, "val_bpb, best first", "val_bpb", False)["val_bpb"].iloc[0] == frame["val_bpb"].max()
 
 
 def test_filter_mask(normal):
@@ -179,9 +290,8 @@ def test_filter_mask(normal):
     hits = lv.filter_mask(frame, text=word.upper())
     assert hits.sum() == frame["description"].str.lower().str.contains(word.lower()).sum()
     assert lv.filter_mask(frame, text="7")[frame["id"] == 7].all()
-    agent = frame["agent"].iloc[-1]
-    both = lv.filter_mask(frame, statuses=["ok"], agents=[agent])
-    assert both.sum() == ((frame["status"] == "ok") & (frame["agent"] == agent)).sum()
+    living = lv.filter_mask(frame, living_only=True)
+    assert set(frame.loc[living, "member"]) == set(normal.selection.members.index[normal.selection.members["alive"]])
 
 
 def test_read_tail_and_head(tmp_path):
@@ -199,8 +309,7 @@ def test_list_runs_newest_first_and_signature_tracks_changes(tmp_path):
     old = make_run(tmp_path / "old", n=5)
     new = make_empty_run(tmp_path / "new")
     (tmp_path / "not-a-run").mkdir()
-    os.utime(old / "run.json", (1, 1))
-    for name in ("lineage.parquet", "results.tsv", "events.jsonl"):
+    for name in ("run.json", "lineage.parquet", "results.tsv", "events.jsonl"):
         os.utime(old / name, (1, 1))
     assert lv.list_runs(tmp_path) == [new, old]
     before = lv.store_signature(new)
@@ -209,68 +318,174 @@ def test_list_runs_newest_first_and_signature_tracks_changes(tmp_path):
     assert lv.list_runs(tmp_path / "absent") == []
 
 
-def test_tree_figure_uses_svg_small_webgl_large_and_maps_clicks(normal, monkeypatch):
-    nodes, edge_x, edge_y = lv.tree_layout(normal.frame, "val_bpb", True)
-    fig, click_map = charts.tree_figure(nodes, edge_x, edge_y, [], [], "val_bpb", True, "hours")
+def test_exports_round_trip(normal):
+    frame = normal.frame.drop(columns=["run_ids"], errors="ignore")
+    back = pd.read_parquet(io.BytesIO(lv.export_bytes(frame, "parquet")))
+    assert back["id"].tolist() == frame["id"].tolist() and back["val_bpb"].equals(frame["val_bpb"])
+    csv = pd.read_csv(io.BytesIO(lv.export_bytes(frame, "csv")))
+    assert list(csv.columns) == list(frame.columns) and len(csv) == len(frame)
+    with pytest.raises(ValueError):
+        lv.export_bytes(frame, "xlsx")
+
+
+# --------------------------------------------------------------------------- throughput
+
+def test_training_spans_use_the_journals_gpu_and_start(normal):
+    spans = lv.training_spans(normal.frame)
+    trained = normal.frame[normal.frame["train_seconds"] > 0]
+    assert len(spans) == len(trained)
+    assert set(spans["lane"]) == {f"node-0 · GPU {i}" for i in range(4)}      # 4 workers, CUDA device from the journal
+    row = trained.iloc[5]
+    span = spans[spans["id"].eq(row["id"])].iloc[0]
+    assert span["start"] == row["train_started_at"] and span["end"] - span["start"] == pytest.approx(row["train_seconds"])
+    busy = lv.lane_busy(spans)
+    assert ((busy["share"] > 0) & (busy["share"] <= 1)).all() and busy["trainings"].sum() == len(spans)
+    costs = lv.agent_cost_over_time(normal.frame)
+    assert costs["cost"].is_monotonic_increasing
+    assert costs["cost"].iloc[-1] == pytest.approx(normal.frame["agent_cost_usd"].sum())
+
+
+def test_lane_busy_counts_overlaps_once():
+    spans = pd.DataFrame({"lane": ["a", "a", "a"], "start": [0.0, 50.0, 300.0], "end": [100.0, 150.0, 400.0]})
+    busy = lv.lane_busy(spans).iloc[0]
+    assert busy["busy_h"] == pytest.approx(250 / 3600) and busy["share"] == pytest.approx(250 / 400)
+
+
+# --------------------------------------------------------------------------- diffs and git
+
+DIFF = """diff --git a/engine/train.py b/engine/train.py
+index 1111111..2222222 100644
+--- a/engine/train.py
++++ b/engine/train.py
+@@ -10,4 +10,5 @@ import os
+ A = 1
+-B = 2
+-C = <3>
++B = 20
++D = 4
++E = 5
+ F = 6
+"""
+
+
+def test_side_by_side_pairs_removed_and_added_lines():
+    rows = lv.side_by_side(DIFF)
+    assert [r[0] for r in rows] == ["file", "hunk", "same", "change", "change", "insert", "same"]
+    assert rows[2] == ("same", 10, "A = 1", 10, "A = 1")
+    assert rows[3] == ("change", 11, "B = 2", 11, "B = 20")
+    assert rows[5] == ("insert", None, "", 13, "E = 5")
+    assert rows[6] == ("same", 13, "F = 6", 14, "F = 6")
+    page = lv.side_by_side_html(rows)
+    assert "C = &lt;3&gt;" in page and "<3>" not in page
+
+
+def test_git_readers_give_the_file_and_the_diff_and_none_without_the_repository(tmp_path):
+    from test_driver_support import git, make_seed_repo
+
+    repo = make_seed_repo(tmp_path / "seed")
+    seed = git(repo, "rev-parse", "HEAD").strip()
+    (repo / "engine" / "train.py").write_text((repo / "engine" / "train.py").read_text().replace("DEPTH = 8", "DEPTH = 9"))
+    git(repo, "commit", "-qam", "deeper")
+    child = git(repo, "rev-parse", "HEAD").strip()
+    meta = {"repo": str(repo), "task": "climbmix"}
+    assert "DEPTH = 9" in lv.git_text(meta, child, lv.train_file(meta))
+    diff = lv.git_diff(meta, seed, child)
+    assert "-DEPTH = 8" in diff and "+DEPTH = 9" in diff
+    assert lv.git_text({"repo": str(tmp_path / "gone")}, child, "engine/train.py") is None
+    assert lv.git_text(meta, "0" * 40, "engine/train.py") is None
+    assert lv.train_file({"task": "enwik8"}) == "engine/train_enwik8.py"
+    assert lv.train_file({}, DIFF) == "engine/train.py"
+
+
+# --------------------------------------------------------------------------- figures
+
+def test_tree_figure_layers_maps_clicks_and_always_rings_the_selection(normal, monkeypatch):
+    selection = normal.selection
+    layout = lv.tree_layout(selection.members, normal.frame, selection.champion, "living")
+    living = layout.nodes[layout.nodes["category"].eq("living")].iloc[0]
+    fig, click_map = charts.tree_figure(layout, "val_bpb", True, "generation", selected=living["member"])
+    names = [t.name for t in fig.data]
+    assert names[0] == "edges" and names[-1] == "selected"
+    assert names.index("champion's line") > names.index("culled (ancestor)")      # the line over the culled
+    assert names.index("champion") > names.index("living member")                 # the champion on top
+    assert {"failed children", "lost (re-queued)"} <= set(names)
     assert all(isinstance(t, go.Scatter) for t in fig.data)
-    assert sorted(i for ids in click_map.values() for i in ids) == nodes["id"].tolist()
-    living = next(i for i, t in enumerate(fig.data) if t.name == "living")
-    assert charts.clicked_id({"curve_number": living, "point_index": 1}, click_map) == click_map[living][1]
-    assert charts.clicked_id({"customdata": 17, "curve_number": 0}, click_map) == 17
+    node_ids = sorted(i for trace, ids in click_map.items() if fig.data[trace].name in
+                      ("culled (ancestor)", "living member", "champion") for i in ids)
+    assert node_ids == sorted(layout.nodes["first_id"])
+    ring = fig.data[-1]
+    assert (ring.x[0], ring.y[0]) == (living["x"], living["y"])
+    ticks = next(i for i, t in enumerate(fig.data) if t.name == "failed children")
+    assert charts.clicked_id({"curve_number": ticks, "point_index": 0}, click_map) == click_map[ticks][0]
     assert charts.clicked_id({"customdata": [18], "curve_number": 0}, click_map) == 18
     assert charts.clicked_id({"curve_number": 0, "point_index": 0}, click_map) is None   # the edges
-    assert fig.layout.yaxis.title.text == "val_bpb"
     monkeypatch.setattr(charts, "WEBGL_THRESHOLD", 10)
-    fig, _ = charts.tree_figure(nodes, edge_x, edge_y, [], [], "val_bpb", True, "hours", selected_id=3)
-    assert isinstance(fig.data[0], go.Scattergl) and fig.data[-1].name == "selected"
+    fig, _ = charts.tree_figure(layout, "val_bpb", True, "generation", selected=living["member"])
+    assert isinstance(fig.data[0], go.Scattergl) and isinstance(fig.data[-1], go.Scatter)   # the ring stays SVG
 
 
-def test_hover_text_is_escaped(tmp_path):
-    run = lv.load_run(make_run(tmp_path / "x", n=6))
-    frame = run.frame.assign(description="<script>alert(1)</script>")
-    nodes, ex, ey = lv.tree_layout(frame, "val_bpb", True)
-    fig, _ = charts.tree_figure(nodes, ex, ey, [], [], "val_bpb", True, "hours")
-    hover = [str(h) for t in fig.data if t.hovertext is not None for h in t.hovertext]
-    assert len(hover) == len(frame)
+def test_hover_text_is_escaped(normal):
+    members = normal.selection.members.assign(description="<script>alert(1)</script>")
+    layout = lv.tree_layout(members, normal.frame, normal.selection.champion, "living")
+    hover = charts.node_hover(layout.nodes, "val_bpb")
     assert all("&lt;script&gt;" in h for h in hover) and not any("<script>" in h for h in hover)
 
 
-def test_progress_figure_steps_down_and_puts_failures_at_the_bottom(normal):
-    fig = charts.progress_figure(normal.frame, "val_bpb", True)
-    line = next(t for t in fig.data if t.name == "running best")
-    assert list(line.y) == sorted(line.y, reverse=True) and line.line.shape == "hv"
-    failed = next(t for t in fig.data if t.name == "failed")
-    assert len(failed.x) == normal.frame["status"].ne("ok").sum()
-    assert max(failed.y) < normal.frame["val_bpb"].min()
+def test_progress_figure_is_the_promotion_staircase(normal):
+    promotions = lv.promotion_table(normal)
+    fig = charts.progress_figure(normal.frame, promotions, "val_bpb", True)
+    steps = next(t for t in fig.data if t.name == "promotion")
+    assert list(steps.x) == promotions["at_id"].tolist()
+    assert list(steps.y) == pytest.approx(promotions["estimate"].tolist())
+    line = next(t for t in fig.data if t.name.startswith("champion (estimate"))
+    assert line.line.shape == "hv" and line.x[-1] == normal.frame["id"].max()
+    points = next(t for t in fig.data if t.name.startswith("trained experiment"))
+    assert len(points.x) == normal.frame["status"].eq("ok").sum()
+    labels = [a.text for a in fig.layout.annotations]
+    assert 0 < len(labels) <= charts.MAX_STEP_LABELS
+    assert any(promotions["description"].iloc[-1][:20] in label for label in labels) or len(promotions) > charts.MAX_STEP_LABELS
 
 
-def test_reads_a_store_written_by_the_real_writer(tmp_path):
-    """The contract with population/store.py: what RunStore writes, the app reads unchanged."""
-    from population.store import RunStore
-    from storegen import simulate_rows
-
-    rows = simulate_rows(50, "val_bpc", seed=4)
-    store = RunStore.create(tmp_path / "real", {"tag": "real", "task": "enwik8", "metric": "val_bpc",
-                                                "lower_is_better": True, "state": "running",
-                                                "champion_id": None})
-    store.write_tables(rows, "val_bpc")
-    run = lv.load_run(store.dir)
-    assert run.notes == [] and run.source == "lineage.parquet" and run.live
-    assert run.frame["id"].tolist() == [r["id"] for r in rows]
-    written = pd.read_parquet(store.dir / "lineage.parquet")
-    assert set(written.columns) <= set(run.frame.columns)
-    assert run.frame["val_bpc"].equals(written["val_bpc"].astype("float64"))
-    assert run.frame["parent_id"].isna().sum() == sum(r["parent_id"] is None for r in rows)
-    champion = next(r["id"] for r in rows if r["champion"] and r["kind"] != "rerun")
-    assert lv.champion_id(run.frame, run.meta, "val_bpc", True) == champion
+def test_progress_figure_draws_the_holdout_beside_on_its_own_axis(tmp_path):
+    run = lv.load_run(make_run(tmp_path / "h", n=60, holdout=True))
+    fig = charts.progress_figure(run.frame, lv.promotion_table(run), run.metric, True, run.holdout)
+    holdout = next(t for t in fig.data if "holdout" in (t.name or ""))
+    assert holdout.yaxis == "y2" and fig.layout.yaxis2.overlaying == "y"
 
 
-def test_exports_round_trip(normal):
-    import io
-    back = pd.read_parquet(io.BytesIO(lv.export_bytes(normal.frame, "parquet")))
-    assert back["id"].tolist() == normal.frame["id"].tolist()
-    assert back["val_bpb"].equals(normal.frame["val_bpb"])
-    csv = pd.read_csv(io.BytesIO(lv.export_bytes(normal.frame, "csv")))
-    assert list(csv.columns) == list(normal.frame.columns) and len(csv) == len(normal.frame)
-    with pytest.raises(ValueError):
-        lv.export_bytes(normal.frame, "xlsx")
+# --------------------------------------------------------------------------- results.tsv and the console line
+
+
+def test_results_tsv_gives_lost_and_stopped_experiments_their_own_status_not_crash():
+    """autoresearch's analysis counts KEEP/DISCARD/CRASH: a lost training is none of them."""
+    from population.state import PopulationState
+    from population.store import results_tsv
+
+    started = [{"type": "experiment_started", "id": i, "kind": "baseline" if i == 0 else "child",
+                "member": f"m000{i}", "parent_id": None if i == 0 else 0, "worker": "w0", "time": 1.0}
+               for i in range(4)]
+    events = started + [
+        {"type": "experiment_finished", "id": 0, "row": {"status": "ok", "val_bpb": 1.0, "commit": "a" * 40}},
+        {"type": "experiment_lost", "id": 1, "reason": "node lost", "time": 2.0},
+        {"type": "experiment_finished", "id": 2, "row": {"status": "crash", "reason": "oom", "commit": "c" * 40}},
+        {"type": "experiment_finished", "id": 3, "row": {"status": "stopped", "commit": "d" * 40,
+                                                          "description": "cut short"}},
+    ]
+    lines = results_tsv(PopulationState.replay(events, "val_bpb").lineage_rows(), "val_bpb").splitlines()
+    assert len(lines) == 5 and all(len(line.split("\t")) == 5 for line in lines)   # line i + 1 = experiment i
+    assert lines[2].split("\t") == ["", "", "", "lost", ""]
+    assert lines[3].split("\t")[3] == "crash"
+    assert lines[4].split("\t") == ["ddddddd", "", "", "stopped", "cut short"]
+    analysed = pd.read_csv(io.StringIO("\n".join(lines)), sep="\t")
+    assert (analysed["status"].str.upper() == "CRASH").sum() == 1
+
+
+def test_console_status_line_counts_training_and_waiting_for_a_gpu_apart():
+    """The one-GPU fallback: four workers submitted, one trains, three wait (issue 25)."""
+    from population.console import status_line
+
+    common = dict(finished=12, ok=9, in_flight=4, workers=4, alive=6, champion="m0003", metric="val_bpb",
+                  best=0.9903, elapsed_s=3723, max_experiments=100)
+    line = status_line(training=1, waiting_for_gpu=3, **common)
+    assert "1 training, 3 waiting for a GPU (4 workers)" in line and "4/4" not in line
+    assert "3/4 training" in status_line(training=3, **common)     # a driver that does not tell yet
