@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from population.state import PopulationState
+from population.selection import holdout_lags
+from population.state import PopulationState, holdout_column
 from population.store import UNFINISHED_STATUSES, RunStore, StoreError
 
 DEFAULT_METRIC = "val_bpb"
@@ -53,13 +54,8 @@ FAILED_STATUSES = ("crash", "timeout", "violation", "duplicate", "agent_error")
 CRASHED_STATUSES = ("crash", "timeout")
 
 
-def holdout_column(metric: str) -> str:
-    """The trusted evaluation's hidden-holdout column: `holdout_` + the part after `val_`."""
-    return "holdout_" + (metric[4:] if metric.startswith("val_") else metric)
-
-
 def reported_column(metric: str) -> str:
-    """What the train file printed itself, once the trusted evaluation scores the metric."""
+    """What the train file printed itself (the trusted evaluation scores the metric)."""
     return "reported_" + metric
 
 
@@ -541,16 +537,16 @@ def counts(frame: pd.DataFrame) -> dict:
 
 def overfitting(selection: Selection, holdout: pd.Series, sign: float) -> dict | None:
     """The champion's gain over the seed on validation and on the hidden holdout, from the same
-    runs (means of each member's runs on both); `flagged` when the validation gain exceeds two
-    noise std and the holdout shows less than half of it: possible overfitting to the validation
-    set. None without a holdout for both or without the noise."""
+    runs (means of each member's runs on both); `flagged` by the driver's rule
+    (selection.holdout_lags: a clear validation gain, under half of it on the holdout): possible
+    overfitting to the validation set. None without a holdout for both or without the noise."""
     champion, seed = selection.champion_row, seed_member(selection)
     if champion is None or seed is None or selection.champion not in holdout or seed not in holdout:
         return None
     val_gain = sign * (float(selection.members.loc[seed, "mean"]) - float(champion["mean"]))
     holdout_gain = sign * (float(holdout[seed]) - float(holdout[selection.champion]))
     noise = selection.noise_std
-    flagged = bool(noise and val_gain > 2.0 * noise and holdout_gain < 0.5 * val_gain)
+    flagged = bool(noise) and holdout_lags(val_gain, holdout_gain, noise)   # the driver's own rule
     return {"val_gain": val_gain, "holdout_gain": holdout_gain, "noise_std": noise, "flagged": flagged}
 
 

@@ -29,14 +29,11 @@ import types
 from collections import deque
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from population import store as store_module  # noqa: E402
 from population.selection import choose_culls, estimate_noise, posterior_choice, tournament_select  # noqa: E402
-from population.state import PopulationState  # noqa: E402
+from population.state import PopulationState, holdout_column  # noqa: E402
 from population.store import RunStore  # noqa: E402
 
 FAILURE_WEIGHTS = {"crash": 8, "timeout": 3, "violation": 2, "duplicate": 2, "agent_error": 3}
@@ -63,11 +60,6 @@ IDEAS = [
 AGENTS = ["claude:claude-sonnet-4-5", "codex:gpt-5-codex", "mutator:random"]
 NOISE = 0.0006
 CONFIDENCE, MIN_EVIDENCE = 0.95, 2          # the driver's defaults (--promotion-confidence, --confirm-runs)
-
-
-def holdout_column(metric: str) -> str:
-    """`holdout_` + the part of the task metric after `val_` (holdout_bpb, holdout_bpc)."""
-    return "holdout_" + (metric[4:] if metric.startswith("val_") else metric)
 
 
 def _commit(n: int, salt: str = "") -> str:
@@ -294,13 +286,6 @@ def write_store(run_dir: Path, evolution: Evolution | None, metric: str = "val_b
         store.write_tables(rows, metric, lower_is_better=True)
     finally:
         store_module.os = real_os
-    if sim.holdout:       # columns the trusted-evaluation work adds to the rows (not in the schema yet)
-        extra = [holdout_column(metric), "reported_" + metric]
-        table = pq.read_table(run_dir / "lineage.parquet")
-        for name in extra:
-            values = [sim.state.experiments[r["id"]].row.get(name) for r in rows]
-            table = table.append_column(name, pa.array(values, type=pa.float64()))
-        pq.write_table(table, run_dir / "lineage.parquet")
     champion = sim.state.members.get(sim.state.champion) if sim.state.champion else None
     store.update_meta(champion_id=champion.first_id if champion else None)
     for row in rows[: files_for if files_for is not None else len(rows)]:
