@@ -114,7 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="agent spec, repeatable (workers take them in turn): mutate, claude, codex, "
                            f"command:TEMPLATE, openai:MODEL (default: {C.DEFAULT_AGENT}, the offline mutator)")
     work.add_argument("--agent-base-url", default=None, metavar="URL",
-                      help="base URL of the chat-completions API for openai:MODEL agents (default: the API's own)")
+                      help="the agents' model API: chat completions for openai:MODEL, the Messages API for "
+                           "claude (ANTHROPIC_BASE_URL), a Responses API provider for codex; under the sandbox the "
+                           "agents' only network (default: each API's own)")
+    work.add_argument("--agent-env", dest="agent_env", action="append", default=None, metavar="NAME",
+                      help="pass this variable of the driver's environment to subprocess agents (claude, codex, "
+                           "command:), repeatable: a gateway's setting, CLAUDE_CODE_MAX_RETRIES... (agents get "
+                           "only their own key and these)")
     work.add_argument("--agent-timeout", type=_number, default=C.DEFAULT_AGENT_TIMEOUT_S, metavar="SECONDS",
                       help="wall-clock limit of one agent proposal (default: %(default)g)")
 
@@ -148,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     cfg = RunConfig(
         workers=args.workers, budget_s=args.budget,
-        agents=args.agents or [C.DEFAULT_AGENT], agent_base_url=args.agent_base_url,
+        agents=args.agents or [C.DEFAULT_AGENT], agent_base_url=args.agent_base_url, agent_env=args.agent_env or [],
         agent_timeout_s=args.agent_timeout, task=args.task, tag=args.tag,
         runs_dir=args.runs_dir, population_size=args.population_size, tournament_size=args.tournament_size,
         cull=args.cull, selection=args.selection, promotion_confidence=args.promotion_confidence,

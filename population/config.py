@@ -54,6 +54,7 @@ class RunConfig:
     budget_s: float | None = None           # None: 300, or the resumed run's
     agents: list[str] = field(default_factory=lambda: [DEFAULT_AGENT])
     agent_base_url: str | None = None
+    agent_env: list[str] = field(default_factory=list)   # further variables subprocess agents may see
     agent_timeout_s: float = DEFAULT_AGENT_TIMEOUT_S
     task: str | None = None                 # None: climbmix, or the resumed run's
     tag: str | None = None                  # None: a date-based tag
@@ -112,6 +113,8 @@ def validate(config: RunConfig) -> None:
     need(config.budget_s is None or config.budget_s > 0, f"--budget must be > 0 seconds, got {config.budget_s}")
     need(bool(config.agents), "--agent needs at least one agent spec")
     need(all(spec.strip() for spec in config.agents), "--agent must not be empty")
+    need(all(re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name) for name in config.agent_env),
+         f"--agent-env takes variable names, got {', '.join(config.agent_env)}")
     need(config.agent_timeout_s > 0, f"--agent-timeout must be > 0 seconds, got {config.agent_timeout_s:g}")
     need(config.task is None or config.task in TASKS, f"--task must be one of {', '.join(TASKS)}, got {config.task!r}")
     need(config.tag is None or bool(_TAG.match(config.tag)),

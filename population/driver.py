@@ -316,7 +316,7 @@ class Driver:
     def _agent_options(self, index: int) -> dict:
         # each worker's mutator draws its own sequence (same seed = same proposals = duplicates)
         return {"seed": self.config.seed + 1000 * (index + 1), "train_file": self.task.train_file,
-                "base_url": self.config.agent_base_url}
+                "base_url": self.config.agent_base_url, "key_env": list(self.config.agent_env)}
 
     def _check_agents(self) -> None:
         from population.agents import make_agent   # raises AgentSpecError (one line) for a bad spec

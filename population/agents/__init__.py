@@ -18,8 +18,8 @@ VALID_SPECS = ("mutate", "claude", "codex", "command:TEMPLATE", "openai:MODEL")
 # Options the driver may pass to any agent; each agent takes the ones that apply to it.
 _OPTIONS_BY_KIND = {
     "mutate": {"seed", "train_file"},
-    "claude": {"model", "key_env"},
-    "codex": {"model", "key_env"},
+    "claude": {"model", "key_env", "base_url"},
+    "codex": {"model", "key_env", "base_url"},
     "command": {"key_env"},
     "openai": {"base_url", "api_key", "train_file", "seed"},
 }

@@ -20,6 +20,7 @@ DESCRIPTION_FILE = f"{AGENT_DIR}/description"
 DESCRIPTION_PREFIX = "DESCRIPTION:"
 MAX_TRANSCRIPT_CHARS = 200_000
 MAX_DESCRIPTION_CHARS = 200
+NO_DESCRIPTION = "(the agent wrote no description)"
 
 
 class AgentSpecError(ValueError):
@@ -71,7 +72,7 @@ class Agent:
         if undone:
             proposal.transcript += f"\n[driver] the agent committed: {undone}\n"
         proposal.seconds = proposal.seconds or time.monotonic() - start
-        proposal.description = clean_description(file_description or proposal.description)
+        proposal.description = clean_description(file_description or proposal.description) or NO_DESCRIPTION
         secrets = secret_values(extra=self._extra_secrets)
         proposal.transcript = bound_text(scrub(proposal.transcript, secrets), self.max_transcript_chars)
         proposal.description = scrub(proposal.description, secrets)

@@ -38,18 +38,24 @@ class CliAgent(Agent):
         """(final answer text, tokens, cost in USD, error reported by the agent)."""
         return stdout, None, None, None
 
+    def settings_env(self) -> dict[str, str]:
+        """Settings (no secrets) this agent's program needs in its environment."""
+        return {}
+
     def _propose(self, worktree: Path, prompt: str, *, timeout: float) -> Proposal:
         prompt_file = worktree / AGENT_DIR / "prompt.md"
         prompt_file.parent.mkdir(parents=True, exist_ok=True)
         prompt_file.write_text(prompt)
         argv, prompt_on_stdin = self._argv(worktree, prompt_file)
-        result = run_agent_process(argv, cwd=worktree, env=minimal_env(self.key_names),
+        result = run_agent_process(argv, cwd=worktree, env={**minimal_env(self.key_names), **self.settings_env()},
                                    stdin_text=prompt if prompt_on_stdin else None, timeout=timeout,
                                    max_chars=self.max_transcript_chars, use_sandbox=self.use_sandbox)
         answer, tokens, cost, reported_error = self._parse(result.stdout)
+        # the CLI's own words first (its JSON says why), unless it was killed at the limit
+        error = _process_error(result, timeout) if result.timed_out else \
+            reported_error or _process_error(result, timeout)
         return Proposal(description=description_from_text(answer), transcript=result.transcript(),
-                        seconds=result.seconds, tokens=tokens, cost_usd=cost,
-                        error=_process_error(result, timeout) or reported_error)
+                        seconds=result.seconds, tokens=tokens, cost_usd=cost, error=error)
 
 
 def require_program(program: str, spec: str, install_hint: str) -> str:
@@ -71,16 +77,24 @@ def _process_error(result: ProcessResult, timeout: float) -> str | None:
 
 class ClaudeAgent(CliAgent):
     """Claude Code headless: `claude -p --output-format json --permission-mode acceptEdits`, prompt
-    on stdin. Its JSON result carries `result`, `is_error`, `total_cost_usd` and `usage`."""
+    on stdin. Its JSON result carries `result`, `is_error`, `total_cost_usd` and `usage`. With a
+    `base_url` (--agent-base-url) it talks to that Messages API (ANTHROPIC_BASE_URL); its
+    non-essential traffic (telemetry, updates) is off: under the sandbox only its model is reachable."""
 
     program = "claude"
     install_hint = "npm i -g @anthropic-ai/claude-code"
     key_names = ("ANTHROPIC_API_KEY",)
 
-    def __init__(self, *, model: str | None = None, **common):
+    def __init__(self, *, model: str | None = None, base_url: str | None = None, **common):
         self.spec = "claude"
-        self.model = model
+        self.model, self.base_url = model, base_url
         super().__init__(**common)
+
+    def settings_env(self):
+        env = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+        if self.base_url:
+            env["ANTHROPIC_BASE_URL"] = self.base_url
+        return env
 
     def _argv(self, worktree, prompt_file):
         argv = [self.executable, "-p", "--output-format", "json", "--permission-mode", "acceptEdits"]
@@ -100,21 +114,34 @@ class ClaudeAgent(CliAgent):
 
 
 class CodexAgent(CliAgent):
-    """OpenAI Codex CLI: `codex exec --json --sandbox workspace-write -` with the prompt on stdin.
-    Its JSONL events carry the final `agent_message` and each turn's `usage`."""
+    """OpenAI Codex CLI: `codex exec --json -` with the prompt on stdin. Its JSONL events carry the
+    final `agent_message` and each turn's `usage` (no cost: it reports tokens only). With a
+    `base_url` (--agent-base-url) it talks to that Responses API as its model provider. Its own
+    sandbox (`workspace-write`) is used only without ours: it cannot nest inside bubblewrap, which
+    confines it anyway (`danger-full-access` there means: no second sandbox inside ours)."""
 
     program = "codex"
     install_hint = "npm i -g @openai/codex"
     key_names = ("OPENAI_API_KEY",)
+    PROVIDER = "autoresearch"
 
-    def __init__(self, *, model: str | None = None, **common):
+    def __init__(self, *, model: str | None = None, base_url: str | None = None, **common):
         self.spec = "codex"
-        self.model = model
+        self.model, self.base_url = model, base_url
         super().__init__(**common)
 
     def _argv(self, worktree, prompt_file):
-        argv = [self.executable, "exec", "--json", "--sandbox", "workspace-write", "--skip-git-repo-check"]
+        own_sandbox = "danger-full-access" if self.use_sandbox else "workspace-write"
+        argv = [self.executable, "exec", "--json", "--sandbox", own_sandbox, "--skip-git-repo-check"]
+        if self.base_url:
+            provider = f"model_providers.{self.PROVIDER}"
+            argv += ["-c", f'model_provider="{self.PROVIDER}"', "-c", f'{provider}.name="{self.PROVIDER}"',
+                     "-c", f"{provider}.base_url={json.dumps(self.base_url)}", "-c", f'{provider}.wire_api="responses"',
+                     "-c", f'{provider}.env_key="OPENAI_API_KEY"']
         return argv + (["--model", self.model] if self.model else []) + ["-"], True
+
+    def settings_env(self):
+        return {"OPENAI_BASE_URL": self.base_url} if self.base_url else {}
 
     def _parse(self, stdout):
         answer, tokens, error = "", None, None
@@ -129,6 +156,8 @@ class CodexAgent(CliAgent):
                 tokens = turn if tokens is None else tokens + (turn or 0)
             elif kind in ("turn.failed", "error"):
                 detail = event.get("error") or event.get("message") or event
+                if isinstance(detail, dict):
+                    detail = detail.get("message") or detail
                 error = f"codex reported an error: {str(detail)[:300]}"
         return answer or stdout, tokens, None, error
 
