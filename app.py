@@ -407,6 +407,18 @@ def show_throughput(run: lv.RunData, path: str, signature: tuple) -> None:
             "share": st.column_config.NumberColumn("busy share", format="percent")})
     st.caption("Per GPU (node and CUDA device from the journal, else the worker) each training as a bar, coloured "
                "by status; below, the agents' cumulative cost. NVML utilisation samples are not in the store yet.")
+    st.subheader("Spend per agent backend")
+    st.dataframe(lv.spend_table(run.frame, run.metric, run.lower_is_better), hide_index=True, column_config={
+        "keep_rate": st.column_config.NumberColumn("keep rate", format="percent"),
+        "crash_rate": st.column_config.NumberColumn("crash rate", format="percent"),
+        "dollars": st.column_config.NumberColumn("agent $", format="%.2f"),
+        "agent_hours": st.column_config.NumberColumn("agent hours", format="%.2f"),
+        "gpu_hours": st.column_config.NumberColumn("GPU-hours", format="%.2f"),
+        "best_gain": st.column_config.NumberColumn(f"best gain ({run.metric})", format="%.4f"),
+        "gain_per_dollar": st.column_config.NumberColumn("gain per $", format="%.5f"),
+        "gain_per_gpu_hour": st.column_config.NumberColumn("gain per GPU-hour", format="%.5f")})
+    st.caption("Keep rate: children scored ok; best gain: over the seed's mean, of the backend's best child. "
+               "Dollars as each agent reported them (Codex reports tokens only); GPU-hours: training and evaluation.")
 
 
 # --------------------------------------------------------------------------- details

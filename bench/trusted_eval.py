@@ -83,6 +83,7 @@ def main() -> int:
     parser.add_argument("--sandbox", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--standalone", type=int, default=0, metavar="N",
                         help="then train the seed N times the old way")
+    parser.add_argument("--old-repeat", type=int, default=2, help="old-path evaluations of the last checkpoint")
     parser.add_argument("--repeat", type=int, default=1,
                         help="trusted trainings in a row (the first may compile the model server's graph cold)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
@@ -114,7 +115,7 @@ def main() -> int:
     checkpoint = work / "out" / str(args.repeat - 1) / "model.pt"
     if checkpoint.is_file():
         env = {**os.environ, **run_env(args.budget, args.device), "PYTHONPATH": str(export)}
-        for _ in range(2):                  # the second from a warm compile cache
+        for _ in range(args.old_repeat):    # the second from a warm compile cache
             out = subprocess.run([sys.executable, "-c", OLD_PATH, str(checkpoint), args.device], cwd=export,
                                  env=env, capture_output=True, text=True)
             report["old_path_same_weights"] = json.loads(out.stdout.strip().splitlines()[-1]) \

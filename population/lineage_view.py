@@ -1024,3 +1024,20 @@ def _float(value) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def spend_table(frame: pd.DataFrame, metric: str, lower_is_better: bool) -> pd.DataFrame:
+    """The spend ledger per agent backend, then the whole run (population.ledger over the rows)."""
+    from population.ledger import ledger
+
+    rows = frame.to_dict("records")
+    total, by_backend = ledger(rows, metric, lower_is_better)
+    records = []
+    for name, spend in [*sorted(by_backend.items()), ("whole run", total)]:
+        records.append({"backend": name, "experiments": spend.experiments, "keep_rate": spend.keep_rate,
+                        "crash_rate": spend.crash_rate, "tokens": spend.agent_tokens,
+                        "dollars": spend.agent_cost_usd, "agent_hours": spend.agent_seconds / 3600,
+                        "gpu_hours": spend.gpu_hours, "best_gain": spend.best_gain,
+                        "gain_per_dollar": spend.gain_per(spend.agent_cost_usd),
+                        "gain_per_gpu_hour": spend.gain_per(spend.gpu_hours)})
+    return pd.DataFrame.from_records(records)

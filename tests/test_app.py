@@ -201,6 +201,12 @@ def test_throughput_lanes_per_gpu(normal_runs, monkeypatch):
     (figure,) = chart_specs(at)
     assert figure["layout"]["yaxis"]["ticktext"] == [f"node-0 · GPU {i}" for i in range(4)]
     assert {t["name"] for t in figure["data"]} >= {"ok", "agent $ (cumulative)"}
+    spend = at.dataframe[-1].value.set_index("backend")               # the ledger per agent backend
+    assert "whole run" in spend.index and len(spend) >= 2
+    backends = spend.drop(index="whole run")
+    assert backends["experiments"].sum() <= spend.loc["whole run", "experiments"]
+    assert spend.loc["whole run", "dollars"] == pytest.approx(backends["dollars"].sum())
+    assert ((backends["keep_rate"] >= 0) & (backends["keep_rate"] <= 1)).all()
 
 
 def test_other_metric_name_everywhere(tmp_path, monkeypatch):
