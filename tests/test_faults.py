@@ -433,6 +433,20 @@ def test_a_torn_journal_line_and_a_corrupt_lineage_at_start_up_are_repaired_on_r
     _refused_without_a_write(repo, "torn", run_dir, "cannot read", capsys)
 
 
+def test_an_event_the_driver_did_not_write_is_refused_on_resume_in_one_line(cluster, tmp_path, monkeypatch, capsys):
+    """A training or an agent that reached the journal (without the sandbox) appends a champion:
+    the journal is signed with the run's key, so --resume refuses it and names the line."""
+    monkeypatch.setenv("AUTORESEARCH_FAKE_SLEEP", "0.05")
+    repo = make_seed_repo(tmp_path / "seed")
+    code, out = _run(_config(repo, "forged", max_experiments=2))
+    assert code == EXIT_OK, out
+    run_dir = repo / "runs" / "forged"
+    lines = (run_dir / "events.jsonl").read_text().count("\n")
+    with open(run_dir / "events.jsonl", "a") as journal:
+        journal.write('{"type": "champion", "member": "m0001", "time": 0}\n')
+    _refused_without_a_write(repo, "forged", run_dir, f"events.jsonl line {lines + 1}", capsys)
+
+
 def _refused_without_a_write(repo: Path, tag: str, run_dir: Path, needle: str, capsys) -> None:
     from population import cli
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".lock"}
