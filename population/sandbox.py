@@ -460,9 +460,12 @@ def sandboxed(command: Sequence[str], *, worktree: str | os.PathLike, env: Mappi
     else:
         if data_cache is None:
             raise ValueError("a training's sandbox needs its data cache")
-        env = {**{name: os.path.join(os.path.abspath(data_cache), sub) for name, sub in SHARED_COMPILE_CACHES.items()},
-               **env}                      # the node's own compile caches, else the data cache's (as a plain run)
-        caches = [env[name] for name in COMPILE_CACHE_DEFAULTS if not _under(env[name], SANDBOX_TMP)]
+        shared = {name: os.path.join(os.path.abspath(data_cache), sub) for name, sub in SHARED_COMPILE_CACHES.items()}
+        env = {**shared, **env}            # the node's own compile caches, else the data cache's (as a plain run)
+        # a host directory (made here if it is the data cache's), bound read-write; a path in /tmp that
+        # does not exist on the host means the sandbox's private /tmp
+        caches = [env[name] for name in COMPILE_CACHE_DEFAULTS
+                  if env[name] == shared[name] or not _under(env[name], SANDBOX_TMP) or os.path.isdir(env[name])]
         for cache in caches:
             os.makedirs(cache, exist_ok=True)
         gpu_devices, env = gpu_device_nodes(), sandbox_env(env, data_cache, kept_caches=caches)

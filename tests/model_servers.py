@@ -90,6 +90,12 @@ class _Server:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def next_step(self, main: bool):
         with self.lock:
             if self.failing is not None:

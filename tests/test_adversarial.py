@@ -30,13 +30,16 @@ from population import sandbox                                                  
 from population.config import RunConfig                                                # noqa: E402
 from population.driver import EXIT_OK, run_population                                  # noqa: E402
 from population.store import RunStore                                                  # noqa: E402
-from test_driver_support import branches, git                                          # noqa: E402
+from test_driver_support import branches, commit_seed, git, local_ray                   # noqa: E402
 
 pytestmark = pytest.mark.skipif(not sandbox.available(), reason="bubblewrap does not work on this machine")
 
 PROJECT = Path(__file__).resolve().parent.parent
 TAG = "adversarial"
 BUDGET_S = 2.0
+# what trainings share read-write in the data cache on purpose (sandbox.SHARED_COMPILE_CACHES; README,
+# 'Security'); the data, the tokenizer and everything else must stay byte-identical
+SHARED_CACHES = tuple(sandbox.SHARED_COMPILE_CACHES.values())
 
 
 def tree_digest(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
@@ -51,23 +54,13 @@ def make_honest_seed(root: Path) -> Path:
     (root / "engine").mkdir()
     (root / "engine" / "train.py").write_text(adversary.HONEST_TRAIN)
     (root / "program.md").write_text("Lower {metric} by editing `{train_file}` only.\n")
-    (root / ".gitignore").write_text("runs/\n__pycache__/\n")
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "seed")
-    return root
+    return commit_seed(root)
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    if ray.is_initialized():
-        ray.shutdown()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("RAY_AUTH_MODE", "disabled")       # see tests/test_driver.py
-        ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-        yield
-        ray.shutdown()
+    with local_ray(num_cpus=2) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +69,8 @@ def attacked(cluster, prepared_cache, tmp_path_factory):
     repo = make_honest_seed(root / "seed")
     run_dir = repo / "runs" / TAG
     steps = adversary.plan_steps()
-    before = {"cache": tree_digest(prepared_cache), "checkout": tree_digest(repo, skip=(".git", "runs")),
+    before = {"cache": tree_digest(prepared_cache, skip=SHARED_CACHES),
+              "checkout": tree_digest(repo, skip=(".git", "runs")),
               "head": git(repo, "rev-parse", "HEAD").strip()}
     config = RunConfig(tag=TAG, repo=str(repo), runs_dir=str(repo / "runs"), budget_s=BUDGET_S, device="cpu",
                        workers=2, noise_runs=adversary.FIRST_CHILD_ID, max_experiments=adversary.FIRST_CHILD_ID + len(steps),
@@ -141,7 +135,7 @@ def test_no_attack_is_ever_champion_and_every_ref_is_the_drivers(attacked):
 def test_the_store_the_main_checkout_and_the_cache_are_untouched(attacked):
     repo, run_dir, events, _, before, cache = attacked
     assert not any(e.get("member") == "m9999" for e in events)
-    assert tree_digest(cache) == before["cache"]
+    assert tree_digest(cache, skip=SHARED_CACHES) == before["cache"]
     assert tree_digest(repo, skip=(".git", "runs")) == before["checkout"]
     assert git(repo, "rev-parse", "HEAD").strip() == before["head"]
     assert git(repo, "status", "--porcelain", "--untracked-files=all").strip() == ""

@@ -4,9 +4,12 @@ value as its "model" and prints a summary block, and whose fixed side scores tha
 readers of a run's store."""
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from pathlib import Path
+
+import pytest
 
 # The fake train file: val_bpb depends on its UPPER_CASE constants (so the mutator changes it),
 # DEPTH > 12 crashes (so crashes happen), AUTORESEARCH_FAKE_* from the driver's environment steer it.
@@ -87,11 +90,34 @@ def make_seed_repo(root: Path, train: str = FAKE_TRAIN) -> Path:
     (root / "engine").mkdir()
     (root / "engine" / "train.py").write_text(train)
     (root / "program.md").write_text("Lower {metric} by editing `{train_file}` only.\n")
+    return commit_seed(root)
+
+
+def commit_seed(root: Path) -> Path:
+    """`root` with what a run ignores, made a git repository with one commit: the seed."""
     (root / ".gitignore").write_text("runs/\n__pycache__/\n")
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-A")
     git(root, "commit", "-qm", "seed")
     return root
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int):
+    """A Ray of the test's own (address="local", even where a `ray start` cluster is up), without
+    token auth (see tests/conftest.py), shut down at the end."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=0, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        try:
+            yield ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
 
 
 def events(run_dir: Path) -> list[dict]:

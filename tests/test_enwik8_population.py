@@ -13,7 +13,7 @@ import pytest
 
 from enwik8_support import REPO, smoke_env
 from prepare.tasks import get_task
-from test_driver_support import events, git
+from test_driver_support import commit_seed, events
 
 TAG = "enwik8-smoke"
 EXPERIMENTS = 4
@@ -26,11 +26,7 @@ def make_enwik8_seed_repo(root: Path) -> Path:
     (root / task.train_file).parent.mkdir(parents=True)
     shutil.copy(REPO / task.train_file, root / task.train_file)
     shutil.copy(REPO / "program.md", root / "program.md")
-    (root / ".gitignore").write_text("runs/\n__pycache__/\n")
-    git(root, "init", "-q", "-b", "main")
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "seed")
-    return root
+    return commit_seed(root)
 
 
 @pytest.fixture(scope="module")

@@ -76,11 +76,8 @@ def propose(spec: str, server, worktree: Path, timeout: float = AGENT_TIMEOUT_S)
 
 @needs_claude
 def test_claude_edits_through_its_own_tools_and_reports_usage_and_cost(keys, worktree):
-    server = AnthropicServer(CLAUDE_EDIT)
-    try:
+    with AnthropicServer(CLAUDE_EDIT) as server:
         proposal = propose("claude", server, worktree)
-    finally:
-        server.close()
     assert proposal.error is None, proposal.transcript[-2000:]
     assert AFTER in (worktree / TRAIN).read_text()
     assert proposal.description == "lr 0.04 -> 0.03 (scripted)"
@@ -91,11 +88,8 @@ def test_claude_edits_through_its_own_tools_and_reports_usage_and_cost(keys, wor
 
 @needs_codex
 def test_codex_patches_through_its_own_tool_and_reports_usage(keys, worktree):
-    server = ResponsesServer(CODEX_EDIT)
-    try:
+    with ResponsesServer(CODEX_EDIT) as server:
         proposal = propose("codex", server, worktree)
-    finally:
-        server.close()
     assert proposal.error is None, proposal.transcript[-2000:]
     assert AFTER in (worktree / TRAIN).read_text()
     assert proposal.description == "lr 0.04 -> 0.03 (codex)"
@@ -113,33 +107,24 @@ def test_codex_patches_through_its_own_tool_and_reports_usage(keys, worktree):
 ])
 def test_a_failing_model_api_is_an_agent_error_with_the_clis_own_message(keys, worktree, cli, server_class, step,
                                                                            needle):
-    server = server_class([step])
-    try:
+    with server_class([step]) as server:
         proposal = propose(cli, server, worktree)
-    finally:
-        server.close()
     assert proposal.error and needle in proposal.error, (proposal.error, proposal.transcript[-1500:])
     assert BEFORE in (worktree / TRAIN).read_text()
 
 
 @needs_claude
 def test_a_model_that_hangs_is_stopped_at_the_agent_timeout(keys, worktree):
-    server = AnthropicServer([Hang(30)])
-    try:
+    with AnthropicServer([Hang(30)]) as server:
         proposal = propose("claude", server, worktree, timeout=4)
-    finally:
-        server.close()
     assert proposal.error == "agent timed out after 4 s" and proposal.seconds < 15
 
 
 @needs_claude
 def test_an_edit_that_does_not_apply_changes_nothing_and_no_description_is_said_so(keys, worktree):
-    server = AnthropicServer([Tool("Read", claude_read), Tool("Edit", claude_edit(old="NOT IN THE FILE")),
-                              Final("I could not find it.")])
-    try:
+    script = [Tool("Read", claude_read), Tool("Edit", claude_edit(old="NOT IN THE FILE")), Final("I could not find it.")]
+    with AnthropicServer(script) as server:
         proposal = propose("claude", server, worktree)
-    finally:
-        server.close()
     assert proposal.error is None
     assert (worktree / TRAIN).read_text().count(BEFORE) == 1
     assert proposal.description == NO_DESCRIPTION
@@ -169,12 +154,9 @@ def population_run(tmp_path, spec: str, server, *, sandboxed: bool, experiments:
 @needs_claude
 @pytest.mark.parametrize("sandboxed", [pytest.param(True, marks=needs_bwrap), False], ids=["sandbox", "no-sandbox"])
 def test_a_population_run_with_real_claude_records_its_edit_cost_and_failure(keys, tmp_path, sandboxed):
-    server = AnthropicServer(CLAUDE_EDIT + [Fail(500)])      # the first child edits, the second fails
-    try:
+    with AnthropicServer(CLAUDE_EDIT + [Fail(500)]) as server:      # the first child edits, the second fails
         code, out, repo, run_dir, lineage = population_run(tmp_path, "claude", server, sandboxed=sandboxed,
                                                            experiments=3)
-    finally:
-        server.close()
     assert code == 0, out
     child, failed = lineage.loc[1], lineage.loc[2]
     assert child.status == "ok" and child.description == "lr 0.04 -> 0.03 (scripted)"
@@ -188,11 +170,8 @@ def test_a_population_run_with_real_claude_records_its_edit_cost_and_failure(key
 @needs_codex
 @needs_bwrap
 def test_a_population_run_with_real_codex_records_its_edit(keys, tmp_path):
-    server = ResponsesServer(CODEX_EDIT)
-    try:
+    with ResponsesServer(CODEX_EDIT) as server:
         code, out, repo, run_dir, lineage = population_run(tmp_path, "codex", server, sandboxed=True, experiments=2)
-    finally:
-        server.close()
     assert code == 0, out
     child = lineage.loc[1]
     assert child.status == "ok" and child.description == "lr 0.04 -> 0.03 (codex)" and child.agent_tokens == 2100

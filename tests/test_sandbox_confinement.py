@@ -250,3 +250,22 @@ def test_killing_bwrap_alone_kills_every_process_inside(layout):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_training_writes_the_shared_compile_caches_even_when_the_data_cache_is_in_tmp(tmp_path):
+    """The data cache's compile caches are host directories, bound read-write, wherever the cache
+    lives (a cache in /tmp is a host path, not the sandbox's private /tmp); the rest stays read-only."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    cache.mkdir()
+    out.mkdir()
+    script = ("import os\n"
+              "os.makedirs(os.path.join(os.environ['TORCHINDUCTOR_CACHE_DIR'], 'x'))\n"
+              "open(os.path.join(os.environ['TRITON_CACHE_DIR'], 'k'), 'w').write('kernel')\n"
+              "try:\n    open(os.path.join(os.environ['AUTORESEARCH_CACHE'], 'data.txt'), 'w')\n"
+              "except OSError as e:\n    print('cache', e.errno)\n")
+    wrapped = sandbox.sandboxed([sys.executable, "-c", script], worktree=out, data_cache=cache,
+                                env={"PATH": os.environ["PATH"]}, mode=sandbox.TRAINING)
+    done = subprocess.run(wrapped.argv, env=wrapped.env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (cache / "torch_compile" / "x").is_dir() and (cache / "triton" / "k").read_text() == "kernel"
+    assert done.stdout.strip() == "cache 30" and not (cache / "data.txt").exists()     # EROFS
