@@ -72,20 +72,15 @@ def timed_driver_class():
             super().__init__(*args, **kwargs)
             self.cost = defaultdict(float)
 
-        def _start_prepare(self, slot, work):
+        def _start(self, slot, train):
             exp_id, start = self.state.next_id(), time.perf_counter()
-            super()._start_prepare(slot, work)
+            super()._start(slot, train)
             self.cost[exp_id] += time.perf_counter() - start
 
-        def _start_training(self, slot, flight):
+        def _complete(self, done):      # a training starts inside the fleet when its worker's GPU frees
             start = time.perf_counter()
-            super()._start_training(slot, flight)
-            self.cost[flight.exp_id] += time.perf_counter() - start
-
-        def _complete(self, ref):
-            exp_id, start = self.refs[ref][2], time.perf_counter()
-            super()._complete(ref)
-            self.cost[exp_id] += time.perf_counter() - start
+            super()._complete(done)
+            self.cost[done.exp_id] += time.perf_counter() - start
 
     return TimedDriver
 

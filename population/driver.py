@@ -13,31 +13,28 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from population import gitops, readiness, sandbox
+from population import gitops, sandbox, startup
 from population.config import ConfigError, RunConfig, default_tag, resolve, validate, with_run_settings
-from population.console import Console, experiment_line, reason_headline, status_line
-from population.fleet import (DriverError, check_address, first_line, first_sentence, free_slots,  # noqa: F401
-                              node_slots, raised_line, ray_address)
-from population.outcome import (base_row, confinement_rule, duplicate_reason, gains_over_seed,  # noqa: F401
-                                judged, train_env, training_outcome)
+from population.console import Console, champion_line, experiment_line, holdout_warning, noise_line, run_line, status_line
+from population.fleet import DriverError, RayFleet, first_sentence
+from population.outcome import (base_row, duplicate_reason, experiment_files, gains_over_seed, judged,
+                                last_baseline_error, train_env)
 from population.policy import (SEED_MEMBER, Cull, Drop, Lose, NoiseMeasured, Policy, Promote, Queue, Settings,
                                Stop, Train, Work)
 from population.selection import holdout_lags
 from population.state import PopulationState
 from population.store import RunStore, StoreError
-from population.training import EVAL_HEADER, EVALUATOR_FILE, TrainJob, TrainResult
+from population.training import EVAL_HEADER, TrainJob, TrainResult
 from population.worker import PrepareJob, Prepared
 from prepare.tasks import Task, get_task
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 BASELINE_MEMBER = SEED_MEMBER
-PROGRAM_FILE = "program.md"
 TABLES_EVERY_S = 5.0
 TABLES_MAX_SHARE = 0.02        # full rewrites grow with the run: at most this share of the driver's time
 
@@ -77,6 +74,7 @@ class Driver:
         self.locked = False
         self.failed = False
         self.tables_stale = False
+        self._old_handlers: dict = {}
         self.started_at = self.last_status = clock()
         self.member_counter = 0
 
@@ -101,22 +99,23 @@ class Driver:
             if (run_dir / "run.json").exists():
                 raise DriverError(f"run {cfg.tag!r} already exists in {cfg.runs_dir}; "
                                   "pass --resume to continue it or pick another --run")
-        self.program_md = self._program_md()
-        self._check_evaluator()
-        self._check_agents()
+        self.program_md = startup.program_md(self.git, self.repo, self.seed_commit)
+        startup.check_evaluator(self.git, self.repo, self.seed_commit)
+        startup.check_agents(cfg.agents, self._agent_options)
         if cfg.sandbox and not sandbox.available():
             raise DriverError(f"{sandbox.probe()}; or pass --no-sandbox to run trainings and agents unconfined "
                               "(README, 'Security')")
         if self.fleet is None:
-            from population.fleet import RayFleet
             self.fleet = RayFleet(cfg, self.tag, self._agent_options, lambda commit: self.git.bundle_bytes(
                 self.repo, commit), self.console.line, self.ray_init_kwargs)
         self.fleet.connect()
         slots = self.fleet.capacity()
         self.config = cfg = resolve(cfg, cfg.workers or (len(slots) if cfg.device == "cuda" else 1))
-        self._check_data_here(slots[:cfg.workers])
+        startup.check_data_here(self.git, self.repo, self.seed_commit, self.task,
+                                lambda: self.fleet.on_this_node(slots[:cfg.workers]))
         if not cfg.resume:
-            self.store = RunStore.create(run_dir, self._meta())
+            self.store = RunStore.create(run_dir, startup.run_meta(cfg, self.task, self.seed_commit, self.repo,
+                                                                  self.clock()))
         self.store.lock()
         self.locked = True
         for ref in self.git.clear_run_ref_locks(self.repo, self.tag):   # a driver killed inside git
@@ -135,69 +134,16 @@ class Driver:
         else:       # each worker's node has the task's data, equal to this node's (prepared there if missing)
             self.fleet.check_ready(self.task.name, fingerprint, os.environ.get("AUTORESEARCH_CACHE"))
 
-    def _program_md(self) -> str:
-        try:
-            return self.git.file_text(self.repo, self.seed_commit, PROGRAM_FILE)
-        except gitops.git.GitCommandError:
-            raise DriverError(f"the seed commit {self.seed_commit[:9]} has no {PROGRAM_FILE}; "
-                              "commit the agents' instructions first") from None
-
-    def _check_evaluator(self) -> None:
-        """The metric comes from the seed's fixed side: no prepare/trusted_eval.py, no run."""
-        if self.git.file_blob(self.repo, self.seed_commit, EVALUATOR_FILE) is None:
-            raise DriverError(f"the seed commit {self.seed_commit[:9]} has no {EVALUATOR_FILE}: the metric must be "
-                              "computed on the fixed side (see docs/ARCHITECTURE.md, 'The trusted evaluation')")
-
     def _agent_options(self, index: int) -> dict:
         # each worker's mutator draws its own sequence (same seed = same proposals = duplicates)
         return {"seed": self.config.seed + 1000 * (index + 1), "train_file": self.task.train_file,
                 "base_url": self.config.agent_base_url}
 
-    def _check_agents(self) -> None:
-        from population.agents import make_agent   # raises AgentSpecError (one line) for a bad spec
-        for index, spec in enumerate(self.config.agents):
-            make_agent(spec, **self._agent_options(index))
-
-    def _meta(self) -> dict:
-        cfg = self.config
-        return {"tag": cfg.tag, "task": cfg.task, "metric": self.task.metric,
-                "lower_is_better": self.task.lower_is_better, "budget_s": cfg.budget_s,
-                "workers": cfg.workers, "noise_std": None, "champion_id": None, "state": "running",
-                "created_at": self.clock(), "seed_commit": self.seed_commit, "device": cfg.device,
-                "repo": str(self.repo.working_tree_dir),
-                "args": {k: v for k, v in vars(cfg).items() if k not in ("workdir",)}}
-
     def _seed_fingerprint(self) -> str:
-        """prepare/'s fingerprint in a fresh checkout of the seed (what every worktree must match)."""
-        from population import guards
-        path = self.store.dir / ".seed-check"
-        self.git.add_detached_worktree(self.repo, path, self.seed_commit)
-        try:
-            return guards.tree_fingerprint(path, "prepare")
-        finally:
-            self.git.remove_worktree(self.repo, path)
-
-    def _check_data_here(self, slots: list[tuple[str, str]]) -> None:
-        """Refuse to start, before anything is recorded, when every worker would train on this
-        node and its cache lacks what the seed's train file reads. On a cluster the head may hold
-        no data: each worker's node then checks, and prepares, its own (fleet.check_ready)."""
-        from prepare.cache import cache_dir
-        missing = readiness.missing_files(self.task, cache_dir())
-        if not missing or not readiness.reads_prepared_data(
-                self.git.file_text(self.repo, self.seed_commit, self.task.train_file)):
-            return
-        if self.fleet.on_this_node(slots):
-            raise DriverError(f"no prepared data for task {self.task.name}: {missing[0]} is missing; "
-                              f"run `{readiness.prepare_command(self.task)}` first, or point "
-                              "AUTORESEARCH_CACHE at a prepared cache")
+        return startup.seed_fingerprint(self.git, self.repo, self.store.dir, self.seed_commit)
 
     def _cache_fingerprint(self) -> str | None:
-        """The data cache's fingerprint on this node, that every worker's node must match; None
-        (nothing to compare with) when this node has no prepared cache for the task."""
-        from prepare.cache import cache_dir
-        if readiness.missing_files(self.task, cache_dir()):
-            return None
-        return readiness.cache_fingerprint(self.task, cache_dir())
+        return startup.cache_fingerprint(self.task)
 
     # ================================================================ recording
 
@@ -223,13 +169,11 @@ class Driver:
         """Set up, run until done or stopped, and always leave the store consistent."""
         try:
             self.setup()
-            self._install_signal_handlers()
-            workers = self.config.workers
-            self.console.line(f"run {self.tag}: task {self.task.name}, {workers} worker{'s' if workers != 1 else ''} "
-                              f"({', '.join(sorted(set(self.config.agents)))}), budget {self.config.budget_s:g} s, "
-                              f"device {self.config.device}, "
-                              f"{'sandboxed' if self.config.sandbox else 'NOT sandboxed (--no-sandbox)'}, "
-                              f"store {self.store.dir}")
+            self._old_handlers = startup.install_signal_handlers(self._on_signal)
+            cfg = self.config
+            self.console.line(run_line(tag=self.tag, task=self.task.name, workers=cfg.workers, agents=cfg.agents,
+                                       budget_s=cfg.budget_s, device=cfg.device, sandbox=cfg.sandbox,
+                                       store=self.store.dir))
             self.record({"type": "run_state", "state": "running"})
             self.store.update_meta(state="running")
             self._recover()
@@ -268,7 +212,7 @@ class Driver:
     def _finish(self) -> int:
         """Leave the store consistent whatever happened: trainings killed, in-flight work lost
         (and queued for a resume), the final state written."""
-        self._restore_signal_handlers()
+        startup.restore_signal_handlers(self._old_handlers)
         finished = self.stop_reason is None and not self.failed and not self.flights
         if self.fleet is not None:
             self.fleet.halt()
@@ -304,19 +248,6 @@ class Driver:
         note = f" ({len(lost)} in flight marked lost; --resume re-queues them)" if lost else ""
         self.console.line(f"run {self.tag} {state}{note}: " + self._status())
 
-    # ---------------------------------------------------------------- signals
-
-    def _install_signal_handlers(self) -> None:
-        self._old_handlers = {}
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
-
-    def _restore_signal_handlers(self) -> None:
-        for sig, handler in getattr(self, "_old_handlers", {}).items():
-            signal.signal(sig, handler)
-
     def _on_signal(self, signum, frame) -> None:
         if self.stop_reason is None:
             self.stop_reason = "interrupted"
@@ -345,40 +276,39 @@ class Driver:
 
     # ================================================================ applying decisions
 
-    def _decide(self, decisions) -> None:
-        """Each decision journaled first, then applied: git, the fleet, the console."""
+    def _decide(self, decisions) -> list:
+        """Each decision journaled first, then applied (git, the fleet, the console), before the
+        policy makes the next; returns them."""
+        made = []
         for decision in decisions:
             event = decision.event()
             if isinstance(decision, Promote):
                 event.update(gains_over_seed(self.state, decision.member))
             self.record(event)
             self._apply(decision, event)
+            made.append(decision)
+        return made
 
     def _apply(self, decision, event: dict) -> None:
         metric = self.task.metric
         if isinstance(decision, Promote):
-            member, previous = decision.member, decision.previous
+            member, previous, posterior = decision.member, decision.previous, self.state.posterior
             self.git.set_ref(self.repo, gitops.best_branch(self.tag), self.state.members[member].commit)
-            why = ""
-            if self.policy.settings.posterior and previous and member in self.state.posterior \
-                    and previous in self.state.posterior:
+            estimate = likely = None
+            if self.policy.settings.posterior and previous and member in posterior and previous in posterior:
                 estimate = self.state.estimate(member) * (1 if self.task.lower_is_better else -1)
-                why = (f", estimate {estimate:.6f}, "
-                       f"{self.state.posterior.prob_better(member, previous):.0%} likely better than {previous}")
-            self.console.line(f"champion: {member} {metric} {self.state.members[member].mean:.6f}"
-                              + (f" (was {previous}{why})" if previous else ""))
+                likely = posterior.prob_better(member, previous)
+            self.console.line(champion_line(member=member, metric=metric, mean=self.state.members[member].mean,
+                                            previous=previous, estimate=estimate, likely=likely))
             if "val_gain" in event and holdout_lags(event["val_gain"], event["holdout_gain"], self.state.noise_std):
-                self.console.line(f"warning: champion {member} gains {event['val_gain']:.6f} over the seed on the "
-                                  f"validation rows but {event['holdout_gain']:.6f} on the hidden holdout: possibly "
-                                  "selected for the validation set rather than better")
+                self.console.line(holdout_warning(member=member, val_gain=event["val_gain"],
+                                                  holdout_gain=event["holdout_gain"]))
         elif isinstance(decision, Cull):
             self.git.remove_worktree(self.repo, self.store.members_dir / decision.member)
             self.console.line(f"culled {decision.member} ({decision.rule})")
         elif isinstance(decision, NoiseMeasured):
-            seed = self.state.members[BASELINE_MEMBER]
-            was = f" (was {decision.previous:.6f})" if decision.previous is not None else f", mean {seed.mean:.6f}"
-            self.console.line(f"noise: {metric} std {decision.std:.6f} from {decision.runs} runs of "
-                              f"{decision.commits} commit{'s' if decision.commits != 1 else ''}{was}")
+            self.console.line(noise_line(metric=metric, std=decision.std, runs=decision.runs, commits=decision.commits,
+                                         previous=decision.previous, mean=self.state.members[BASELINE_MEMBER].mean))
         elif isinstance(decision, Queue) and decision.work.kind == "rerun" and not decision.work.attempts:
             self.console.line(f"{decision.work.member} {decision.reason}: re-run on seed {decision.work.seed}")
         elif isinstance(decision, Queue) and decision.work.kind == "baseline" and decision.reason != "the noise phase":
@@ -388,15 +318,8 @@ class Driver:
         elif isinstance(decision, Drop):
             self.console.line(f"e{decision.exp_id:04d} {decision.reason}")
         elif isinstance(decision, Stop):
-            raise DriverError(f"{decision.reason} ({self._last_baseline_error()}); "
+            raise DriverError(f"{decision.reason} ({last_baseline_error(self.state)}); "
                               f"see {self.store.dir / 'experiments'}/*/run.log")
-
-    def _last_baseline_error(self) -> str:
-        """The headline of the latest baseline's failure: the rule it broke, else the last line of its
-        log (often the train file's own advice)."""
-        runs = [e for e in self.state.experiments.values() if e.kind == "baseline" and e.phase == "finished"]
-        reason = str(runs[-1].row.get("reason") or "") if runs else ""
-        return reason_headline(reason) if reason.strip() else "no log"
 
     # ================================================================ handing out work
 
@@ -472,9 +395,7 @@ class Driver:
         """The fleet lost the work (node or worker died): journal it lost; the policy queues it again."""
         self.record({"type": "experiment_lost", "id": flight.exp_id, "reason": reason})
         self.flights.pop(flight.exp_id, None)
-        decisions = list(self.policy.on_lost(self.state, flight.exp_id))
-        self._decide(decisions)
-        again = any(isinstance(d, Queue) for d in decisions)
+        again = any(isinstance(d, Queue) for d in self._decide(self.policy.on_lost(self.state, flight.exp_id)))
         self.console.line(f"e{flight.exp_id:04d} lost ({first_sentence(reason)})" + ("; queued again" if again else ""))
 
     def _prepared(self, flight: Flight, prepared: Prepared) -> None:
@@ -517,17 +438,9 @@ class Driver:
                         first_description=str(first.row.get("description", "") if first else ""))
 
     def _files(self, flight: Flight, log: str | None) -> dict:
-        prepared = flight.prepared
-        files = {} if log is None else {"run.log": log}
-        if flight.work.kind != "baseline":
-            if flight.commit and flight.commit != flight.parent_commit and flight.parent_commit:
-                files["diff.patch"] = self.git.diff(self.repo, flight.parent_commit, flight.commit)
-            elif prepared is not None and prepared.diff:
-                files["diff.patch"] = prepared.diff
-        if flight.work.kind == "child":
-            files["prompt.md"] = flight.prompt
-            files["transcript.txt"] = prepared.transcript if prepared else ""
-        return files
+        return experiment_files(kind=flight.work.kind, commit=flight.commit, parent_commit=flight.parent_commit,
+                                prepared=flight.prepared, prompt=flight.prompt, log=log,
+                                diff=lambda: self.git.diff(self.repo, flight.parent_commit, flight.commit))
 
     def _finish_untrained(self, flight: Flight, status: str, reason: str, cleanup: bool = True) -> None:
         row = self._row(flight, status, reason)
@@ -572,7 +485,6 @@ class Driver:
     # ---------------------------------------------------------------- status
 
     def _status(self) -> str:
-        exps = self.state.experiments.values()
         champion = self.state.members.get(self.state.champion) if self.state.champion else None
         return status_line(
             finished=self.state.finished_count(), ok=self.state.ok_count(),
@@ -580,14 +492,6 @@ class Driver:
             workers=self.fleet.live() if self.fleet else 0, alive=len(self.state.living()), champion=self.state.champion,
             metric=self.task.metric, best=champion.mean if champion else None,
             elapsed_s=self.clock() - self.started_at, max_experiments=self.config.max_experiments)
-
-
-def _git_error_line(error) -> str:
-    """`git <subcommand> failed: <git's first line>` from a GitCommandError's multi-line text."""
-    command = error.command if isinstance(error.command, (list, tuple)) else str(error.command).split()
-    stderr = str(error.stderr or "").strip().removeprefix("stderr:").strip().strip("'").strip()
-    said = next((line.strip() for line in stderr.splitlines() if line.strip()), f"exit code {error.status}")
-    return f"git {command[1] if len(command) > 1 else ''} failed: {said}"
 
 
 def run_population(config: RunConfig, ray_init_kwargs: dict | None = None, out: TextIO | None = None) -> int:
@@ -613,5 +517,5 @@ def run_population(config: RunConfig, ray_init_kwargs: dict | None = None, out: 
         console.error(str(e))
         return EXIT_ERROR
     except gitops.git.GitCommandError as e:     # git refused (disk full, a path in the way...): its own words
-        console.error(_git_error_line(e))
+        console.error(startup.git_error_line(e))
         return EXIT_ERROR

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from population import budget
 from population.config import RunConfig
+from population.console import reason_headline
 from population.policy import SEED_MEMBER
 from population.state import PopulationState, holdout_column
 from population.summary import parse_summary, tail
@@ -138,6 +139,30 @@ def base_row(*, kind: str, member: str, commit: str, parent_commit: str, branch:
     elif kind == "rerun":
         row["description"] = f"re-run of {member}: " + first_description
     return row
+
+
+def experiment_files(*, kind: str, commit: str, parent_commit: str, prepared, prompt: str, log: str | None,
+                     diff) -> dict:
+    """experiments/<id>/: run.log (when it trained), diff.patch against the parent (`diff()`, else
+    the worker's own), a child's prompt and transcript."""
+    files = {} if log is None else {"run.log": log}
+    if kind != "baseline":
+        if commit and commit != parent_commit and parent_commit:
+            files["diff.patch"] = diff()
+        elif prepared is not None and prepared.diff:
+            files["diff.patch"] = prepared.diff
+    if kind == "child":
+        files["prompt.md"] = prompt
+        files["transcript.txt"] = prepared.transcript if prepared else ""
+    return files
+
+
+def last_baseline_error(state: PopulationState) -> str:
+    """The headline of the latest baseline's failure: the rule it broke, else the last line of its
+    log (often the train file's own advice)."""
+    runs = [state.experiments[i] for i in state.experiment_ids(SEED_MEMBER) if state.experiments[i].phase == "finished"]
+    reason = str(runs[-1].row.get("reason") or "") if runs else ""
+    return reason_headline(reason) if reason.strip() else "no log"
 
 
 def train_env(config: RunConfig, seed: int, source: dict[str, str]) -> dict[str, str]:
