@@ -355,7 +355,6 @@ class Simulation:
     codes: dict = field(default_factory=dict)            # commit -> constants
     trainings_of: dict = field(default_factory=dict)     # exp_id -> (worker, commit), until it trains
     gpu_runs: dict = field(default_factory=lambda: defaultdict(list))
-    actors: list = field(default_factory=list)
 
     def __post_init__(self):
         self.landscape = Landscape(noise=self.noise, seed=self.seed)
@@ -463,21 +462,28 @@ class Outcome:
     cpu_s: float
 
 
-def simulate(sim: Simulation, runs_dir: Path, tag: str = "sim") -> Outcome:
-    """Run the real driver against the simulated workers until `sim.experiments` are recorded."""
-    from tqdm import tqdm
-
+def make_driver(sim: Simulation, runs_dir: Path, tag: str = "sim", simgit: "SimGit | None" = None, **changes):
+    """The real driver on the fake fleet over the simulated workers, with the git stand-in (`changes`:
+    RunConfig settings, e.g. resume=True, max_experiments=...)."""
     from population.config import RunConfig
     from population.console import Console
 
     config = RunConfig(tag=tag, repo=str(runs_dir), runs_dir=str(runs_dir), workers=sim.workers,
                        max_experiments=sim.experiments, budget_s=sim.budget_s, agents=["mutate"],
                        population_size=sim.population_size, selection=sim.selection, seed=sim.seed,
-                       status_every_s=600.0, sandbox=False)       # nothing runs: no bwrap needed
-    simgit = SimGit(sim)
+                       status_every_s=600.0, sandbox=False).replace(**changes)   # nothing runs: no bwrap needed
+    simgit = simgit or SimGit(sim)
     driver = sim_driver_class()(config, console=Console(None), sim_clock=sim.clock, fleet=sim_fleet(sim, config),
                                 git=simgit, clock=lambda: EPOCH + sim.clock.now())
     sim._driver = driver
+    return driver, simgit
+
+
+def simulate(sim: Simulation, runs_dir: Path, tag: str = "sim") -> Outcome:
+    """Run the real driver against the simulated workers until `sim.experiments` are recorded."""
+    from tqdm import tqdm
+
+    driver, simgit = make_driver(sim, runs_dir, tag)
     wall, cpu = time.perf_counter(), time.process_time()
     with patched_store(sim), tqdm(total=sim.experiments, desc=f"{sim.workers} workers", unit="exp",
                                   disable=not sim.progress_bar, mininterval=2.0) as bar:
