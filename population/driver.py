@@ -21,7 +21,8 @@ from typing import TextIO
 from population import gitops, sandbox, startup
 from population.config import ConfigError, RunConfig, default_tag, resolve, validate, with_run_settings
 from population.console import Console, champion_line, experiment_line, holdout_warning, noise_line, run_line, status_line
-from population.fleet import DriverError, RayFleet, first_sentence
+from population.fleet import DriverError
+from population.ray_fleet import RayFleet, first_sentence
 from population.outcome import (base_row, duplicate_reason, experiment_files, gains_over_seed, judged,
                                 last_baseline_error, train_env)
 from population.policy import (SEED_MEMBER, Cull, Drop, Lose, NoiseMeasured, Policy, Promote, Queue, Settings,

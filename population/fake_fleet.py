@@ -7,7 +7,7 @@ becomes visible that many virtual seconds later, so a "300 s" training costs no 
     workload.train(worker, job)   -> (TrainResult, seconds)
     an exception raised by either is a failed stage (the driver records a crash)
 
-Each worker has the real fleet's two-stage pipeline (prepares one ahead while it trains, one
+Each worker has the Ray fleet's two-stage pipeline (prepares one ahead while it trains, one
 training at a time). `kill(worker)` is a node lost: what the worker had in flight is lost (the
 driver queues it again), and `spare` workers take dead workers' places, as capacity returning
 would. Used by the driver's tests without Ray and by bench/simulate.py.
@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from typing import TYPE_CHECKING
 
-from population.config import RunConfig
-from population.fleet import Completion, Slot
-from population.training import TrainJob
-from population.worker import PrepareJob
+from population.fleet import Completion, Fleet, Slot
+
+if TYPE_CHECKING:                      # (their modules import Ray; the fake fleet needs none)
+    from population.config import RunConfig
+    from population.training import TrainJob
+    from population.worker import PrepareJob
 
 
 class VirtualClock:
@@ -36,7 +39,7 @@ class VirtualClock:
         self.t = max(self.t, t)
 
 
-class FakeFleet:
+class FakeFleet(Fleet):
     def __init__(self, workload, config: RunConfig, clock=None, spare: int = 0, say=lambda line: None):
         self.workload = workload
         self.config = config
@@ -72,18 +75,6 @@ class FakeFleet:
 
     # ---- work --------------------------------------------------------------------------------
 
-    def worker(self, name: str) -> Slot:
-        return next(slot for slot in self.slots if slot.name == name)
-
-    def idle(self) -> list[Slot]:
-        return [s for s in self.slots if not s.dead and s.prep is None and s.ready is None]
-
-    def live(self) -> int:
-        return sum(1 for slot in self.slots if not slot.dead)
-
-    def training(self) -> int:
-        return sum(1 for slot in self.slots if slot.train)
-
     def busy(self) -> bool:
         return bool(self.pending or self._lost)
 
@@ -91,15 +82,8 @@ class FakeFleet:
         job.bundle_ref = ""
         slot.prep = self._schedule(slot, "prep", job.exp_id, self.workload.prepare, job)
 
-    def train(self, slot: Slot, exp_id: int, job: TrainJob) -> None:
-        slot.ready = (exp_id, job)
-        self._feed(slot)
-
-    def _feed(self, slot: Slot) -> None:
-        if slot.train is not None or slot.ready is None or slot.dead:
-            return
-        (exp_id, job), slot.ready = slot.ready, None
-        slot.train = self._schedule(slot, "train", exp_id, self.workload.train, job)
+    def _start_training(self, slot: Slot, exp_id: int, job: TrainJob) -> tuple:
+        return self._schedule(slot, "train", exp_id, self.workload.train, job)
 
     def _schedule(self, slot: Slot, stage: str, exp_id: int, call, job) -> tuple:
         now = self.clock.now()

@@ -26,7 +26,8 @@ from ray.cluster_utils import Cluster                                  # noqa: E
 from population.config import RunConfig                                 # noqa: E402
 from population import readiness                                        # noqa: E402
 from population.driver import EXIT_OK, run_population                  # noqa: E402
-from population.fleet import Joining, RayFleet, Slot, free_slots        # noqa: E402
+from population.fleet import Slot                                       # noqa: E402
+from population.ray_fleet import Joining, RayFleet, free_slots          # noqa: E402
 from test_driver_support import FAKE_TRAIN, branches, events, git, make_seed_repo   # noqa: E402
 
 GPU_KIND = "H100"

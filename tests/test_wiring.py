@@ -200,7 +200,7 @@ def test_a_node_with_the_drivers_cache_runs_its_experiments(cluster, tmp_path, m
 
 
 def test_a_worker_that_cannot_sandbox_is_reported_in_one_line(cluster):
-    from population.fleet import raised_line
+    from population.ray_fleet import raised_line
 
     @ray.remote
     class Unsandboxable:
