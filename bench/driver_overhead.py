@@ -30,7 +30,11 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from test_driver_support import FAKE_EVALUATOR  # noqa: E402  (the fixed side's stand-in the driver's tests use)
+
+# Saves its value where the harness asks (AUTORESEARCH_CHECKPOINT): FAKE_EVALUATOR scores it.
 FAKE_TRAIN = '''\
 import json, os, time
 LEARNING_RATE = 0.04
@@ -40,8 +44,11 @@ time.sleep(float(os.environ["AUTORESEARCH_FAKE_SLEEP"]))
 end = time.time()
 with open(os.path.join(os.environ["AUTORESEARCH_FAKE_RECORD"], f"{os.getpid()}-{start:.6f}.json"), "w") as f:
     json.dump({"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": end}, f)
+val = 1.0 + abs(LEARNING_RATE - 0.03) + 0.001 * abs(DEPTH - 10)
+if os.environ.get("AUTORESEARCH_CHECKPOINT"):
+    with open(os.environ["AUTORESEARCH_CHECKPOINT"], "w") as f:
+        json.dump({"val": val}, f)
 print("---")
-print(f"val_bpb: {1.0 + abs(LEARNING_RATE - 0.03) + 0.001 * abs(DEPTH - 10):.6f}")
 print("peak_vram_mb: 1000.0")
 '''
 
@@ -53,6 +60,7 @@ SLOW_AGENT = ("command:sh -c 'sleep {seconds}; echo \"# tweak $(date +%s%N)\" >>
 def make_seed(root: Path) -> Path:
     (root / "prepare").mkdir(parents=True)
     (root / "prepare" / "__init__.py").write_text("MAX_SEQ_LEN = 256\n")
+    (root / "prepare" / "trusted_eval.py").write_text(FAKE_EVALUATOR)
     (root / "engine").mkdir()
     (root / "engine" / "train.py").write_text(FAKE_TRAIN)
     (root / "program.md").write_text("Lower {metric} by editing `{train_file}`.\n")
