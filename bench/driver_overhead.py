@@ -30,7 +30,11 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from test_driver_support import FAKE_EVALUATOR  # noqa: E402  (the fixed side's stand-in the driver's tests use)
+
+# Saves its value where the harness asks (AUTORESEARCH_CHECKPOINT): FAKE_EVALUATOR scores it.
 FAKE_TRAIN = '''\
 import json, os, time
 LEARNING_RATE = 0.04
@@ -40,8 +44,11 @@ time.sleep(float(os.environ["AUTORESEARCH_FAKE_SLEEP"]))
 end = time.time()
 with open(os.path.join(os.environ["AUTORESEARCH_FAKE_RECORD"], f"{os.getpid()}-{start:.6f}.json"), "w") as f:
     json.dump({"gpu": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": end}, f)
+val = 1.0 + abs(LEARNING_RATE - 0.03) + 0.001 * abs(DEPTH - 10)
+if os.environ.get("AUTORESEARCH_CHECKPOINT"):
+    with open(os.environ["AUTORESEARCH_CHECKPOINT"], "w") as f:
+        json.dump({"val": val}, f)
 print("---")
-print(f"val_bpb: {1.0 + abs(LEARNING_RATE - 0.03) + 0.001 * abs(DEPTH - 10):.6f}")
 print("peak_vram_mb: 1000.0")
 '''
 
@@ -53,6 +60,7 @@ SLOW_AGENT = ("command:sh -c 'sleep {seconds}; echo \"# tweak $(date +%s%N)\" >>
 def make_seed(root: Path) -> Path:
     (root / "prepare").mkdir(parents=True)
     (root / "prepare" / "__init__.py").write_text("MAX_SEQ_LEN = 256\n")
+    (root / "prepare" / "trusted_eval.py").write_text(FAKE_EVALUATOR)
     (root / "engine").mkdir()
     (root / "engine" / "train.py").write_text(FAKE_TRAIN)
     (root / "program.md").write_text("Lower {metric} by editing `{train_file}`.\n")
@@ -72,20 +80,15 @@ def timed_driver_class():
             super().__init__(*args, **kwargs)
             self.cost = defaultdict(float)
 
-        def _start_prepare(self, slot, work):
+        def _start(self, slot, train):
             exp_id, start = self.state.next_id(), time.perf_counter()
-            super()._start_prepare(slot, work)
+            super()._start(slot, train)
             self.cost[exp_id] += time.perf_counter() - start
 
-        def _start_training(self, slot, flight):
+        def _complete(self, done):      # a training starts inside the fleet when its worker's GPU frees
             start = time.perf_counter()
-            super()._start_training(slot, flight)
-            self.cost[flight.exp_id] += time.perf_counter() - start
-
-        def _complete(self, ref):
-            exp_id, start = self.refs[ref][2], time.perf_counter()
-            super()._complete(ref)
-            self.cost[exp_id] += time.perf_counter() - start
+            super()._complete(done)
+            self.cost[done.exp_id] += time.perf_counter() - start
 
     return TimedDriver
 

@@ -1,9 +1,13 @@
 """Search quality on a cheap landscape (issue 9): our population against the reference's greedy loop.
 
 A synthetic "train file" holds autoresearch's hyperparameter block; its TRUE val_bpb is a known
-function of those UPPER_CASE constants, and every "training" returns the true value plus Gaussian
-noise of the size measured on identical H200 trainings (std 0.0004, REFERENCE.md). Everything runs
-in-process: no Ray, no git, no GPU; one training is a function call. Two landscapes:
+function of those UPPER_CASE constants, and every "training" returns the true value plus noise.
+The noise is drawn from a range (`Noise.ranged`, the default): each code has its own level, between
+a third of `--noise` and `--noise` (log-uniform, fixed by the code's text), and its runs scatter with
+heavy tails (Student-t, 4 degrees of freedom, scaled to that level); `--noise-model fixed` is the
+Gaussian of one size the defaults were first tuned on (std 0.0004, measured on four identical H200
+trainings, REFERENCE.md). Everything runs in-process: no Ray, no git, no GPU; one training is a
+function call. Two landscapes:
 - bowl: a separable bowl in log space around hidden optima; most harmful edits are clearly worse
   than the noise, most helpful ones are small (the first landscape of this bench, unchanged);
 - plateau: the regime of the autoresearch logs: most single edits move val_bpb by less than or about
@@ -15,10 +19,10 @@ only in how they select:
 - greedy (the reference's program.md): one branch; train the child once; keep it if its single
   noisy val_bpb is strictly lower than the incumbent's, else revert. Also run by N agents on one
   branch (each child starts from the tip of the moment) to measure what asynchrony costs it.
-- population (ours): the real `PopulationState` fed with journal events and the real selection
-  rules: baseline trained `noise_runs` times to measure the noise, tournament selection of parents,
-  aging, a champion promoted only past the noise margin, confirming re-runs; N asynchronous workers
-  (a worker picks its next parent from what has finished so far).
+- population (ours): the driver's own policy (population/policy.py) over the real `PopulationState`,
+  its decisions applied as the driver journals them: the noise phase, tournament selection of
+  parents, promotion, re-runs, culls; N asynchronous workers (a free worker takes what the policy
+  hands out, given what has finished so far).
 
 Compared at equal numbers of trainings, and at equal wall time (N workers against one sequential
 agent for the same hours, so N times the trainings). Reported: the TRUE value of the result each
@@ -28,17 +32,19 @@ the trainings spent re-running code already trained, and how often a lucky-noise
 promoted/kept although its true value was not better than the incumbent's.
 
     python bench/landscape.py --seeds 50 --trainings 100 --workers 8
+    python bench/landscape.py --seeds 50 --noise 0.003                 # heavy, code-dependent noise
+    python bench/landscape.py --seeds 50 --noise 0.0004 --noise-model fixed
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import heapq
 import math
 import random
 import statistics
 import sys
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,12 +53,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from population.agents.mutate import find_candidates, mutate_source  # noqa: E402
-from population.config import (DEFAULT_CONFIRM_RUNS, DEFAULT_MAX_RUNS, DEFAULT_POPULATION_SIZE,  # noqa: E402
-                               DEFAULT_PROMOTION_Z, DEFAULT_SELECTION,
-                               DEFAULT_TOURNAMENT_SIZE, MAX_NOISE_RUNS_DEFAULT, RERUN_OPTIMISM, SELECTIONS,
-                               default_promotion_confidence)
-from population.selection import (choose_culls, estimate_noise, posterior_choice,  # noqa: E402
-                                  promotion_decision, tournament_select)
+from population.config import SELECTIONS  # noqa: E402
+from population.policy import SEED_MEMBER, Policy, Promote, Settings, apply  # noqa: E402
 from population.state import PopulationState  # noqa: E402
 
 METRIC = "val_bpb"
@@ -141,9 +143,56 @@ def true_value(source: str, landscape: Landscape = BOWL) -> float:
     return landscape.true_value(source)
 
 
-def train(source: str, rng: random.Random, noise_std: float = NOISE_STD, landscape: Landscape = BOWL) -> float:
-    """One 'training': the true value plus run-to-run noise."""
-    return landscape.true_value(source) + rng.gauss(0.0, noise_std)
+@dataclass(frozen=True)
+class Noise:
+    """Run-to-run noise: each code's level lies in [std * low, std] (log-uniform, fixed by the
+    code's text: a code-dependent level), its runs scatter around the true value as a Student-t of
+    `dof` degrees of freedom scaled to that level (heavy tails); dof None is a Gaussian."""
+    std: float = NOISE_STD
+    low: float = 1.0               # 1: every code has the level `std`
+    dof: float | None = None
+
+    @classmethod
+    def ranged(cls, std: float) -> "Noise":
+        """The bench's default: levels from std/3 to std, tails of a t with 4 degrees of freedom."""
+        return cls(std, 1 / 3, 4.0)
+
+    @classmethod
+    def fixed(cls, std: float) -> "Noise":
+        """One Gaussian level for every code (the model the defaults were first tuned on)."""
+        return cls(std)
+
+    def level(self, source: str) -> float:
+        if self.low >= 1.0:
+            return self.std
+        return self.std * self.low ** _unit(source)
+
+    def draw(self, source: str, rng: random.Random) -> float:
+        z = rng.gauss(0.0, 1.0)
+        if self.dof is not None:        # t = z / sqrt(chi2/dof), variance dof/(dof-2): scaled to 1
+            z *= math.sqrt((self.dof - 2.0) / rng.gammavariate(self.dof / 2.0, 2.0))
+        return self.level(source) * z
+
+    def describe(self) -> str:
+        if self.low >= 1.0 and self.dof is None:
+            return f"Gaussian noise std {self.std:g}"
+        return (f"noise levels {self.std * self.low:.2g}-{self.std:g} by code, "
+                + (f"Student-t tails ({self.dof:g} dof)" if self.dof else "Gaussian"))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _unit(source: str) -> float:
+    """A number in [0, 1) fixed by the code's text."""
+    return int.from_bytes(hashlib.blake2b(source.encode(), digest_size=8).digest(), "big") / 2 ** 64
+
+
+def as_noise(noise: "Noise | float") -> Noise:
+    return noise if isinstance(noise, Noise) else Noise.fixed(noise)
+
+
+def train(source: str, rng: random.Random, noise: "Noise | float" = NOISE_STD, landscape: Landscape = BOWL) -> float:
+    """One 'training': the true value plus run-to-run noise (a float: Gaussian of that std)."""
+    return landscape.true_value(source) + as_noise(noise).draw(source, rng)
 
 
 @dataclass
@@ -154,11 +203,12 @@ class Outcome:
     promotions: int = 0        # greedy: kept children; population: champion changes
     lucky: int = 0             # promotions whose true value was not better than the incumbent's
     confirming: int = 0        # trainings of code already trained (extra baseline runs, re-runs)
+    reruns: int = 0            # of which re-runs of members (the margin rule's confirmations)
 
 
 # ---- (b) the reference: one greedy branch ----------------------------------------------------
 
-def run_greedy(trainings: int, rng: random.Random, noise_std: float = NOISE_STD,
+def run_greedy(trainings: int, rng: random.Random, noise_std: "Noise | float" = NOISE_STD,
                landscape: Landscape = BOWL) -> Outcome:
     """program.md's loop: baseline once, then keep a child iff its one run is strictly lower."""
     current = SEED_SOURCE
@@ -175,7 +225,7 @@ def run_greedy(trainings: int, rng: random.Random, noise_std: float = NOISE_STD,
     return outcome
 
 
-def run_greedy_parallel(trainings: int, rng: random.Random, workers: int, noise_std: float = NOISE_STD,
+def run_greedy_parallel(trainings: int, rng: random.Random, workers: int, noise_std: "Noise | float" = NOISE_STD,
                         landscape: Landscape = BOWL) -> Outcome:
     """The same loop run by `workers` agents on one branch: the baseline once, then each free agent
     mutates the tip of the moment, and a finished child becomes the tip iff its one run is lower
@@ -207,177 +257,102 @@ def run_greedy_parallel(trainings: int, rng: random.Random, workers: int, noise_
     return outcome
 
 
-# ---- (a) ours: the population, driven through the real state and selection -----------------
+# ---- (a) ours: the population, the driver's policy over the real state -------------------
 
-@dataclass
-class PopulationSettings:
-    """The selection settings the bench runs; by default the driver's own (population.config)."""
-    workers: int = 8
-    population_size: int = DEFAULT_POPULATION_SIZE
-    tournament_size: int | None = DEFAULT_TOURNAMENT_SIZE   # None: the whole population
-    cull: str = "age"
-    selection: str = DEFAULT_SELECTION      # posterior | margin
-    confidence: float | None = None         # posterior: P(better) that promotes; None: the driver's 1 - 0.1/workers
-    z: float = DEFAULT_PROMOTION_Z          # margin: the promotion margin in standard errors
-    max_runs: int = DEFAULT_MAX_RUNS
-    min_runs: int = DEFAULT_CONFIRM_RUNS    # trainings behind a member before it can be promoted
-    noise_runs: int = MAX_NOISE_RUNS_DEFAULT
-    rerun_optimism: float | None = RERUN_OPTIMISM   # None: re-run every positive gain (the first rule)
-
-    @property
-    def k(self) -> int:
-        return self.tournament_size or self.population_size
-
-    @property
-    def promotion_confidence(self) -> float:
-        return self.confidence or default_promotion_confidence(self.workers)
-
-    @property
-    def posterior(self) -> bool:
-        return self.selection == "posterior"
-
-    def describe(self) -> str:
-        if self.posterior:
-            confidence = self.confidence or "1 - 0.1/workers"
-            return (f"posterior selection, population size {self.population_size}, tournament {self.k}, cull by "
-                    f"{self.cull}, promoted at {confidence} probability of being better than the champion "
-                    f"with at least {self.min_runs} trainings of it and its descendants")
-        optimism = "any gain" if self.rerun_optimism is None else \
-            f"gains within {self.rerun_optimism:g} standard error of the margin"
-        return (f"margin selection, population size {self.population_size}, tournament {self.k}, cull by "
-                f"{self.cull}, z {self.z:g}, promoted after at least {min(self.min_runs, self.max_runs)} and at most "
-                f"{self.max_runs} runs, re-runs for {optimism}")
+def describe(settings: Settings) -> str:
+    s = settings.resolved()
+    if s.posterior:
+        confidence = settings.promotion_confidence or "1 - 0.1/workers"
+        return (f"posterior selection, population size {s.population_size}, tournament {s.tournament_size}, cull by "
+                f"{s.cull}, promoted at {confidence} probability of being better than the champion "
+                f"with at least {s.confirm_runs} trainings of it and its descendants")
+    optimism = "any gain" if s.rerun_optimism is None else \
+        f"gains within {s.rerun_optimism:g} standard error of the margin"
+    return (f"margin selection, population size {s.population_size}, tournament {s.tournament_size}, cull by "
+            f"{s.cull}, z {s.promotion_z:g}, promoted after at least {min(s.confirm_runs, s.max_runs)} and at most "
+            f"{s.max_runs} runs, re-runs for {optimism}")
 
 
 # The rules this bench started with (config.py's tournament of 3, a re-run for every positive gain).
-FIRST_RULES = PopulationSettings(population_size=8, tournament_size=3, selection="margin", z=2.0, max_runs=3,
-                                 min_runs=1, rerun_optimism=None)
+FIRST_RULES = Settings(population_size=8, tournament_size=3, selection="margin", promotion_z=2.0, max_runs=3,
+                       confirm_runs=1, rerun_optimism=None)
 # The driver's defaults before "confirm once" (sessions 2-5): the whole population as tournament,
 # promotion on one run past 2 standard errors, re-runs while a gain can still clear the margin.
-PREVIOUS_RULES = PopulationSettings(population_size=8, tournament_size=None, selection="margin", z=2.0,
-                                    max_runs=3, min_runs=1, rerun_optimism=1.0)
+PREVIOUS_RULES = Settings(population_size=8, selection="margin", promotion_z=2.0, max_runs=3, confirm_runs=1,
+                          rerun_optimism=1.0)
 # The margin rule "confirm once" (sessions 7-8's defaults): z 1 on the mean of two runs.
-MARGIN_RULES = PopulationSettings(selection="margin")
+MARGIN_RULES = Settings(selection="margin")
 
 
-@dataclass
 class _Simulation:
-    """An asynchronous run of `workers` trainers over one PopulationState."""
-    settings: PopulationSettings
-    rng: random.Random
-    noise_std: float
-    landscape: Landscape
-    state: PopulationState = field(default_factory=lambda: PopulationState(METRIC))
-    sources: dict[str, str] = field(default_factory=dict)     # commit -> train file
-    running: list = field(default_factory=list)                # heap of (finish time, id, commit, value)
-    reruns: deque = field(default_factory=deque)               # members waiting for a confirming run
-    undecided: list[str] = field(default_factory=list)         # finished before the noise was known
-    outcome: Outcome = field(default_factory=lambda: Outcome(math.nan, 0))
+    """An asynchronous run of `workers` trainers: the policy's work handed out, its decisions
+    applied to the state as the driver journals them (no Ray, no git, no files)."""
+
+    def __init__(self, settings: Settings, rng: random.Random, noise: Noise, landscape: Landscape):
+        self.state = PopulationState(METRIC)
+        self.policy = Policy(settings, rng)
+        self.rng, self.noise, self.landscape = rng, noise, landscape
+        self.sources = {"c0": SEED_SOURCE}          # commit -> train file
+        self.running: list = []                     # heap of (finish time, id, commit, value)
+        self.members = 0
+        self.outcome = Outcome(math.nan, 0)
 
     def true_value(self, member: str) -> float:
         return self.landscape.true_value(self.sources[self.state.members[member].commit])
 
-    def start(self, now: float, kind: str, member: str, parent_id: int | None, commit: str) -> None:
-        exp_id = self.state.next_id()
-        self.state.apply({"type": "experiment_started", "id": exp_id, "kind": kind, "member": member,
-                          "parent_id": parent_id, "parent_commit": "", "worker": "", "agent": "mutate",
-                          "seed": exp_id, "budget_s": 300.0, "time": now})
-        value = train(self.sources[commit], self.rng, self.noise_std, self.landscape)
+    def decide(self, decisions, now: float) -> None:
+        for decision in decisions:
+            if isinstance(decision, Promote) and decision.previous is not None:
+                self.outcome.promotions += 1
+                self.outcome.lucky += self.true_value(decision.member) >= self.true_value(decision.previous)
+            apply(self.state, decision, now)
+
+    def start_next(self, now: float) -> None:
+        """What a free worker does: what the policy hands out (a queued baseline or re-run, else a
+        child of its tournament's winner)."""
+        handed = self.policy.next_work(self.state)
+        work, exp_id = handed.work, self.state.next_id()
+        if work.kind == "child":
+            self.members += 1
+            member, parent_id = f"m{self.members:04d}", self.state.first_id(work.parent)
+            parent = self.state.members.get(work.parent)
+            commit = f"c{exp_id + 1}"
+            self.sources[commit], _ = mutate_source(self.sources[parent.commit if parent else "c0"], self.rng)
+        else:
+            member, parent_id = work.member, self.state.origin(work.member)[1]
+            commit = self.state.members[member].commit if member in self.state.members else "c0"
+        self.state.apply(handed.started(exp_id, member, parent_id, time=now))
+        value = train(self.sources[commit], self.rng, self.noise, self.landscape)
         finish = now + 1.0 + self.rng.uniform(0.0, 0.2)   # trainings take about the same time
         heapq.heappush(self.running, (finish, exp_id, commit, value))
         self.outcome.trainings += 1
-        self.outcome.confirming += kind == "rerun" or (kind == "baseline" and exp_id > 0)
-
-    def start_next(self, now: float) -> None:
-        """What a free worker does: a pending re-run first, else a child of a tournament winner."""
-        while self.reruns:
-            member = self.state.members[self.reruns.popleft()]
-            if member.alive:
-                self.start(now, "rerun", member.name, member.first_id, member.commit)
-                return
-        candidates = self.state.candidates(estimated=self.settings.posterior)
-        if candidates:
-            parent = self.state.members[tournament_select(candidates, self.settings.k, self.rng).member]
-            parent_id, parent_source = parent.first_id, self.sources[parent.commit]
-        else:  # nothing has finished yet: children of the baseline
-            parent_id, parent_source = 0, SEED_SOURCE
-        child, _ = mutate_source(parent_source, self.rng)
-        commit = f"c{self.state.next_id()}"
-        self.sources[commit] = child
-        self.start(now, "child", f"m{self.state.next_id():05d}", parent_id, commit)
+        self.outcome.confirming += work.kind == "rerun" or (work.kind == "baseline" and exp_id > 0)
+        self.outcome.reruns += work.kind == "rerun"
 
     def finish(self, now: float, exp_id: int, commit: str, value: float) -> None:
-        self.state.apply({"type": "experiment_finished", "id": exp_id,
+        self.state.apply({"type": "experiment_finished", "id": exp_id, "time": now,
                           "row": {"commit": commit, "status": "ok", METRIC: value, "finished_at": now}})
-        exp = self.state.experiments[exp_id]
-        if exp.kind == "baseline":
-            baseline = self.state.members[exp.member]
-            if len(baseline.runs) == self.settings.noise_runs:
-                self.state.apply({"type": "noise", "std": estimate_noise(baseline.runs), "time": now})
-                self.state.apply({"type": "champion", "member": baseline.name, "time": now})
-                for member in self.undecided:
-                    self.decide(now, member)
-                self.undecided.clear()
-        elif self.state.champion is None:
-            self.undecided.append(exp.member)
-        else:
-            self.decide(now, exp.member)
-        self.cull(now)
-
-    def decide(self, now: float, name: str) -> None:
-        member, champion = self.state.members[name], self.state.members[self.state.champion]
-        if not member.alive or name == champion.name:
-            return
-        if self.settings.posterior:
-            best = posterior_choice(self.state.candidates(estimated=True), champion.name, self.state.posterior,
-                                    confidence=self.settings.promotion_confidence,
-                                    min_evidence=self.settings.min_runs)
-            if best is not None:
-                self.promote(now, best, champion.name)
-            return
-        decision = promotion_decision(member.runs, champion.runs, self.state.noise_std, z=self.settings.z,
-                                      max_runs=self.settings.max_runs, min_runs=self.settings.min_runs,
-                                      rerun_optimism=self.settings.rerun_optimism)
-        if decision == "promote":
-            self.promote(now, name, champion.name)
-        elif decision == "rerun":
-            self.reruns.append(name)
-
-    def promote(self, now: float, name: str, champion: str) -> None:
-        self.outcome.promotions += 1
-        self.outcome.lucky += self.true_value(name) >= self.true_value(champion)
-        self.state.apply({"type": "champion", "member": name, "time": now})
-
-    def cull(self, now: float) -> None:
-        waiting = set(self.reruns) | {e.member for e in self.state.in_flight() if e.kind == "rerun"}
-        protect = frozenset(waiting | {self.state.champion} | set(self.undecided))
-        if self.settings.posterior:
-            protect |= self.state.awaiting_confirmation(self.settings.min_runs)
-        for name in choose_culls(self.state.candidates(estimated=self.settings.posterior),
-                                 self.settings.population_size, self.settings.cull,
-                                 self.settings.k, self.rng, protect=protect):
-            self.state.apply({"type": "member_culled", "member": name, "time": now})
+        self.decide(self.policy.on_result(self.state, exp_id), now)
 
 
-def run_population(trainings: int, rng: random.Random, settings: PopulationSettings | None = None,
-                   noise_std: float = NOISE_STD, landscape: Landscape = BOWL) -> Outcome:
+def run_population(trainings: int, rng: random.Random, settings: Settings | None = None,
+                   noise_std: "Noise | float" = NOISE_STD, landscape: Landscape = BOWL) -> Outcome:
     """`trainings` trainings by `settings.workers` asynchronous workers; the champion is the result."""
-    settings = settings or PopulationSettings()
-    sim = _Simulation(settings, rng, noise_std, landscape)
-    sim.sources["c0"] = SEED_SOURCE
-    noise_runs = min(settings.noise_runs, settings.workers, trainings)   # as the driver: min(workers, 3)
-    settings = sim.settings = replace(settings, noise_runs=max(1, noise_runs))
-    for _ in range(noise_runs):   # the baseline on the first workers; the rest start children of it
-        sim.start(0.0, "baseline", "m00000", None, "c0")
+    settings = replace(settings or Settings(), max_experiments=trainings).resolved()
+    sim = _Simulation(settings, rng, as_noise(noise_std), landscape)
+    sim.decide(sim.policy.on_start(sim.state), 0.0)
     while sim.outcome.trainings < min(settings.workers, trainings):
         sim.start_next(0.0)
     while sim.running:
         now, exp_id, commit, value = heapq.heappop(sim.running)
         sim.finish(now, exp_id, commit, value)
-        if sim.outcome.trainings < trainings:
+        if sim.policy.can_hand_out(sim.state):
             sim.start_next(now)
-    sim.outcome.final_true = sim.true_value(sim.state.champion)
-    sim.outcome.held_true = min(sim.true_value(member.name) for member in sim.state.living())
+    champion = sim.state.champion or SEED_MEMBER
+    sim.outcome.final_true = sim.true_value(champion) if champion in sim.state.members else \
+        landscape.true_value(SEED_SOURCE)
+    sim.outcome.held_true = min((sim.true_value(member.name) for member in sim.state.living()),
+                                default=sim.outcome.final_true)
     return sim.outcome
 
 
@@ -418,9 +393,9 @@ class Row:
         self.confirming += outcome.confirming
 
 
-def _plans(trainings: int, workers: int, settings: PopulationSettings) -> list[tuple[str, Callable, int, float]]:
+def _plans(trainings: int, workers: int, settings: Settings) -> list[tuple[str, Callable, int, float]]:
     """(label, run(trainings, rng, noise, landscape) -> Outcome, trainings, hours) of each method."""
-    def population(plan_settings: PopulationSettings) -> Callable:
+    def population(plan_settings: Settings) -> Callable:
         return lambda n, rng, noise, landscape: run_population(n, rng, plan_settings, noise, landscape)
 
     plans = [("greedy, 1 agent", run_greedy, trainings, trainings),
@@ -436,14 +411,14 @@ def _plans(trainings: int, workers: int, settings: PopulationSettings) -> list[t
     return [plans[0], plans[3]] if workers == 1 else plans
 
 
-def compare(seeds: int, trainings: int, workers: int, settings: PopulationSettings | None = None,
-            noise_std: float = NOISE_STD, landscape: Landscape = BOWL, progress: bool = False,
+def compare(seeds: int, trainings: int, workers: int, settings: Settings | None = None,
+            noise_std: "Noise | float" = NOISE_STD, landscape: Landscape = BOWL, progress: bool = False,
             seed_offset: int = 0) -> list[Row]:
     """Greedy with T trainings (1 agent, and N agents on one branch) against ours with T trainings
     (N workers, and 1 worker) and with T x N trainings on N workers (the same hours as one agent).
     Seed s gives every method the same random stream, so the seeds pair up; `seed_offset` picks
     another set of seeds (to check that a difference is not the noise of one set)."""
-    settings = replace(settings or PopulationSettings(), workers=workers)
+    settings = replace(settings or Settings(), workers=workers)
     plans = _plans(trainings, workers, settings)
     rows = [Row(label, n, hours) for label, _, n, hours in plans]
     iterator = range(seed_offset, seed_offset + seeds)
@@ -456,16 +431,16 @@ def compare(seeds: int, trainings: int, workers: int, settings: PopulationSettin
     return rows
 
 
-def markdown_table(rows: list[Row], seeds: int, noise_std: float = NOISE_STD,
-                   settings: PopulationSettings | None = None, landscape: Landscape = BOWL,
+def markdown_table(rows: list[Row], seeds: int, noise_std: "Noise | float" = NOISE_STD,
+                   settings: Settings | None = None, landscape: Landscape = BOWL,
                    seed_offset: int = 0) -> str:
     """The comparison as a markdown table (for BENCHMARKS.md), with a line saying what was run."""
-    settings = settings or PopulationSettings()
+    settings = settings or Settings()
     baseline = landscape.true_value(SEED_SOURCE)
     greedy = rows[0]
-    lines = [f"Landscape `{landscape.name}` (`bench/landscape.py`): noise std {noise_std}, baseline true "
+    lines = [f"Landscape `{landscape.name}` (`bench/landscape.py`): {as_noise(noise_std).describe()}, baseline true "
              f"val_bpb {baseline:.4f}, optimum {landscape.floor:.4f}; {seeds} seeds"
-             f"{f' from {seed_offset}' if seed_offset else ''}; {settings.describe()}. "
+             f"{f' from {seed_offset}' if seed_offset else ''}; {describe(settings)}. "
              "Wall time in training slots (one training = one slot). Held: the best true value the method "
              "still holds at the end (our best living member, greedy's tip). Confirming: trainings of code "
              "already trained. A lucky promotion: promoted/kept although its true value is not better "
@@ -495,7 +470,7 @@ def _optimism(text: str) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    defaults = PopulationSettings()
+    defaults = Settings()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=50, help="independent repetitions (default 50)")
     parser.add_argument("--trainings", type=int, default=100,
@@ -511,9 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confidence", type=float, default=None,
                         help="posterior: probability of being better that promotes (default: the driver's, "
                              "1 - 0.1/workers)")
-    parser.add_argument("--z", type=float, default=defaults.z, help="margin: promotion margin in standard errors")
+    parser.add_argument("--z", type=float, default=defaults.promotion_z,
+                        help="margin: promotion margin in standard errors")
     parser.add_argument("--max-runs", type=int, default=defaults.max_runs, help="runs of one member at most")
-    parser.add_argument("--min-runs", type=int, default=defaults.min_runs,
+    parser.add_argument("--min-runs", type=int, default=defaults.confirm_runs,
                         help="trainings behind a member before it can be promoted: its own and its descendants' "
                              "(posterior), or its own, a first run past the margin re-run to confirm it (margin) "
                              "(default %(default)s)")
@@ -522,26 +498,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerun-optimism", type=_optimism, default=defaults.rerun_optimism,
                         help="re-run a candidate only if its gain plus this many standard errors can clear "
                              "the margin after --max-runs runs; 'off' re-runs every gain (default 1)")
-    parser.add_argument("--noise", type=float, default=NOISE_STD, help=f"run-to-run std (default {NOISE_STD})")
+    parser.add_argument("--noise-runs", type=int, default=None,
+                        help="baseline trainings of the noise phase (default: the driver's, 3)")
+    parser.add_argument("--noise", type=float, default=NOISE_STD,
+                        help=f"run-to-run std: the top of the range of levels (default {NOISE_STD})")
+    parser.add_argument("--noise-model", choices=("ranged", "fixed"), default="ranged",
+                        help="ranged: a level per code from a third of --noise to --noise, Student-t tails "
+                             "(default); fixed: Gaussian of std --noise for every code")
     args = parser.parse_args(argv)
-    for name in ("seeds", "trainings", "workers", "population_size", "tournament_size", "max_runs", "min_runs"):
+    for name in ("seeds", "trainings", "workers", "population_size", "tournament_size", "max_runs", "min_runs",
+                 "noise_runs"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.exit(2, f"error: --{name.replace('_', '-')} must be >= 1\n")
     if args.noise < 0 or args.z < 0 or args.seed_offset < 0:
         parser.exit(2, "error: --noise, --z and --seed-offset must be >= 0\n")
     if args.confidence is not None and not 0.5 <= args.confidence < 1:
         parser.exit(2, "error: --confidence must be >= 0.5 and < 1\n")
-    settings = PopulationSettings(workers=args.workers, population_size=args.population_size,
-                                  tournament_size=args.tournament_size, cull=args.cull, selection=args.selection,
-                                  confidence=args.confidence, z=args.z,
-                                  max_runs=args.max_runs, min_runs=args.min_runs,
-                                  rerun_optimism=args.rerun_optimism)
+    settings = Settings(workers=args.workers, population_size=args.population_size,
+                        tournament_size=args.tournament_size, cull=args.cull, selection=args.selection,
+                        promotion_confidence=args.confidence, promotion_z=args.z, max_runs=args.max_runs,
+                        confirm_runs=args.min_runs, rerun_optimism=args.rerun_optimism, noise_runs=args.noise_runs)
+    noise = (Noise.ranged if args.noise_model == "ranged" else Noise.fixed)(args.noise)
     names = list(LANDSCAPES) if args.landscape == "all" else [args.landscape]
     tables = []
     for name in names:
-        rows = compare(args.seeds, args.trainings, args.workers, settings, args.noise, LANDSCAPES[name],
+        rows = compare(args.seeds, args.trainings, args.workers, settings, noise, LANDSCAPES[name],
                        progress=True, seed_offset=args.seed_offset)
-        tables.append(markdown_table(rows, args.seeds, args.noise, settings, LANDSCAPES[name], args.seed_offset))
+        tables.append(markdown_table(rows, args.seeds, noise, settings, LANDSCAPES[name], args.seed_offset))
     print("\n\n".join(tables))
     return 0
 

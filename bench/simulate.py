@@ -3,15 +3,17 @@
     python bench/simulate.py                                    # 1,000 workers, 100,000 experiments
     python bench/simulate.py --workers 50 --experiments 2000    # CPU-sized (tests/test_simulate.py)
 
-The driver (population/driver.py's Driver with its real store, state, selection and prompts) runs
-unchanged against in-process stand-ins for what lies outside it:
-- `SimRay`: the Ray calls the driver makes (is_initialized, nodes, put, wait, get, cancel, kill,
-  actor and task `.remote()` calls) over a virtual clock, so a "300 s" training costs no wall time;
-- simulated workers: an agent changes one constant of a synthetic train file; a training returns a
-  summary block whose val_bpb is a cheap landscape of those constants plus Gaussian noise;
-- `SimGit`: commits are names of constant tuples (a blob id is the tuple's hash, so duplicates are
-  still caught). Real git is measured separately (`--git-samples`): one child's round trip with the
-  real gitops calls, in a repository holding `--git-refs` branches.
+The driver (population/driver.py's Driver with its real store, state, policy and prompts) runs
+unchanged against in-process stand-ins for what lies outside it, handed to it (no module patched
+but the store's clock):
+- the fleet: population/fake_fleet.py's FakeFleet over a virtual clock, so a "300 s" training costs
+  no wall time; its workload (`SimWorkload`) is the simulated workers: an agent changes one constant
+  of a synthetic train file; a training returns a summary block whose val_bpb is a cheap landscape
+  of those constants plus Gaussian noise;
+- git (`SimGit`, the gitops functions the driver calls): commits are names of constant tuples (a
+  blob id is the tuple's hash, so duplicates are still caught). Real git is measured separately
+  (`--git-samples`): one child's round trip with the real gitops calls, in a repository holding
+  `--git-refs` branches.
 The virtual clock moves with the simulated events AND with the driver's own measured time (minus
 the stand-ins'), so a slow driver delays the GPUs as it would in a real run.
 
@@ -37,8 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import ray.exceptions as ray_exceptions  # noqa: E402  (the real exception types the driver catches)
 
 from population import gitops  # noqa: E402
 from population.config import DEFAULT_SELECTION, SELECTIONS  # noqa: E402
@@ -94,25 +94,25 @@ def blob_id(code: tuple[int, ...]) -> str:
 
 class Clock:
     """Virtual seconds: jumps to the next simulated event and also moves with the driver's own
-    time (wall time spent outside the stand-ins), so the driver's cost delays the simulated GPUs."""
+    time (wall time spent outside the stand-ins), so the driver's cost delays the simulated GPUs.
+    The fake fleet's clock (`now`, `jump_to`)."""
 
     def __init__(self):
-        self.now = 0.0
+        self.t = 0.0
         self.standin_wall = 0.0           # seconds spent inside the stand-ins (not driver time)
         self.standin_cpu = 0.0
         self._real = time.perf_counter()
         self._standin_mark = 0.0
 
-    def sync(self) -> float:
+    def now(self) -> float:
         real = time.perf_counter()
         driver = (real - self._real) - (self.standin_wall - self._standin_mark)
-        self.now += max(0.0, driver)
+        self.t += max(0.0, driver)
         self._real, self._standin_mark = real, self.standin_wall
-        return self.now
+        return self.t
 
     def jump_to(self, t: float) -> None:
-        self.sync()
-        self.now = max(self.now, t)
+        self.t = max(self.now(), t)
 
     @contextlib.contextmanager
     def standin(self):
@@ -126,7 +126,8 @@ class Clock:
 
 
 class VirtualTime:
-    """Stands in for the `time` module inside the driver and the store."""
+    """Stands in for the `time` module inside the store (its table rewrites are throttled by
+    time.monotonic, which takes no clock): the one module the simulation still patches."""
 
     def __init__(self, clock: Clock):
         self.clock = clock
@@ -136,195 +137,101 @@ class VirtualTime:
     localtime = staticmethod(time.localtime)
 
     def time(self) -> float:
-        return EPOCH + self.clock.sync()
+        return EPOCH + self.clock.now()
 
     monotonic = time
 
-    def sleep(self, seconds: float) -> None:
-        self.clock.jump_to(self.clock.sync() + seconds)
 
+# ================================================================ the workers: a workload of the fake fleet
 
-# ================================================================ Ray stand-in
-
-class FakeRef:
-    """An ObjectRef: its value (or error) becomes visible at virtual time `done_at`."""
-    __slots__ = ("done_at", "value", "error", "cancelled")
-
-    def __init__(self, done_at: float, value=None, error: BaseException | None = None):
-        self.done_at, self.value, self.error, self.cancelled = done_at, value, error, False
-
-
-class SimRay:
-    """The calls population/driver.py makes on the `ray` module, in process."""
-    exceptions = ray_exceptions
+class SimWorkload:
+    """What the simulated workers do (population/fake_fleet.py asks): an agent changes one constant
+    of its parent; re-runs and baselines train the commit as is; a training returns a summary
+    block and the trusted evaluator's figure of the landscape plus noise."""
 
     def __init__(self, sim: "Simulation"):
         self.sim = sim
-        self.clock = sim.clock
+        self.rngs: dict[str, random.Random] = {}
+        self.train_rng = random.Random(sim.seed + 1)
 
-    def is_initialized(self) -> bool:
-        return True
+    def _rng(self, worker: str) -> random.Random:
+        if worker not in self.rngs:
+            self.rngs[worker] = random.Random(self.sim.seed * 7919 + int(worker[1:]))
+        return self.rngs[worker]
 
-    def init(self, **kwargs) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-    def nodes(self) -> list[dict]:
-        count = math.ceil(self.sim.workers / GPUS_PER_NODE)
-        return [{"NodeID": f"{i + 1:056x}", "Alive": True,
-                 "Resources": {"GPU": float(GPUS_PER_NODE), "CPU": 64.0, "accelerator_type:H100": 1.0}}
-                for i in range(count)]
-
-    def put(self, value) -> FakeRef:
-        with self.clock.standin():
-            return FakeRef(self.clock.sync(), value)
-
-    def get(self, refs, timeout=None):
-        with self.clock.standin():
-            if isinstance(refs, list):
-                return [self._value(ref) for ref in refs]
-            return self._value(refs)
-
-    def _value(self, ref: FakeRef):
-        if ref.cancelled:
-            raise ray_exceptions.TaskCancelledError()
-        if ref.error is not None:
-            raise ref.error
-        self.clock.jump_to(ref.done_at)
-        return ref.value
-
-    def wait(self, refs, num_returns: int = 1, timeout=None):
-        """The first `num_returns` refs done by now, moving the clock forward (at most `timeout`
-        virtual seconds) to the moment that many are done."""
-        with self.clock.standin():
-            now = self.clock.sync()
-            times = sorted(ref.done_at for ref in refs)
-            if times and len(times) >= num_returns:
-                target = times[num_returns - 1]
-                limit = math.inf if timeout is None else now + timeout
-                self.clock.jump_to(min(target, limit))
-                now = self.clock.now
-            done = [ref for ref in refs if ref.done_at <= now][:num_returns]
-            chosen = set(map(id, done))
-            self.sim.progress()
-            return done, [ref for ref in refs if id(ref) not in chosen]
-
-    def cancel(self, ref: FakeRef, **kwargs) -> None:
-        with self.clock.standin():
-            ref.cancelled = True
-            ref.done_at = min(ref.done_at, self.clock.sync())
-
-    def kill(self, actor, **kwargs) -> None:
-        pass
-
-
-class _Method:
-    """`actor.method.remote(...)`: runs at once, its result visible after a virtual delay."""
-
-    def __init__(self, clock: Clock, fn, delay=lambda *a: 0.0):
-        self.clock, self.fn, self.delay = clock, fn, delay
-
-    def remote(self, *args, **kwargs) -> FakeRef:
-        with self.clock.standin():
-            now = self.clock.sync()
-            value, seconds = self.fn(*args, **kwargs)
-            return FakeRef(now + seconds, value)
-
-    def options(self, **kwargs) -> "_Method":
-        return self
-
-
-class SimWorker:
-    """One worker actor: its agent changes one constant of its parent; re-runs and baselines
-    train the commit as is."""
-
-    def __init__(self, sim: "Simulation", name: str, index: int):
-        self.sim, self.name = sim, name
-        self.rng = random.Random(sim.seed * 7919 + index)
-        clock = sim.clock
-        self.info = _Method(clock, lambda: ({"worker": name, "node_id": "", "hostname": f"sim-{index // GPUS_PER_NODE}",
-                                             "clone": "", "agent": "sim-agent"}, 1.0))
-        self.ensure_ready = _Method(clock, lambda *a: ("ready", 0.0))
-        self.prepare = _Method(clock, self._prepare)
-        self.cleanup = _Method(clock, lambda exp_id: (None, 0.0))
-        self.stop = _Method(clock, lambda *a: ([], 0.0))
-
-    def _prepare(self, job, bundles) -> tuple[Prepared, float]:
-        sim = self.sim
-        worktree = f"sim://{self.name}/{job.exp_id}"
-        log_path = f"sim://{self.name}/logs/{job.exp_id}.log"
+    def prepare(self, worker: str, job) -> tuple[Prepared, float]:
+        sim, rng = self.sim, self._rng(worker)
+        worktree = f"sim://{worker}/{job.exp_id}"
+        log_path = f"sim://{worker}/logs/{job.exp_id}.log"
         if job.prompt is None:         # baseline or re-run: the commit as is
-            sim.trainings_of[job.exp_id] = (self.name, job.commit)
+            sim.trainings_of[job.exp_id] = (worker, job.commit)
             return Prepared(job.exp_id, "ready", worktree, job.commit, log_path=log_path), sim.worktree_s
-        think = sim.agent_s * self.rng.lognormvariate(0.0, 0.3)
+        think = sim.agent_s * rng.lognormvariate(0.0, 0.3)
         parent = sim.codes[job.commit]
-        code, which = sim.landscape.mutate(parent, self.rng)
+        code, which = sim.landscape.mutate(parent, rng)
         name = sim.landscape.names[which]
         description = f"{name} step {parent[which]} -> {code[which]}"
         result = Prepared(job.exp_id, "ready", worktree, description=description, log_path=log_path,
                           transcript=f"(simulated agent) {description}\nDESCRIPTION: {description}\n",
                           agent_seconds=think, agent_tokens=int(think * 40), agent_cost_usd=think * 1e-3)
-        if self.rng.random() < sim.agent_error_rate:
+        if rng.random() < sim.agent_error_rate:
             result.status, result.reason = "agent_error", "simulated agent error: timed out"
             return result, think
         commit = hashlib.sha1(f"{sim.seed}:{job.exp_id}:{code}".encode()).hexdigest()
         sim.codes[commit] = code
-        sim.trainings_of[job.exp_id] = (self.name, commit)
+        sim.trainings_of[job.exp_id] = (worker, commit)
         result.commit, result.bundle, result.bundle_ref = commit, commit.encode(), "refs/population-tmp/sim"
         return result, think
 
+    def train(self, worker: str, job) -> tuple[TrainResult, float]:
+        """A training of budget + overhead virtual seconds."""
+        sim, rng = self.sim, self.train_rng
+        start = sim.clock.t
+        worker, commit = sim.trainings_of.pop(job.exp_id)
+        seconds = (sim.budget_s + sim.overhead_s) * rng.uniform(0.98, 1.02)
+        code = sim.codes[commit]
+        evaluation = None
+        if rng.random() < sim.crash_rate:
+            log, code_rc = "Traceback (most recent call last):\nRuntimeError: simulated crash\n", 1
+            seconds *= rng.random()
+        else:
+            value = sim.landscape.observe(code, rng)
+            log = (f"---\ntraining_seconds: {sim.budget_s:.1f}\n"
+                   f"total_seconds:    {seconds:.1f}\npeak_vram_mb:     45060.2\nmfu_percent:      39.80\n"
+                   f"total_tokens_M:   499.6\nnum_steps:        953\nnum_params_M:     50.3\ndepth:            8\n")
+            code_rc = 0
+            evaluation = {"metric": value, "holdout": value, "wall_seconds": 6.0}   # the trusted evaluator's
+        sim.gpu_runs[worker].append((start, start + seconds))
+        result = TrainResult(job.exp_id, code_rc, False, seconds, log, "NVIDIA H100 80GB HBM3",
+                             f"sim-{worker}", "0", started_at=EPOCH + start, finished_at=EPOCH + start + seconds,
+                             evaluation=evaluation, busy_seconds=sim.budget_s + 4.0)
+        return result, seconds
 
-class SimWorkerActor:
-    """`WorkerActor.options(...).remote(name, ...)`."""
 
-    def __init__(self, sim: "Simulation"):
-        self.sim = sim
+def sim_fleet(sim: "Simulation", config):
+    """The fake fleet (population/fake_fleet.py) over the simulated workers; its own time (it
+    stands in for Ray) is kept out of the driver's."""
+    from population.fake_fleet import FakeFleet
 
-    def options(self, **kwargs) -> "SimWorkerActor":
-        return self
+    def standin(method):
+        def timed(self, *args, **kwargs):
+            with sim.clock.standin():
+                return method(self, *args, **kwargs)
+        return timed
 
-    def remote(self, name, *args, **kwargs) -> SimWorker:
-        index = len(self.sim.actors)
-        actor = SimWorker(self.sim, name, index)
-        self.sim.actors.append(actor)
-        return actor
+    class SimFleet(FakeFleet):
+        prepare = standin(FakeFleet.prepare)
+        train = standin(FakeFleet.train)
+        cleanup = standin(FakeFleet.cleanup)
+        maintain = standin(FakeFleet.maintain)
 
+        @standin
+        def wait(self, timeout):
+            done = FakeFleet.wait(self, timeout)
+            sim.progress()
+            return done
 
-class SimTrainTask:
-    """`train_task.options(...).remote(job)`: a training of budget + overhead virtual seconds."""
-
-    def __init__(self, sim: "Simulation"):
-        self.sim = sim
-        self.rng = random.Random(sim.seed + 1)
-
-    def options(self, **kwargs) -> "SimTrainTask":
-        return self
-
-    def remote(self, job) -> FakeRef:
-        sim = self.sim
-        with sim.clock.standin():
-            start = sim.clock.sync()
-            worker, commit = sim.trainings_of.pop(job.exp_id)
-            seconds = (sim.budget_s + sim.overhead_s) * self.rng.uniform(0.98, 1.02)
-            code = sim.codes[commit]
-            evaluation = None
-            if self.rng.random() < sim.crash_rate:
-                log, code_rc = "Traceback (most recent call last):\nRuntimeError: simulated crash\n", 1
-                seconds *= self.rng.random()
-            else:
-                value = sim.landscape.observe(code, self.rng)
-                log = (f"---\ntraining_seconds: {sim.budget_s:.1f}\n"
-                       f"total_seconds:    {seconds:.1f}\npeak_vram_mb:     45060.2\nmfu_percent:      39.80\n"
-                       f"total_tokens_M:   499.6\nnum_steps:        953\nnum_params_M:     50.3\ndepth:            8\n")
-                code_rc = 0
-                evaluation = {"metric": value, "holdout": value, "wall_seconds": 6.0}   # the trusted evaluator's
-            sim.gpu_runs[worker].append((start, start + seconds))
-            result = TrainResult(job.exp_id, code_rc, False, seconds, log, "NVIDIA H100 80GB HBM3",
-                                 f"sim-{worker}", "0", started_at=EPOCH + start, finished_at=EPOCH + start + seconds,
-                                 evaluation=evaluation, busy_seconds=sim.budget_s + 4.0)
-            return FakeRef(start + seconds, result)
+    return SimFleet(SimWorkload(sim), config, clock=sim.clock)
 
 
 # ================================================================ git stand-in
@@ -448,7 +355,6 @@ class Simulation:
     codes: dict = field(default_factory=dict)            # commit -> constants
     trainings_of: dict = field(default_factory=dict)     # exp_id -> (worker, commit), until it trains
     gpu_runs: dict = field(default_factory=lambda: defaultdict(list))
-    actors: list = field(default_factory=list)
 
     def __post_init__(self):
         self.landscape = Landscape(noise=self.noise, seed=self.seed)
@@ -471,9 +377,9 @@ def sim_driver_class():
     from population.driver import Driver
 
     class SimDriver(Driver):
-        def __init__(self, *args, clock: Clock, **kwargs):
+        def __init__(self, *args, sim_clock: Clock, **kwargs):
             super().__init__(*args, **kwargs)
-            self.clock = clock
+            self.sim_clock = sim_clock
             self.wall = defaultdict(float)
             self.cpu = defaultdict(float)
             self.table_writes: list[tuple[int, float]] = []
@@ -497,28 +403,22 @@ def sim_driver_class():
                     self._depth -= 1
                 return
             wall, cpu = time.perf_counter(), time.thread_time()
-            s_wall, s_cpu = self.clock.standin_wall, self.clock.standin_cpu
+            s_wall, s_cpu = self.sim_clock.standin_wall, self.sim_clock.standin_cpu
             try:
                 yield
             finally:
                 self._depth -= 1
-                self.wall[exp_id] += (time.perf_counter() - wall) - (self.clock.standin_wall - s_wall)
-                self.cpu[exp_id] += (time.thread_time() - cpu) - (self.clock.standin_cpu - s_cpu)
+                self.wall[exp_id] += (time.perf_counter() - wall) - (self.sim_clock.standin_wall - s_wall)
+                self.cpu[exp_id] += (time.thread_time() - cpu) - (self.sim_clock.standin_cpu - s_cpu)
 
-        def _start_prepare(self, slot, work):
-            exp_id = self.state.next_id()
-            with self._timed(exp_id):
-                super()._start_prepare(slot, work)
+        def _start(self, slot, train):
+            with self._timed(self.state.next_id()):
+                super()._start(slot, train)
 
-        def _start_training(self, slot, flight):
-            with self._timed(flight.exp_id):
-                super()._start_training(slot, flight)
-
-        def _complete(self, ref):
-            exp_id = self.refs[ref][2]
-            self._last_exp = max(self._last_exp, exp_id)
-            with self._timed(exp_id):
-                super()._complete(ref)
+        def _complete(self, done):
+            self._last_exp = max(self._last_exp, done.exp_id)
+            with self._timed(done.exp_id):
+                super()._complete(done)
 
         def _record_finished(self, flight, row):
             self.finished_count += 1
@@ -536,16 +436,11 @@ def sim_driver_class():
 
 
 @contextlib.contextmanager
-def patched_driver(sim: Simulation, simgit: SimGit):
-    """The stand-ins in place of what population/driver.py and store.py import (restored after)."""
-    import population.driver as driver_module
+def patched_store(sim: Simulation):
+    """The store's table throttle on the virtual clock and its fsyncs counted (restored after)."""
     import population.store as store_module
 
-    virtual = VirtualTime(sim.clock)
-    patches = [(driver_module, "ray", SimRay(sim)), (driver_module, "WorkerActor", SimWorkerActor(sim)),
-               (driver_module, "train_task", SimTrainTask(sim)), (driver_module, "gitops", simgit),
-               (driver_module, "time", virtual), (store_module, "time", virtual),
-               (os, "fsync", sim.fsyncs)]
+    patches = [(store_module, "time", VirtualTime(sim.clock)), (os, "fsync", sim.fsyncs)]
     saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
     try:
         for module, name, value in patches:
@@ -567,25 +462,33 @@ class Outcome:
     cpu_s: float
 
 
-def simulate(sim: Simulation, runs_dir: Path, tag: str = "sim") -> Outcome:
-    """Run the real driver against the simulated workers until `sim.experiments` are recorded."""
-    from tqdm import tqdm
-
+def make_driver(sim: Simulation, runs_dir: Path, tag: str = "sim", simgit: "SimGit | None" = None, **changes):
+    """The real driver on the fake fleet over the simulated workers, with the git stand-in (`changes`:
+    RunConfig settings, e.g. resume=True, max_experiments=...)."""
     from population.config import RunConfig
     from population.console import Console
 
     config = RunConfig(tag=tag, repo=str(runs_dir), runs_dir=str(runs_dir), workers=sim.workers,
                        max_experiments=sim.experiments, budget_s=sim.budget_s, agents=["mutate"],
                        population_size=sim.population_size, selection=sim.selection, seed=sim.seed,
-                       status_every_s=600.0, sandbox=False)       # nothing runs: no bwrap needed
-    simgit = SimGit(sim)
-    driver = sim_driver_class()(config, console=Console(None), clock=sim.clock)
+                       status_every_s=600.0, sandbox=False).replace(**changes)   # nothing runs: no bwrap needed
+    simgit = simgit or SimGit(sim)
+    driver = sim_driver_class()(config, console=Console(None), sim_clock=sim.clock, fleet=sim_fleet(sim, config),
+                                git=simgit, clock=lambda: EPOCH + sim.clock.now())
     sim._driver = driver
+    return driver, simgit
+
+
+def simulate(sim: Simulation, runs_dir: Path, tag: str = "sim") -> Outcome:
+    """Run the real driver against the simulated workers until `sim.experiments` are recorded."""
+    from tqdm import tqdm
+
+    driver, simgit = make_driver(sim, runs_dir, tag)
     wall, cpu = time.perf_counter(), time.process_time()
-    with patched_driver(sim, simgit), tqdm(total=sim.experiments, desc=f"{sim.workers} workers", unit="exp",
-                                           disable=not sim.progress_bar, mininterval=2.0) as bar:
+    with patched_store(sim), tqdm(total=sim.experiments, desc=f"{sim.workers} workers", unit="exp",
+                                  disable=not sim.progress_bar, mininterval=2.0) as bar:
         sim._bar = bar
-        sim.clock.sync()
+        sim.clock.now()
         code = driver.run()
     return Outcome(code, driver, sim, simgit, runs_dir / tag, time.perf_counter() - wall,
                    time.process_time() - cpu)
@@ -675,7 +578,7 @@ def report(outcome: Outcome, git: dict | None, disk_fsync_s: float | None = None
     trainings = sum(len(r) for r in sim.gpu_runs.values())
     mean_train = statistics.fmean(b - a for r in sim.gpu_runs.values() for a, b in r)
     driver_s = sum(driver.wall.values())
-    virtual = sim.clock.now
+    virtual = sim.clock.t
     seed_value, best_value = champion_true_value(outcome)
     events, lineage, results = (size_of(outcome.run_dir / name) for name in ("events.jsonl", "lineage.parquet", "results.tsv"))
     exp_bytes, exp_files = tree_size(outcome.run_dir / "experiments")

@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="margin: trainings of one commit at most: a gain inside the margin is re-run while its "
                           "mean could still clear it (default: %(default)s)")
     pop.add_argument("--noise-runs", type=_integer, default=None, metavar="N",
-                     help="baseline trainings of the seed that measure the noise (default: min(workers, 3))")
+                     help="baseline trainings of the seed that measure the noise; the seed trains again "
+                          "until two ran ok, and every commit trained twice refines it (default: 3)")
 
     work = p.add_argument_group("workers and agents")
     work.add_argument("--workers", type=_integer, default=None, metavar="N",

@@ -82,3 +82,29 @@ class Console:
 
     def error(self, text: str) -> None:
         print(f"population: error: {text}", file=sys.stderr, flush=True)
+
+
+def champion_line(*, member: str, metric: str, mean: float, previous: str | None = None,
+                  estimate: float | None = None, likely: float | None = None) -> str:
+    """`champion: m0007 val_bpb 0.990100 (was m0003, estimate 0.990300, 97% likely better than m0003)`."""
+    why = f", estimate {estimate:.6f}, {likely:.0%} likely better than {previous}" if likely is not None else ""
+    return f"champion: {member} {metric} {mean:.6f}" + (f" (was {previous}{why})" if previous else "")
+
+
+def holdout_warning(*, member: str, val_gain: float, holdout_gain: float) -> str:
+    return (f"warning: champion {member} gains {val_gain:.6f} over the seed on the validation rows but "
+            f"{holdout_gain:.6f} on the hidden holdout: possibly selected for the validation set rather than better")
+
+
+def noise_line(*, metric: str, std: float, runs: int, commits: int, previous: float | None = None,
+               mean: float | None = None) -> str:
+    """`noise: val_bpb std 0.000412 from 3 runs of 1 commit, mean 0.998000` (or `(was ...)` when refined)."""
+    tail_text = f" (was {previous:.6f})" if previous is not None else f", mean {mean:.6f}" if mean is not None else ""
+    return f"noise: {metric} std {std:.6f} from {runs} runs of {commits} commit{'s' if commits != 1 else ''}{tail_text}"
+
+
+def run_line(*, tag: str, task: str, workers: int, agents: list[str], budget_s: float, device: str, sandbox: bool,
+             store) -> str:
+    return (f"run {tag}: task {task}, {workers} worker{'s' if workers != 1 else ''} ({', '.join(sorted(set(agents)))}), "
+            f"budget {budget_s:g} s, device {device}, "
+            f"{'sandboxed' if sandbox else 'NOT sandboxed (--no-sandbox)'}, store {store}")

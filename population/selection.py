@@ -166,21 +166,17 @@ def posterior_choice(candidates: Sequence[Candidate], champion: str | None, post
     return best if posterior.prob_better(best, champion) >= confidence else None
 
 
-def estimate_noise(values: Sequence[float], floor_fraction: float = 1e-4,
-                   fallback_fraction: float = 4e-4) -> float:
-    """Run-to-run noise from repeated trainings of the same code (the baselines).
+def estimate_noise(sum_squares: float, dof: int, scale: float, floor_fraction: float = 1e-4) -> float:
+    """Run-to-run noise, measured: the pooled standard deviation of every commit trained more than
+    once, sqrt(sum of squared deviations from each commit's own mean / (runs - commits)).
 
-    The sample standard deviation, but never below `floor_fraction` of the metric's scale (the
-    mean), so identical runs do not make every tiny difference look real. With fewer than two
-    runs there is no spread to measure: `fallback_fraction` of the scale (0.0004 at val_bpb ~1, the
-    std measured on four identical H200 trainings).
+    Never below `floor_fraction` of the metric's scale (the seed's mean), so identical runs do not
+    make every tiny difference look real. With no degree of freedom there is nothing to measure,
+    and no constant stands in for it: a ValueError.
     """
-    if not values:
-        raise ValueError("estimate_noise needs at least one run")
-    scale = abs(statistics.fmean(values)) or 1.0
-    if len(values) < 2:
-        return fallback_fraction * scale
-    return max(statistics.stdev(values), floor_fraction * scale)
+    if dof < 1:
+        raise ValueError("estimate_noise needs a commit trained at least twice")
+    return max(math.sqrt(max(sum_squares, 0.0) / dof), floor_fraction * (abs(scale) or 1.0))
 
 
 def holdout_lags(val_gain: float, holdout_gain: float, noise_std: float | None) -> bool:

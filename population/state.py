@@ -12,6 +12,11 @@ run) with status ok adds a run to its member. Selection uses either the mean of 
 or its estimate from the lineage posterior (population.posterior), which the state keeps up to date
 from the same events: a node per started child, a run per ok result, retired when culled or failed.
 
+The policy's decisions (population.policy) are journaled too, so the state also holds what they
+built: the queue of pending work (`work_queued`, taken by the `experiment_started` that names its
+`work`), the results whose decisions are not all recorded yet (an `experiment_finished` without its
+`decided` marker), and the spread of every commit trained more than once (the noise).
+
 The driver asks its questions after every event, over 100,000 experiments and more, so each query
 the driver makes per experiment costs O(living members + in flight), never O(experiments): the
 state keeps indexes (in flight, living, counts, the recent failures) and each recorded
@@ -24,6 +29,7 @@ import itertools
 import logging
 import math
 import statistics
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +64,8 @@ _STARTED_FIELDS = ("kind", "member", "parent_id", "parent_commit", "worker", "ag
 IN_FLIGHT, FINISHED, LOST = "in_flight", "finished", "lost"
 # Columns that follow the member's current state; the rest of a recorded row never changes.
 _MEMBER_COLUMNS = ("metric_mean", "alive", "champion", "culled_at")
+# Journals written before the decided markers: a result counts as decided once any of these follows it.
+_LEGACY_DECISIONS = ("champion", "member_culled", "noise")
 RECENT_FAILURES_KEPT = 64          # the newest failures (by id) context_rows() can show
 
 
@@ -130,6 +138,14 @@ class PopulationState:
         self._lost = 0
         self._finished = 0
         self._ok = 0
+        # what the policy's journaled decisions built
+        self.pending: OrderedDict[int, dict] = OrderedDict()   # work id -> queued work, in hand-out order
+        self._next_work_id = 0
+        self._undecided: dict[int, None] = {}            # finished ids without their decided marker, in order
+        self._markers = False                             # a decided marker was seen (else: a legacy journal)
+        self._spread: dict[str, float] = {}               # member -> sum of squares about its mean (runs >= 2)
+        self._spread_total = 0.0
+        self._spread_dof = 0
 
     @classmethod
     def replay(cls, events: Iterable[dict], metric: str, lower_is_better: bool = True) -> "PopulationState":
@@ -151,6 +167,8 @@ class PopulationState:
             handler(event)
         except (KeyError, TypeError, ValueError) as e:
             self._warn(f"ignored malformed {event.get('type')} event ({type(e).__name__}: {e})")
+            return
+        self._legacy_rule(event)
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -161,6 +179,8 @@ class PopulationState:
         if exp_id in self.experiments:
             self._warn(f"experiment {exp_id} started twice; the second start is ignored")
             return
+        if event.get("work") is not None:                 # handed out from the queue
+            self.pending.pop(int(event["work"]), None)
         parent_id = event.get("parent_id")
         exp = Experiment(id=exp_id, kind=event["kind"], member=event["member"],
                          parent_id=None if parent_id is None else int(parent_id),
@@ -213,6 +233,7 @@ class PopulationState:
         exp.phase, exp.row = FINISHED, dict(event.get("row") or {})
         self._recorded_now(exp)
         self._finished += 1
+        self._undecided[exp.id] = None
         status = exp.row.get("status")
         if status == "ok":
             self._ok += 1
@@ -239,8 +260,13 @@ class PopulationState:
             self._warn(f"experiment {exp.id} ran commit {exp.row['commit']} but member "
                        f"{member.name} is {member.commit}; the run does not count")
             return
+        before = member.mean
         member.runs.append(value)
         member.run_ids.append(exp.id)
+        self._spread_dof += 1                             # Welford: the commit's spread, updated in O(1)
+        added = (value - before) * (value - member.mean)
+        self._spread[member.name] = self._spread.get(member.name, 0.0) + added
+        self._spread_total += added
         self._observe(member.name, value)
 
     def _observe(self, member: str, value: float) -> None:
@@ -299,11 +325,56 @@ class PopulationState:
     def _on_run_state(self, event: dict) -> None:
         self.run_state = event["state"]
 
+    def _on_work_queued(self, event: dict) -> None:
+        work_id = int(event["work"])
+        work = {name: event.get(name) for name in ("kind", "member", "parent", "seed", "attempts")}
+        if work["kind"] not in ("baseline", "child", "rerun"):
+            raise ValueError(f"unknown kind of work {work['kind']!r}")
+        self.pending[work_id] = work
+        if event.get("front"):
+            self.pending.move_to_end(work_id, last=False)
+        self._next_work_id = max(self._next_work_id, work_id + 1)
+
+    def _on_work_dropped(self, event: dict) -> None:
+        if event.get("work") is not None:
+            self.pending.pop(int(event["work"]), None)
+
+    def _on_decided(self, event: dict) -> None:
+        self._markers = True
+        self._undecided.pop(int(event["id"]), None)
+
+    def _on_stop(self, event: dict) -> None:
+        """The policy stopped the run (the seed failed in every baseline run); the run_state follows."""
+
+    def _legacy_rule(self, event: dict) -> None:
+        """In a journal without decided markers (written before them), a result is decided once a
+        decision event follows it: the rule `apply` uses while it has seen no marker."""
+        if not self._markers and event.get("type") in _LEGACY_DECISIONS:
+            self._undecided.clear()
+
     # ---- queries ---------------------------------------------------------------------------
 
     def next_id(self) -> int:
         """The id of the next experiment (ids are never reused, not even those of lost ones)."""
         return self._max_id + 1
+
+    def next_work_id(self) -> int:
+        """The id of the next queued piece of work."""
+        return self._next_work_id
+
+    def undecided(self) -> list[int]:
+        """Finished experiments whose decisions are not all journaled (the driver stopped between
+        the result and its `decided` marker), in the order they finished."""
+        return list(self._undecided)
+
+    def spread(self) -> tuple[float, int]:
+        """(sum of squared deviations from each commit's own mean, degrees of freedom) over every
+        commit trained ok more than once: the pooled variance of the noise is their ratio."""
+        return self._spread_total, self._spread_dof
+
+    def repeated(self) -> int:
+        """Commits (members) trained ok more than once."""
+        return len(self._spread)
 
     def in_flight(self, newest: int | None = None) -> list[Experiment]:
         """Started, neither finished nor lost, in id order; only the `newest` ones when given
@@ -316,6 +387,23 @@ class PopulationState:
     def experiment_ids(self, member: str) -> list[int]:
         """Ids of every experiment started for `member` (its first run, re-runs, lost tries)."""
         return list(self._ids_by_member.get(member, ()))
+
+    def first_id(self, member: str) -> int | None:
+        """The experiment that made `member` (its first ok run; before one, its first start that
+        is not a re-run), None for a name never started."""
+        if member in self.members:
+            return self.members[member].first_id
+        ids = [i for i in self._ids_by_member.get(member, ()) if self.experiments[i].kind != "rerun"]
+        return min(ids) if ids else None
+
+    def origin(self, member: str) -> tuple[str | None, int | None, str | None]:
+        """(parent member, parent's experiment id, parent commit) of `member` (what its re-runs
+        record); (None, None, None) for the seed or a member of unknown origin."""
+        first = self.experiments.get(self.first_id(member))
+        if first is None or first.parent_id is None:
+            return None, None, None
+        parent = self.experiments.get(first.parent_id)
+        return parent.member if parent else None, first.parent_id, str(first.started.get("parent_commit") or "")
 
     def counted(self) -> int:
         """Experiments that count toward --max-experiments: started and not lost."""

@@ -25,7 +25,9 @@ from ray.cluster_utils import Cluster                                  # noqa: E
 
 from population.config import RunConfig                                 # noqa: E402
 from population import readiness                                        # noqa: E402
-from population.driver import EXIT_OK, Driver, Joining, Slot, free_slots, run_population   # noqa: E402                   # noqa: E402
+from population.driver import EXIT_OK, run_population                  # noqa: E402
+from population.fleet import Slot                                       # noqa: E402
+from population.ray_fleet import Joining, RayFleet, free_slots          # noqa: E402
 from test_driver_support import FAKE_TRAIN, branches, events, git, make_seed_repo   # noqa: E402
 
 GPU_KIND = "H100"
@@ -154,18 +156,19 @@ class StubWorker:
 
 def test_a_replacement_takes_the_dead_slot_once_ready_and_a_node_that_is_not_is_refused(nodes):
     out = io.StringIO()
-    driver = Driver(RunConfig(workers=2), out=out)
-    driver.slots = [Slot("w0", None, "gone-node", GPU_KIND, "mutate", dead=True),
-                    Slot("w1", None, "gone-node", GPU_KIND, "mutate", dead=True)]
+    fleet = RayFleet(RunConfig(workers=2), "t", lambda index: {}, lambda commit: (b"", ""),
+                     lambda line: print(line, file=out))
+    fleet.slots = [Slot("w0", None, "gone-node", GPU_KIND, "mutate", dead=True),
+                   Slot("w1", None, "gone-node", GPU_KIND, "mutate", dead=True)]
     for position, matches in ((0, True), (1, False)):
         stub = StubWorker.remote(matches)
         slot = Slot(f"w{2 + position}", stub, f"node-{position}", GPU_KIND, "mutate")
-        driver.joining[position] = Joining(slot, [stub.info.remote(), stub.ensure_ready.remote()], time.time())
-    _wait_for("the stubs to answer", lambda: (driver._admit_replacements() or not driver.joining), out, 60)
+        fleet.joining[position] = Joining(slot, [stub.info.remote(), stub.ensure_ready.remote()], time.time())
+    _wait_for("the stubs to answer", lambda: (fleet._admit_replacements() or not fleet.joining), out, 60)
 
-    assert [s.name for s in driver.slots] == ["w2", "w1"]          # w1's replacement was refused
-    assert driver.slots[0].hostname == "stub-host" and not driver.slots[0].dead
-    assert driver.refused_nodes == {"node-1"}
+    assert [s.name for s in fleet.slots] == ["w2", "w1"]           # w1's replacement was refused
+    assert fleet.slots[0].hostname == "stub-host" and not fleet.slots[0].dead
+    assert fleet.refused_nodes == {"node-1"}
     console = out.getvalue()
     assert "worker w2 replaces w0 on node node-0 (stub-host): 1 of 2 workers" in console
     assert "replacement worker w3 on node node-1 failed: node stub-host: tokenizer/validation data differ" in console

@@ -323,12 +323,12 @@ def test_a_second_driver_on_the_same_run_refuses(cluster, seed, capsys):
 
 def test_an_unchanged_child_is_a_duplicate_and_never_trains(cluster, seed):
     repo, record = seed
-    code, out = _run(_config(repo, "dup", workers=1, noise_runs=1, max_experiments=3, agents=["command:true"]))
+    code, out = _run(_config(repo, "dup", workers=1, noise_runs=2, max_experiments=4, agents=["command:true"]))
     assert code == EXIT_OK, out
     rows = {e["id"]: e["row"] for e in events(repo / "runs" / "dup") if e["type"] == "experiment_finished"}
-    assert [rows[i]["status"] for i in (1, 2)] == ["duplicate", "duplicate"]
-    assert "identical to its parent's" in rows[1]["reason"]
-    assert len(trainings(record)) == 1                       # only the baseline trained
+    assert [rows[i]["status"] for i in (2, 3)] == ["duplicate", "duplicate"]
+    assert "identical to its parent's" in rows[2]["reason"]
+    assert len(trainings(record)) == 2                       # only the two baselines trained
 
 
 def test_a_seed_that_times_out_in_every_baseline_stops_the_run_with_one_line(cluster, seed, monkeypatch, capsys):

@@ -9,7 +9,9 @@ import pytest
 
 from population.config import RunConfig
 from population.console import experiment_line, status_line
-from population.driver import DriverError, check_address, node_slots, ray_address, train_env, training_outcome
+from population.fleet import DriverError
+from population.ray_fleet import check_address, node_slots, ray_address
+from population.outcome import train_env, training_outcome
 from population.training import TrainResult
 from prepare.tasks import get_task
 

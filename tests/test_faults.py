@@ -46,7 +46,7 @@ def cluster():
 
 def _config(repo: Path, tag: str, **kw) -> RunConfig:
     defaults = dict(tag=tag, repo=str(repo), runs_dir=str(repo / "runs"), budget_s=5.0, device="cpu",
-                    workers=1, noise_runs=1, workdir=str(repo.parent / "workers"),
+                    workers=1, noise_runs=2, workdir=str(repo.parent / "workers"),
                     agent_timeout_s=AGENT_TIMEOUT_S, status_every_s=3600.0, sandbox=False)   # records to the host
     return RunConfig(**(defaults | kw))
 
@@ -76,7 +76,7 @@ def faulty_run(cluster, tmp_path_factory):
     plan = write_plan(root / "plan", steps)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AUTORESEARCH_FAKE_SLEEP", "0.05")
-        code, out = _run(_config(repo, "faulty", agents=[agent_spec(plan)], max_experiments=1 + len(steps)))
+        code, out = _run(_config(repo, "faulty", agents=[agent_spec(plan)], max_experiments=2 + len(steps)))
     assert code == EXIT_OK, out
     run_dir = repo / "runs" / "faulty"
     events = assert_nothing_lost_or_twice(run_dir)
@@ -197,7 +197,7 @@ def test_a_training_whose_ray_worker_is_killed_is_lost_and_trained_again(cluster
     assert [e["id"] for e in lost] == [0] and "train failed" in lost[0]["reason"]
     assert "e0000 lost" in out and "queued again" in out
     baselines = [e["row"] for e in events if e["type"] == "experiment_finished" and _kind(events, e["id"]) == "baseline"]
-    assert [row["status"] for row in baselines] == ["ok"], baselines
+    assert [row["status"] for row in baselines] == ["ok", "ok"], baselines     # the lost one trained again
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and _alive(killed["trainer"]):
         time.sleep(0.1)
@@ -220,7 +220,8 @@ def test_a_worker_actor_killed_while_its_agent_works_is_lost_retired_and_its_wor
 
     killer = _in_background(kill_the_agents_worker)
     try:
-        code, out = _run(_config(repo, "killactor", workers=2, max_experiments=3, agents=[agent_spec(plan), "mutate"]))
+        code, out = _run(_config(repo, "killactor", workers=2, max_experiments=3, noise_runs=1,   # w0's agent: the 3rd
+                                 agents=[agent_spec(plan), "mutate"]))
     finally:
         killer.join(5)
         if len(pids) == 2 and _alive(pids[1]):
@@ -239,7 +240,7 @@ def test_a_worker_actor_killed_while_its_agent_works_is_lost_retired_and_its_wor
 def _start_driver(repo: Path, address: str, tag: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
     args = [sys.executable, "-m", "population", "--address", address, "--repo", str(repo), "--runs-dir",
             str(repo / "runs"), "--run", tag, "--budget", "5", "--device", "cpu", "--workers", "1",
-            "--noise-runs", "1", "--workdir", str(repo.parent / "workers"), "--no-sandbox", *extra]
+            "--noise-runs", "2", "--workdir", str(repo.parent / "workers"), "--no-sandbox", *extra]
     return subprocess.Popen(args, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=os.environ | (env or {}), start_new_session=True)
 
@@ -270,8 +271,8 @@ def better_child(tmp_path, monkeypatch):
 
 def test_driver_killed_just_before_recording_a_result_reruns_it_on_resume(cluster, better_child, tmp_path, capsys):
     repo, agent, env = better_child
-    proc = _start_driver(repo, cluster, "before", "--max-experiments", "2", "--agent", agent, "--confirm-runs", "1",
-                         env=env | {"AUTORESEARCH_FAULT_STAGE": "before:experiment_finished:2"})
+    proc = _start_driver(repo, cluster, "before", "--max-experiments", "3", "--agent", agent, "--confirm-runs", "1",
+                         env=env | {"AUTORESEARCH_FAULT_STAGE": "before:experiment_finished:3"})
     marker = Path(env["AUTORESEARCH_FAULT_MARKER"])
     deadline = time.monotonic() + 120
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -279,20 +280,20 @@ def test_driver_killed_just_before_recording_a_result_reruns_it_on_resume(cluste
     # two drivers on one run: while the first one lives, a second refuses and writes nothing
     run_dir = repo / "runs" / "before"
     journal_before = (run_dir / "events.jsonl").read_bytes()
-    code, _ = _run(_config(repo, "before", resume=True, max_experiments=2, agents=[agent], confirm_runs=1))
+    code, _ = _run(_config(repo, "before", resume=True, max_experiments=3, agents=[agent], confirm_runs=1))
     assert code == EXIT_ERROR
     assert f"run before is in use by another driver (pid {proc.pid})" in capsys.readouterr().err
     assert (run_dir / "events.jsonl").read_bytes() == journal_before
     _kill_when(marker, proc)
 
-    assert [e["type"] for e in journal(run_dir)].count("experiment_finished") == 1     # the child's is missing
-    code, out = _run(_config(repo, "before", resume=True, max_experiments=2, agents=[agent], confirm_runs=1))
+    assert [e["type"] for e in journal(run_dir)].count("experiment_finished") == 2     # the child's is missing
+    code, out = _run(_config(repo, "before", resume=True, max_experiments=3, agents=[agent], confirm_runs=1))
     assert code == EXIT_OK, out
     events = assert_nothing_lost_or_twice(run_dir)
-    assert [e["id"] for e in events if e["type"] == "experiment_lost"] == [1]
+    assert [e["id"] for e in events if e["type"] == "experiment_lost"] == [2]
     finished = {e["id"]: e["row"] for e in events if e["type"] == "experiment_finished"}
-    assert sorted(finished) == [0, 2] and finished[2]["status"] == "ok"
-    assert [e["member"] for e in events if e["type"] == "champion"][-1] == _member(events, 2)
+    assert sorted(finished) == [0, 1, 3] and finished[3]["status"] == "ok"
+    assert [e["member"] for e in events if e["type"] == "champion"][-1] == _member(events, 3)
 
 
 def test_a_child_past_the_margin_is_confirmed_by_a_second_run_before_it_is_promoted(cluster, tmp_path, monkeypatch):
@@ -303,14 +304,14 @@ def test_a_child_past_the_margin_is_confirmed_by_a_second_run_before_it_is_promo
     # one better child; after it, children that train (a comment appended), so that no instant
     # duplicate lets the worker take every id while the better child still trains
     agent = agent_spec(write_plan(tmp_path / "plan", [("better-lr", {"action": "set", "line": BETTER_LR})]))
-    code, out = _run(_config(repo, "confirm", max_experiments=4, agents=[agent], selection="margin"))
+    code, out = _run(_config(repo, "confirm", max_experiments=5, agents=[agent], selection="margin"))
     assert code == EXIT_OK, out
     events = assert_nothing_lost_or_twice(repo / "runs" / "confirm")
     started = {e["id"]: e for e in events if e["type"] == "experiment_started"}
-    child = _member(events, 1)
+    child = _member(events, 2)
     reruns = [i for i in sorted(started) if started[i]["kind"] == "rerun"]
     assert [started[i]["member"] for i in reruns] == [child]           # once, and only the child
-    assert started[reruns[0]]["seed"] != started[1]["seed"]
+    assert started[reruns[0]]["seed"] != started[2]["seed"]
     order = [(e["type"], e.get("id"), e.get("member")) for e in events
              if e["type"] in ("experiment_finished", "champion")]
     assert order.index(("champion", None, child)) > order.index(("experiment_finished", reruns[0], None))
@@ -325,17 +326,17 @@ def test_a_better_child_is_promoted_once_its_own_child_confirms_it_without_a_rer
     monkeypatch.setenv("AUTORESEARCH_FAKE_SLEEP", "0.1")
     repo = make_seed_repo(tmp_path / "seed")
     agent = agent_spec(write_plan(tmp_path / "plan", [("better-lr", {"action": "set", "line": BETTER_LR})]))
-    code, out = _run(_config(repo, "posterior", max_experiments=4, agents=[agent]))
+    code, out = _run(_config(repo, "posterior", max_experiments=5, agents=[agent]))
     assert code == EXIT_OK, out
     events = assert_nothing_lost_or_twice(repo / "runs" / "posterior")
     started = {e["id"]: e for e in events if e["type"] == "experiment_started"}
-    assert [started[i]["kind"] for i in sorted(started)] == ["baseline", "child", "child", "child"]
-    child = _member(events, 1)
-    grandchild = min(i for i in started if started[i]["parent_id"] == 1)   # bred from the best estimate
+    assert [started[i]["kind"] for i in sorted(started)] == ["baseline", "baseline", "child", "child", "child"]
+    child = _member(events, 2)
+    grandchild = min(i for i in started if started[i]["parent_id"] == 2)   # bred from the best estimate
     order = [(e["type"], e.get("id"), e.get("member")) for e in events
              if e["type"] in ("experiment_finished", "champion")]
     promoted = order.index(("champion", None, child))
-    assert order.index(("experiment_finished", 1, None)) < order.index(("experiment_finished", grandchild, None)) \
+    assert order.index(("experiment_finished", 2, None)) < order.index(("experiment_finished", grandchild, None)) \
         < promoted                                                        # not on its own run: after its child's
     assert [e["member"] for e in events if e["type"] == "champion"] == ["m0000", child]
     assert f"champion: {child}" in out and "likely better than m0000" in out
@@ -350,7 +351,7 @@ def test_a_champion_better_on_validation_only_is_flagged_against_the_hidden_hold
     evaluator.write_text(evaluator.read_text().replace('"holdout": value + 0.001', '"holdout": 1.5'))
     git(repo, "commit", "-qam", "an evaluator whose holdout never moves")
     agent = agent_spec(write_plan(tmp_path / "plan", [("better-lr", {"action": "set", "line": BETTER_LR})]))
-    code, out = _run(_config(repo, "overfit", max_experiments=4, agents=[agent]))
+    code, out = _run(_config(repo, "overfit", max_experiments=5, agents=[agent]))
     assert code == EXIT_OK, out
     events = journal(repo / "runs" / "overfit")
     promoted = [e for e in events if e["type"] == "champion" and e["member"] != "m0000"]
@@ -360,18 +361,18 @@ def test_a_champion_better_on_validation_only_is_flagged_against_the_hidden_hold
 
 def test_driver_killed_just_after_recording_a_result_makes_its_decision_on_resume(cluster, better_child):
     repo, agent, env = better_child
-    proc = _start_driver(repo, cluster, "after", "--max-experiments", "2", "--agent", agent, "--confirm-runs", "1",
-                         env=env | {"AUTORESEARCH_FAULT_STAGE": "after:experiment_finished:2"})
+    proc = _start_driver(repo, cluster, "after", "--max-experiments", "3", "--agent", agent, "--confirm-runs", "1",
+                         env=env | {"AUTORESEARCH_FAULT_STAGE": "after:experiment_finished:3"})
     _kill_when(Path(env["AUTORESEARCH_FAULT_MARKER"]), proc)
     run_dir = repo / "runs" / "after"
     assert not any(e["type"] == "champion" and e["member"] != "m0000" for e in journal(run_dir))
 
-    code, out = _run(_config(repo, "after", resume=True, max_experiments=2, agents=[agent], confirm_runs=1))
+    code, out = _run(_config(repo, "after", resume=True, max_experiments=3, agents=[agent], confirm_runs=1))
     assert code == EXIT_OK, out
     events = assert_nothing_lost_or_twice(run_dir)
     assert not any(e["type"] == "experiment_lost" for e in events)
-    assert sum(e["type"] == "experiment_started" for e in events) == 2       # nothing trained twice
-    child = _member(events, 1)
+    assert sum(e["type"] == "experiment_started" for e in events) == 3       # nothing trained twice
+    child = _member(events, 2)
     assert [e["member"] for e in events if e["type"] == "champion"] == ["m0000", child]
     refs = branches(repo, "after")
     assert refs["best"] == refs[child]
@@ -383,13 +384,13 @@ def test_driver_killed_inside_git_update_ref_resumes_over_the_lock_it_left(clust
     repo, agent, env = better_child
     marker = Path(env["AUTORESEARCH_FAULT_MARKER"])
     path = git_hanging_on_ref(tmp_path / "bin", repo, f"refs/heads/population/ingit/{ref}", marker)
-    proc = _start_driver(repo, cluster, "ingit", "--max-experiments", "2", "--agent", agent, env=env | {"PATH": path})
+    proc = _start_driver(repo, cluster, "ingit", "--max-experiments", "3", "--agent", agent, env=env | {"PATH": path})
     _kill_when(marker, proc)
     lock = repo / ".git" / "refs" / "heads" / "population" / "ingit" / f"{ref}.lock"
     assert lock.exists(), "the kill should have left git's ref lock behind"
     run_dir = repo / "runs" / "ingit"
 
-    code, out = _run(_config(repo, "ingit", resume=True, max_experiments=2, agents=[agent]))
+    code, out = _run(_config(repo, "ingit", resume=True, max_experiments=3, agents=[agent]))
     assert code == EXIT_OK, out
     assert f"removed the stale git lock of refs/heads/population/ingit/{ref}" in out
     events = assert_nothing_lost_or_twice(run_dir)
@@ -461,7 +462,7 @@ def _refused_without_a_write(repo: Path, tag: str, run_dir: Path, needle: str, c
 def test_git_lock_files_left_behind_do_not_stop_a_resume(cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("AUTORESEARCH_FAKE_SLEEP", "0.05")
     repo = make_seed_repo(tmp_path / "seed")
-    code, out = _run(_config(repo, "locks", max_experiments=1))
+    code, out = _run(_config(repo, "locks", max_experiments=1, noise_runs=1))
     assert code == EXIT_OK, out
     # what a killed driver, a killed worker and the user's own git leave behind
     refs = repo / ".git" / "refs" / "heads" / "population" / "locks"
@@ -668,7 +669,7 @@ def test_a_missing_data_cache_is_refused_before_the_run_starts(cluster, tmp_path
 def test_a_git_command_that_fails_is_one_line_with_gits_own_words(cluster, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AUTORESEARCH_FAKE_SLEEP", "0.05")
     repo = make_seed_repo(tmp_path / "seed")
-    code, out = _run(_config(repo, "squat", max_experiments=1))
+    code, out = _run(_config(repo, "squat", max_experiments=1, noise_runs=1))
     assert code == EXIT_OK, out
     member = repo / "runs" / "squat" / "members" / "m0000"
     git(repo, "worktree", "remove", "--force", str(member))

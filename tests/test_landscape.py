@@ -1,10 +1,11 @@
 """The search-quality benchmark on its synthetic landscapes, CPU-small (about 30 seconds).
 
-What the comparisons assert is what the full paired bench (bench/landscape_paired.py, 200 seeds)
-shows: at equal wall time the population wins on both landscapes; at equal trainings with one
-worker the posterior selection beats greedy on both, and beats the margin rule it replaced, with
-about half as many lucky promotions as greedy; the margin rule's re-run rule and the defaults beat the
-first rules.
+The bench drives the driver's own policy (population/policy.py). What the comparisons assert is
+what the full paired bench (bench/landscape_paired.py, 200 seeds) shows on the noise of one size the
+defaults were tuned on: at equal wall time the population wins on both landscapes; at equal
+trainings with one worker the posterior selection beats greedy on both, and beats the margin rule
+it replaced, with fewer lucky promotions than greedy; the margin rule's re-run rule and the
+defaults beat the first rules.
 """
 import importlib.util
 import math
@@ -89,6 +90,19 @@ def test_training_noise_has_the_measured_size():
     assert statistics.stdev(runs) == pytest.approx(NOISE, rel=0.1)
 
 
+def test_ranged_noise_has_a_level_per_code_up_to_its_std_and_heavy_tails():
+    noise = landscape.Noise.ranged(0.003)
+    rng = random.Random(1)
+    codes = [landscape.mutate_source(landscape.SEED_SOURCE, rng)[0] for _ in range(200)]
+    levels = [noise.level(code) for code in codes]
+    assert 0.001 - 1e-12 <= min(levels) < 0.0015 and 0.0025 < max(levels) <= 0.003
+    assert noise.level(codes[0]) == noise.level(codes[0])                 # fixed by the code
+    draws = [noise.draw(codes[0], rng) for _ in range(20000)]
+    assert statistics.stdev(draws) == pytest.approx(noise.level(codes[0]), rel=0.1)
+    kurtosis = statistics.fmean(d ** 4 for d in draws) / statistics.fmean(d ** 2 for d in draws) ** 2
+    assert kurtosis > 4                                                     # a Gaussian has 3
+
+
 # ---- the searches ------------------------------------------------------------------------------
 
 def counting_trainings(monkeypatch) -> list:
@@ -100,10 +114,10 @@ def counting_trainings(monkeypatch) -> list:
 
 def test_population_uses_exactly_its_training_budget_and_returns_its_champion(monkeypatch):
     calls = counting_trainings(monkeypatch)
-    outcome = landscape.run_population(30, random.Random(1), landscape.PopulationSettings(workers=4))
+    outcome = landscape.run_population(30, random.Random(1), landscape.Settings(workers=4))
     assert outcome.trainings == len(calls) == 30
     assert landscape.FLOOR <= outcome.held_true <= outcome.final_true <= landscape.true_value(landscape.SEED_SOURCE)
-    assert 2 <= outcome.confirming < 30   # three baseline runs on four workers: two extra
+    assert outcome.confirming == 2 and outcome.reruns == 0   # three baseline runs: two extra, no re-run
 
 
 def test_parallel_greedy_uses_exactly_its_training_budget(monkeypatch):
@@ -113,22 +127,6 @@ def test_parallel_greedy_uses_exactly_its_training_budget(monkeypatch):
     assert outcome.final_true <= landscape.true_value(landscape.SEED_SOURCE)
     assert landscape.run_greedy_parallel(1, random.Random(2), workers=8).final_true == \
         landscape.true_value(landscape.SEED_SOURCE)
-
-
-def test_default_settings_are_the_drivers():
-    from population.config import RERUN_OPTIMISM, RunConfig, resolve
-    settings, driver = landscape.PopulationSettings(), RunConfig()
-    assert (settings.population_size, settings.k) == (driver.population_size, driver.population_size)
-    assert (settings.selection, settings.confidence, settings.min_runs) == \
-        (driver.selection, driver.promotion_confidence, driver.confirm_runs) == ("posterior", None, 2)
-    resolved = resolve(driver.replace(budget_s=300.0), workers=8)
-    assert resolved.promotion_confidence == landscape.PopulationSettings(workers=8).promotion_confidence == 0.9875
-    assert landscape.PopulationSettings(workers=1).promotion_confidence == 0.9
-    assert (settings.z, settings.max_runs) == (driver.promotion_z, driver.max_runs_per_member)
-    assert settings.rerun_optimism == RERUN_OPTIMISM
-    assert landscape.MARGIN_RULES.selection == "margin" and landscape.MARGIN_RULES.z == driver.promotion_z
-    assert landscape.FIRST_RULES.k == 3 and landscape.FIRST_RULES.rerun_optimism is None
-    assert (landscape.PREVIOUS_RULES.z, landscape.PREVIOUS_RULES.min_runs) == (2.0, 1)
 
 
 # ---- the comparisons ---------------------------------------------------------------------------
@@ -148,7 +146,7 @@ def mean(results, attribute="final_true"):
 @pytest.fixture(scope="module", params=["bowl", "plateau"])
 def equal_trainings(request):
     chosen = landscape.LANDSCAPES[request.param]
-    new, first, margin = landscape.PopulationSettings(), landscape.FIRST_RULES, landscape.MARGIN_RULES
+    new, first, margin = landscape.Settings(), landscape.FIRST_RULES, landscape.MARGIN_RULES
 
     def population(settings):
         return lambda rng, ls: landscape.run_population(TRAININGS, rng, settings, NOISE, ls)
@@ -167,7 +165,7 @@ def equal_trainings(request):
 def test_population_wins_at_equal_wall_time():
     for chosen in (landscape.BOWL, landscape.PLATEAU):
         greedy = outcomes(lambda rng, ls: landscape.run_greedy(30, rng, NOISE, ls), chosen, 10)
-        ours = outcomes(lambda rng, ls: landscape.run_population(8 * 30, rng, landscape.PopulationSettings(),
+        ours = outcomes(lambda rng, ls: landscape.run_population(8 * 30, rng, landscape.Settings(workers=8),
                                                                  NOISE, ls), chosen, 10)
         assert mean(ours) < mean(greedy) - NOISE / 2, chosen.name
 
@@ -181,9 +179,9 @@ def test_equal_trainings_beats_greedy(equal_trainings):
 
 def test_posterior_beats_the_margin_rule_at_equal_trainings(equal_trainings):
     assert mean(equal_trainings["ours, 1 worker"]) < mean(equal_trainings["margin, 1 worker"])
-    # and it spends no training confirming (the margin rule re-runs), beyond the extra baseline runs
-    assert sum(o.confirming for o in equal_trainings["ours, 1 worker"]) == 0
-    assert sum(o.confirming for o in equal_trainings["margin, 1 worker"]) > 0
+    # and it spends no training on re-runs (the margin rule does), only the two extra baseline runs
+    assert all(o.confirming == 2 and o.reruns == 0 for o in equal_trainings["ours, 1 worker"])
+    assert sum(o.reruns for o in equal_trainings["margin, 1 worker"]) > 0
 
 
 def test_new_rules_beat_the_first_rules_at_equal_trainings(equal_trainings):
@@ -208,7 +206,8 @@ def test_lucky_promotions_are_rarer_than_greedys_at_equal_trainings(equal_traini
         return sum(o.lucky for o in results) / promotions
 
     ours = equal_trainings["ours, 8 workers"] + equal_trainings["ours, 1 worker"]
-    assert lucky_fraction(ours) < 0.6 * lucky_fraction(equal_trainings["greedy"])     # about half as often
+    # about two thirds as often since the noise is measured from three runs rather than given (BENCHMARKS.md)
+    assert lucky_fraction(ours) < 0.7 * lucky_fraction(equal_trainings["greedy"])
 
 
 # ---- the table and the CLI ---------------------------------------------------------------------
@@ -267,16 +266,20 @@ def test_paired_differences_are_per_seed_in_units_of_1e4():
 
 def test_paired_cli_compares_defaults_the_margin_rule_and_a_candidate(capsys):
     from bench import landscape_paired
-    assert landscape_paired.main(["--seeds", "2", "--trainings", "8", "--workers", "2", "--landscape", "plateau"]) == 0
+    assert landscape_paired.main(["--seeds", "2", "--trainings", "8", "--workers", "2", "--landscape", "plateau",
+                                  "--jobs", "2"]) == 0
     out = capsys.readouterr().out
     assert "| defaults, 2 workers, equal wall time |" in out and "| margin, 1 worker, equal trainings |" in out
-    assert "minus margin" in out and "2 paired seeds from 3000" in out
+    assert "| defaults, 2 workers, equal trainings |" in out and "re-runs |" in out
+    assert "minus margin" in out and "2 paired seeds from 9100" in out and "noise levels" in out
     assert landscape_paired.main(["--seeds", "2", "--trainings", "8", "--workers", "2", "--landscape", "bowl",
-                                  "--candidate", "selection=margin", "z=0.5", "rerun_optimism=none"]) == 0
+                                  "--noise-model", "fixed", "--candidate", "selection=margin", "promotion_z=0.5",
+                                  "rerun_optimism=none"]) == 0
     out = capsys.readouterr().out
     assert "candidate: margin selection, population size 16" in out and "z 0.5" in out and "re-runs for any gain" in out
-    assert "minus defaults" in out and "| candidate, 1 worker, equal trainings |" in out
-    for bad in (["--seeds", "1"], ["--candidate", "workers=3"], ["--candidate", "zz=1"], ["--candidate", "z"]):
+    assert "minus defaults" in out and "| candidate, 1 worker, equal trainings |" in out and "Gaussian noise" in out
+    for bad in (["--seeds", "1"], ["--candidate", "workers=3"], ["--candidate", "zz=1"], ["--candidate", "z"],
+                ["--jobs", "0"]):
         with pytest.raises(SystemExit) as exit_info:
             landscape_paired.main(bad)
         assert exit_info.value.code == 2

@@ -168,13 +168,19 @@ def test_no_champion_promotes_and_no_runs_keeps():
     assert promotion_decision([], [1.0], 0.001) == "keep"
 
 
-def test_estimate_noise_is_the_sample_std_with_a_floor():
+def test_estimate_noise_is_the_pooled_std_of_repeated_commits_with_a_floor():
     runs = [0.4381, 0.4367, 0.4365, 0.4363, 0.4358]
-    assert estimate_noise(runs) == pytest.approx(statistics.stdev(runs))
-    assert estimate_noise([1.0, 1.0, 1.0]) == pytest.approx(1e-4)
-    assert estimate_noise([2.0]) == pytest.approx(8e-4)
-    with pytest.raises(ValueError):
-        estimate_noise([])
+    mean = statistics.fmean(runs)
+    squares = sum((r - mean) ** 2 for r in runs)
+    assert estimate_noise(squares, len(runs) - 1, mean) == pytest.approx(statistics.stdev(runs))
+    # two commits, each its own mean: the spread within them, pooled (the difference between them is no noise)
+    a, b = [1.0, 1.002], [0.9, 0.901, 0.902]
+    pooled = (statistics.variance(a) * 1 + statistics.variance(b) * 2) / 3
+    ss = sum((x - statistics.fmean(a)) ** 2 for x in a) + sum((x - statistics.fmean(b)) ** 2 for x in b)
+    assert estimate_noise(ss, 3, 1.0) == pytest.approx(pooled ** 0.5)
+    assert estimate_noise(0.0, 2, 1.0) == pytest.approx(1e-4)          # identical runs: the floor
+    with pytest.raises(ValueError, match="trained at least twice"):   # one run: nothing measured, no constant
+        estimate_noise(0.0, 0, 2.0)
 
 
 def test_clears_margin_says_whether_a_rerun_confirms_or_hopes():

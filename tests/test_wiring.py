@@ -200,7 +200,7 @@ def test_a_node_with_the_drivers_cache_runs_its_experiments(cluster, tmp_path, m
 
 
 def test_a_worker_that_cannot_sandbox_is_reported_in_one_line(cluster):
-    from population.driver import _raised_line
+    from population.ray_fleet import raised_line
 
     @ray.remote
     class Unsandboxable:
@@ -213,6 +213,6 @@ def test_a_worker_that_cannot_sandbox_is_reported_in_one_line(cluster):
 
     with pytest.raises(ray.exceptions.RayActorError) as caught:
         ray.get(Unsandboxable.remote().info.remote(), timeout=60)
-    assert _raised_line(caught.value, "SandboxUnavailable") == \
+    assert raised_line(caught.value, "SandboxUnavailable") == \
         "--sandbox needs bubblewrap with user namespaces: bwrap is not installed"
-    assert _raised_line(caught.value, "NodeNotReady") is None
+    assert raised_line(caught.value, "NodeNotReady") is None

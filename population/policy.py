@@ -1,0 +1,411 @@
+"""The population's decisions: one object, pure, used by the driver and by every benchmark.
+
+In the style of Ray Tune's trial schedulers: the caller tells the `Policy` what happened (the run
+started, an experiment finished or was lost, the run resumed) and asks it what to train next; it
+answers with decisions. It reads the `PopulationState` (population/state.py) and never changes it:
+no Ray, git, files, clock or console here. The caller journals each decision (`decision.event()`),
+applies that event to the state, then acts on it (git, the fleet, the console); the driver and the
+landscape benches are two such callers.
+
+Decisions come one at a time (generators): the caller applies each before asking for the next, so
+that each one sees those before it (the cull protects the champion just promoted).
+
+    start    -> the noise phase: the seed queued --noise-runs times
+    result   -> the noise phase ends once no baseline is queued or in flight and the seed has two ok
+                runs (a third is queued when it has one): the noise is the pooled spread of every
+                commit trained more than once, refined whenever one is trained again; the seed is
+                the first champion; children that finished meanwhile are judged in id order
+             -> afterwards: judge (posterior: the best backed member, when probably better than the
+                champion; margin: promote, queue a re-run, or keep the member of the result), then
+                cull past the population size, protecting the champion, members awaiting a re-run
+                and (posterior) promising members whose child is in flight
+             -> `Decided`: the marker that closes the decisions of a result
+    lost     -> the work queued again at the front (a child keeps its parent), given up after
+                MAX_ATTEMPTS losses
+    resume   -> what was in flight is lost (and queued again), results without their marker are
+                judged again in the order they finished
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+
+from population.config import (DEFAULT_CONFIRM_RUNS, DEFAULT_MAX_RUNS, DEFAULT_POPULATION_SIZE, DEFAULT_PROMOTION_Z,
+                               DEFAULT_SEED, DEFAULT_SELECTION, RERUN_OPTIMISM, RunConfig,
+                               default_noise_runs, default_promotion_confidence)
+from population.selection import (choose_culls, clears_margin, estimate_noise, posterior_choice, promotion_decision,
+                                  tournament_select)
+from population.state import PopulationState
+
+SEED_MEMBER = "m0000"          # the seed's member: its runs are the baselines
+MAX_ATTEMPTS = 3               # a piece of work lost this often (node loss...) is given up
+MIN_NOISE_RUNS = 2             # ok runs of the seed before the noise phase can end: one run has no spread
+
+
+# ---------------------------------------------------------------- settings
+
+@dataclass(frozen=True)
+class Settings:
+    """What the policy needs of a run's configuration (`from_config`); the benches build it directly.
+    None: the default that depends on the number of workers (`resolved`)."""
+    workers: int = 1
+    selection: str = DEFAULT_SELECTION            # posterior | margin
+    population_size: int = DEFAULT_POPULATION_SIZE
+    tournament_size: int | None = None            # None: the whole population
+    cull: str = "age"
+    promotion_confidence: float | None = None     # posterior; None: 1 - 0.1/workers
+    promotion_z: float = DEFAULT_PROMOTION_Z      # margin
+    confirm_runs: int = DEFAULT_CONFIRM_RUNS
+    max_runs: int = DEFAULT_MAX_RUNS              # margin
+    rerun_optimism: float | None = RERUN_OPTIMISM  # margin; None: re-run every gain (the first rule)
+    noise_runs: int | None = None                 # None: default_noise_runs(workers)
+    seed: int = DEFAULT_SEED
+    max_experiments: int | None = None
+    lower_is_better: bool = True
+
+    @classmethod
+    def from_config(cls, config: RunConfig, lower_is_better: bool = True) -> "Settings":
+        return cls(workers=config.workers or 1, selection=config.selection, population_size=config.population_size,
+                   tournament_size=config.tournament_size, cull=config.cull,
+                   promotion_confidence=config.promotion_confidence, promotion_z=config.promotion_z,
+                   confirm_runs=config.confirm_runs, max_runs=config.max_runs_per_member,
+                   noise_runs=config.noise_runs, seed=config.seed, max_experiments=config.max_experiments,
+                   lower_is_better=lower_is_better).resolved()
+
+    def resolved(self) -> "Settings":
+        """Every None filled in as the driver fills it (population.config.resolve)."""
+        return replace(self, tournament_size=self.tournament_size or self.population_size,
+                       promotion_confidence=self.promotion_confidence or default_promotion_confidence(self.workers),
+                       noise_runs=self.noise_runs or default_noise_runs(self.workers))
+
+    @property
+    def posterior(self) -> bool:
+        return self.selection == "posterior"
+
+
+# ---------------------------------------------------------------- work and decisions
+
+@dataclass(frozen=True)
+class Work:
+    """A training to hand out: a baseline (the seed), a child, or a re-run of a member."""
+    kind: str                      # baseline | child | rerun
+    member: str | None = None      # baseline, rerun: the member; child: None (a new member)
+    parent: str | None = None      # child: the parent member (None: chosen when it is handed out)
+    seed: int = 0
+    attempts: int = 0              # times this work was lost already
+
+
+@dataclass(frozen=True)
+class Train:
+    """Train this now (`next_work`); `work_id` is the queue entry it takes, None for a new child."""
+    work: Work
+    work_id: int | None = None
+
+    def started(self, exp_id: int, member: str, parent_id: int | None, **fields) -> dict:
+        """The `experiment_started` event of this training (the caller adds where and by whom)."""
+        event = {"type": "experiment_started", "id": exp_id, "kind": self.work.kind, "member": member,
+                 "parent_id": parent_id, "seed": self.work.seed, **fields}
+        if self.work_id is not None:
+            event["work"] = self.work_id
+        if self.work.attempts:
+            event["attempts"] = self.work.attempts
+        return event
+
+
+@dataclass(frozen=True)
+class Queue:
+    """Queue work: the noise phase's baselines, a margin re-run, lost work again."""
+    work_id: int
+    work: Work
+    front: bool = False
+    reason: str = ""
+
+    def event(self) -> dict:
+        return {"type": "work_queued", "work": self.work_id, **asdict(self.work), "front": self.front,
+                "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Promote:
+    member: str
+    previous: str | None = None
+
+    def event(self) -> dict:
+        return {"type": "champion", "member": self.member}
+
+
+@dataclass(frozen=True)
+class Cull:
+    member: str
+    rule: str
+
+    def event(self) -> dict:
+        return {"type": "member_culled", "member": self.member}
+
+
+@dataclass(frozen=True)
+class NoiseMeasured:
+    """The noise std: the pooled spread of `commits` commits trained more than once, `runs` runs."""
+    std: float
+    runs: int
+    commits: int
+    previous: float | None = None
+
+    def event(self) -> dict:
+        return {"type": "noise", "std": self.std, "runs": self.runs, "commits": self.commits}
+
+
+@dataclass(frozen=True)
+class Lose:
+    """An experiment in flight when the driver stopped: lost (its work is queued again after)."""
+    exp_id: int
+    reason: str
+
+    def event(self) -> dict:
+        return {"type": "experiment_lost", "id": self.exp_id, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Lost work given up (lost MAX_ATTEMPTS times)."""
+    exp_id: int
+    reason: str
+
+    def event(self) -> dict:
+        return {"type": "work_dropped", "id": self.exp_id, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Stop:
+    """End the run: the seed failed in every baseline run, or never twice in a row of tries."""
+    reason: str
+
+    def event(self) -> dict:
+        return {"type": "stop", "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Decided:
+    """Every decision of this result is journaled (what `--resume` looks for)."""
+    exp_id: int
+
+    def event(self) -> dict:
+        return {"type": "decided", "id": self.exp_id}
+
+
+Decision = Queue | Promote | Cull | NoiseMeasured | Lose | Drop | Stop | Decided
+
+
+def apply(state: PopulationState, decision: Decision, time: float | None = None) -> dict:
+    """The decision's event applied to `state` (what a caller without a journal does); returned."""
+    event = decision.event()
+    if time is not None:
+        event["time"] = time
+    state.apply(event)
+    return event
+
+
+# ---------------------------------------------------------------- the policy
+
+class Policy:
+    def __init__(self, settings: Settings, rng: random.Random | None = None):
+        self.settings = settings.resolved()
+        self.rng = rng or random.Random(settings.seed)
+
+    # ---- handing out work ----------------------------------------------------------------
+
+    def on_start(self, state: PopulationState) -> Iterator[Decision]:
+        """A new run: the noise phase's baselines, first in the queue."""
+        yield from self._top_up_baselines(state)
+
+    def can_hand_out(self, state: PopulationState) -> bool:
+        """Under --max-experiments (lost experiments do not count)."""
+        limit = self.settings.max_experiments
+        return limit is None or state.counted() < limit
+
+    def next_work(self, state: PopulationState) -> Train | None:
+        """What a free worker trains: the head of the queue, else a child of a tournament's winner
+        (of the seed while the noise is unknown); None when nothing is left to hand out."""
+        if not self.can_hand_out(state):
+            return None
+        for work_id, entry in state.pending.items():
+            work = Work(**entry)
+            if work.kind == "child" and not (work.parent in state.members and state.members[work.parent].alive):
+                work = replace(work, parent=self._parent(state))     # its parent was culled meanwhile
+            return Train(work, work_id)
+        if state.noise_std is not None and not state.living():
+            return None
+        return Train(Work("child", parent=self._parent(state), seed=self.settings.seed))
+
+    def _parent(self, state: PopulationState) -> str:
+        if state.noise_std is None or not state.living():
+            return SEED_MEMBER
+        return tournament_select(self._candidates(state), self.settings.tournament_size, self.rng).member
+
+    def _candidates(self, state: PopulationState):
+        return state.candidates(estimated=self.settings.posterior)
+
+    # ---- results ---------------------------------------------------------------------------
+
+    def on_result(self, state: PopulationState, exp_id: int) -> Iterator[Decision]:
+        """The decisions after `exp_id`'s result (ok or not), closed by its `Decided` marker."""
+        exp = state.experiments[exp_id]
+        if state.noise_std is None:
+            stop = yield from self._noise_phase(state)
+            if stop:
+                return
+        elif state.champion is None or exp.kind == "baseline":
+            yield from self._noise_known(state)          # the result that ended the noise phase, again
+        else:
+            member = state.members.get(exp.member)
+            if member is not None and exp_id in member.run_ids:      # an ok run that counts
+                if len(member.runs) > 1:
+                    yield from self._refine_noise(state)
+                if member.alive and member.name != state.champion:
+                    yield from self._judge(state, member.name)
+            yield from self._cull(state)
+        yield Decided(exp_id)
+
+    def _noise_phase(self, state: PopulationState) -> Iterator[Decision]:
+        """Ends once no baseline is queued or in flight: the seed's ok runs measure the noise."""
+        if any(w["kind"] == "baseline" for w in state.pending.values()) or \
+                any(e.kind == "baseline" for e in state.in_flight()):
+            return False
+        seed = state.members.get(SEED_MEMBER)
+        runs = len(seed.runs) if seed else 0
+        if runs == 0:
+            yield Stop("the unmodified seed failed in every baseline run")
+            return True
+        if runs < MIN_NOISE_RUNS:
+            tried = sum(1 for i in state.experiment_ids(SEED_MEMBER) if state.experiments[i].phase == "finished")
+            if tried >= self.settings.noise_runs + MAX_ATTEMPTS:
+                yield Stop(f"the unmodified seed trained ok only once in {tried} baseline runs: no noise to measure")
+                return True
+            yield Queue(state.next_work_id(), Work("baseline", SEED_MEMBER, seed=self._free_seed(state)), front=True,
+                        reason="one ok run of the seed measures no spread: it trains again")
+            return False
+        yield from self._noise_known(state)
+        return False
+
+    def _noise_known(self, state: PopulationState) -> Iterator[Decision]:
+        """The noise phase's end: the noise, the seed as first champion, then the children that
+        finished meanwhile judged in id order (the best becomes champion only by beating the seed,
+        then each other), and the cull. Every step is a no-op when done already (a resumed run)."""
+        yield from self._refine_noise(state)
+        if state.champion is None:
+            yield Promote(SEED_MEMBER if SEED_MEMBER in state.members and state.members[SEED_MEMBER].alive
+                          else state.best_member())
+        waiting = sorted((m for m in state.living() if m.name != SEED_MEMBER and m.runs), key=lambda m: m.first_id)
+        for member in waiting:
+            if member.alive and member.name != state.champion:
+                yield from self._judge(state, member.name)
+        yield from self._cull(state)
+
+    def _refine_noise(self, state: PopulationState) -> Iterator[Decision]:
+        """The noise from every commit trained more than once, when it moved."""
+        sum_squares, dof = state.spread()
+        if dof < 1:
+            return
+        seed = state.members.get(SEED_MEMBER)
+        std = estimate_noise(sum_squares, dof, seed.mean if seed else 1.0)
+        if state.noise_std is None or abs(std - state.noise_std) > 1e-12 * max(std, 1.0):
+            yield NoiseMeasured(std, dof + state.repeated(), state.repeated(), state.noise_std)
+
+    def _judge(self, state: PopulationState, name: str) -> Iterator[Decision]:
+        """After a result of `name`: promote whom the rule says, or queue its re-run (margin).
+        Posterior selection looks at every living member: a child's result also moves its parent's."""
+        s = self.settings
+        champion = state.champion
+        if s.posterior:
+            best = posterior_choice(self._candidates(state), champion, state.posterior,
+                                    confidence=s.promotion_confidence, min_evidence=s.confirm_runs)
+            if best is not None:
+                yield Promote(best, champion)
+            return
+        member = state.members[name]
+        champion_runs = state.members[champion].runs if champion else []
+        decision = promotion_decision(member.runs, champion_runs, state.noise_std, z=s.promotion_z,
+                                      min_runs=s.confirm_runs, max_runs=s.max_runs, rerun_optimism=s.rerun_optimism,
+                                      lower_is_better=s.lower_is_better)
+        if decision == "promote":
+            yield Promote(name, champion)
+        elif decision == "rerun" and name not in self._rerunning(state):
+            runs = len(member.runs)
+            if clears_margin(member.runs, champion_runs, state.noise_std, z=s.promotion_z,
+                             lower_is_better=s.lower_is_better):
+                why = f"beats the champion past the noise margin on {runs} of {s.confirm_runs} runs"
+            else:
+                why = "beats the champion by less than the noise margin"
+            yield Queue(state.next_work_id(), Work("rerun", name, seed=s.seed + runs), reason=why)
+
+    @staticmethod
+    def _rerunning(state: PopulationState) -> set[str]:
+        """Members with a re-run queued or in flight."""
+        return ({w["member"] for w in state.pending.values() if w["kind"] == "rerun"}
+                | {e.member for e in state.in_flight() if e.kind == "rerun"})
+
+    def _cull(self, state: PopulationState) -> Iterator[Decision]:
+        """Past the population size: the oldest (or the worst of a tournament) die, never the
+        champion, a member awaiting its re-run, or (posterior) a promising member whose child is
+        in flight."""
+        s = self.settings
+        protect = {state.champion} | self._rerunning(state)
+        if s.posterior:
+            protect |= state.awaiting_confirmation(s.confirm_runs)
+        for name in choose_culls(self._candidates(state), s.population_size, s.cull, s.tournament_size, self.rng,
+                                 frozenset(protect)):
+            yield Cull(name, s.cull)
+
+    # ---- lost work and resuming ------------------------------------------------------------
+
+    def on_lost(self, state: PopulationState, exp_id: int, front: bool = True) -> Iterator[Decision]:
+        """`exp_id` was lost (its node, worker or driver died): its work is queued again, a child
+        as a new child of the same parent, unless it was lost MAX_ATTEMPTS times."""
+        exp = state.experiments[exp_id]
+        started = exp.started
+        attempts = int(started.get("attempts") or 0) + 1
+        if attempts >= MAX_ATTEMPTS:
+            yield Drop(exp_id, f"lost {attempts} times: given up")
+            return
+        parent = None
+        if exp.kind == "child":
+            parent_exp = state.experiments.get(exp.parent_id)
+            parent = parent_exp.member if parent_exp else None
+        member = None if exp.kind == "child" else exp.member
+        work = Work(exp.kind, member, parent, int(started.get("seed", self.settings.seed)), attempts)
+        yield Queue(state.next_work_id(), work, front=front, reason=f"e{exp_id:04d} lost")
+
+    def on_resume(self, state: PopulationState, reason: str = "in flight when the driver stopped"
+                  ) -> Iterator[Decision]:
+        """A resumed run: what was in flight is lost and queued again (in id order, behind the
+        queue), a journal from before the queue gets its missing baselines, and each result
+        without its marker is judged again, in the order they finished."""
+        for exp in state.in_flight():
+            yield Lose(exp.id, reason)
+            yield from self.on_lost(state, exp.id, front=False)
+        if state.noise_std is None:
+            yield from self._top_up_baselines(state)
+        for exp_id in state.undecided():
+            yield from self.on_result(state, exp_id)
+
+    def _top_up_baselines(self, state: PopulationState) -> Iterator[Decision]:
+        """Baselines queued (at the front) until --noise-runs are finished, queued or in flight."""
+        counted = sum(1 for i in state.experiment_ids(SEED_MEMBER) if state.experiments[i].phase != "lost")
+        queued = sum(1 for w in state.pending.values() if w["kind"] == "baseline")
+        missing = max(0, self.settings.noise_runs - counted - queued)
+        seeds = []
+        for _ in range(missing):
+            seeds.append(self._free_seed(state, taken=seeds))
+        for seed in reversed(seeds):      # each at the front: the first seed ends up first
+            yield Queue(state.next_work_id(), Work("baseline", SEED_MEMBER, seed=seed), front=True,
+                        reason="the noise phase")
+
+    def _free_seed(self, state: PopulationState, taken=()) -> int:
+        """The first training seed from --seed on that no baseline used or has queued."""
+        used = {int(state.experiments[i].started.get("seed", -1)) for i in state.experiment_ids(SEED_MEMBER)}
+        used |= {int(w["seed"]) for w in state.pending.values() if w["kind"] == "baseline"} | set(taken)
+        seed = self.settings.seed
+        while seed in used:
+            seed += 1
+        return seed
