@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: 2 * budget + 300)")
     run.add_argument("--max-experiments", type=_integer, default=None, metavar="N",
                      help="stop after N experiments, baselines and re-runs included (default: run until Ctrl-C)")
+    run.add_argument("--max-cost", dest="max_cost_usd", type=_number, default=None, metavar="DOLLARS",
+                     help="no new proposal once the agents have spent this many dollars (as they report it: "
+                          "Claude Code does, Codex and the mutator do not); what is in flight finishes, and "
+                          "--resume with a higher cap goes on (default: no cap)")
+    run.add_argument("--max-gpu-hours", type=_number, default=None, metavar="HOURS",
+                     help="likewise once trainings and their evaluations have held GPUs this many hours "
+                          "(default: no cap)")
     run.add_argument("--seed", type=_integer, default=C.DEFAULT_SEED,
                      help="training seed of first runs (re-runs use SEED+1, SEED+2...) and selection's random seed "
                           "(default: %(default)s)")
@@ -161,6 +168,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         cull=args.cull, selection=args.selection, promotion_confidence=args.promotion_confidence,
         promotion_z=args.promotion_z, confirm_runs=args.confirm_runs,
         max_runs_per_member=args.max_runs, max_experiments=args.max_experiments, noise_runs=args.noise_runs,
+        max_cost_usd=args.max_cost_usd, max_gpu_hours=args.max_gpu_hours,
         train_timeout_s=args.train_timeout, overhead_allowance_s=args.overhead_allowance, device=args.device,
         resume=args.resume, address=args.address,
         accelerator=args.accelerator, repo=args.repo, seed=args.seed, workdir=args.workdir,

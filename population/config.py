@@ -63,6 +63,8 @@ class RunConfig:
     tournament_size: int | None = DEFAULT_TOURNAMENT_SIZE   # None: the population size
     cull: str = "age"
     max_experiments: int | None = None      # None: until stopped
+    max_cost_usd: float | None = None       # agents' dollars before no new proposal starts (population/ledger.py)
+    max_gpu_hours: float | None = None      # GPU-hours (trainings and evaluations), likewise
     noise_runs: int | None = None           # None: 3 (default_noise_runs)
     train_timeout_s: float | None = None    # None: 2 * budget + 300
     overhead_allowance_s: float = 60.0      # the budget rule's wall-clock slack beyond twice the seed's (population/budget.py)
@@ -133,6 +135,9 @@ def validate(config: RunConfig) -> None:
     need(config.tournament_size is None or config.tournament_size <= config.population_size,
          f"--tournament-size ({config.tournament_size}) must be <= --population-size ({config.population_size})")
     need(config.cull in CULL_POLICIES, f"--cull must be one of {', '.join(CULL_POLICIES)}, got {config.cull!r}")
+    need(config.max_cost_usd is None or config.max_cost_usd > 0, f"--max-cost must be > 0 dollars, got {config.max_cost_usd}")
+    need(config.max_gpu_hours is None or config.max_gpu_hours > 0,
+         f"--max-gpu-hours must be > 0, got {config.max_gpu_hours}")
     need(config.max_experiments is None or config.max_experiments >= 1,
          f"--max-experiments must be >= 1, got {config.max_experiments}")
     need(config.noise_runs is None or config.noise_runs >= 1, f"--noise-runs must be >= 1, got {config.noise_runs}")

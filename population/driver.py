@@ -68,6 +68,7 @@ class Driver:
         self.task: Task | None = None
         self.policy: Policy | None = None
         self.stop_reason: str | None = None
+        self.cap_said: str | None = None          # the spending cap already announced
         self.flights: dict[int, Flight] = {}
         self.blobs: dict[str, str] = {}      # train file blob -> member that has it
         self.store: RunStore | None = None
@@ -208,7 +209,13 @@ class Driver:
                 self.console.line(self._status())
 
     def _can_hand_out(self) -> bool:
-        return self.stop_reason is None and self.policy.can_hand_out(self.state)
+        if self.stop_reason is not None:
+            return False
+        cap = self.policy.cap_reached(self.state)
+        if cap and cap != self.cap_said:
+            self.cap_said = cap
+            self.console.line(f"no new proposals: {cap}; what is in flight finishes")
+        return self.policy.can_hand_out(self.state)
 
     def _finish(self) -> int:
         """Leave the store consistent whatever happened: trainings killed, in-flight work lost
@@ -489,7 +496,9 @@ class Driver:
         champion = self.state.members.get(self.state.champion) if self.state.champion else None
         return status_line(
             finished=self.state.finished_count(), ok=self.state.ok_count(),
-            in_flight=len(self.flights), training=self.fleet.training() if self.fleet else 0,
+            in_flight=len(self.flights),
+            training=self.fleet.training() - self.fleet.waiting_for_gpu() if self.fleet else 0,
+            waiting_for_gpu=self.fleet.waiting_for_gpu() if self.fleet else None,
             workers=self.fleet.live() if self.fleet else 0, alive=len(self.state.living()), champion=self.state.champion,
             metric=self.task.metric, best=champion.mean if champion else None,
             elapsed_s=self.clock() - self.started_at, max_experiments=self.config.max_experiments)

@@ -13,6 +13,7 @@ is the fleet on Ray; population/fake_fleet.py the same in process, for tests and
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 
@@ -49,6 +50,10 @@ class Slot:
 class Fleet:
     """What both fleets share: the slots and their pipelines' bookkeeping."""
     slots: list[Slot]
+    gpus: Counter = Counter()      # node id -> its GPUs (CPUs on a CPU run): the capacity last seen
+
+    def note_capacity(self, capacity: list[tuple[str, str]]) -> None:
+        self.gpus = Counter(node_id for node_id, _ in capacity)
 
     def worker(self, name: str) -> Slot:
         return next(slot for slot in self.slots if slot.name == name)
@@ -61,7 +66,14 @@ class Fleet:
         return sum(1 for slot in self.slots if not slot.dead)
 
     def training(self) -> int:
+        """Trainings submitted (holding a GPU or queued for one)."""
         return sum(1 for slot in self.slots if slot.train)
+
+    def waiting_for_gpu(self) -> int:
+        """Trainings submitted beyond their node's GPUs: Ray queues them (the one-GPU fallback queues
+        all but one), so they hold no GPU yet."""
+        submitted = Counter(slot.node_id for slot in self.slots if slot.train)
+        return sum(max(0, count - self.gpus[node]) for node, count in submitted.items() if node in self.gpus)
 
     def train(self, slot: Slot, exp_id: int, job) -> None:
         """Train the prepared `exp_id` on the slot's GPU: now if free, else after its training."""

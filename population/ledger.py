@@ -26,6 +26,11 @@ def gpu_hours(row: dict) -> float:
     return (_number(row.get("train_seconds")) + _number(row.get("eval_seconds"))) / 3600.0
 
 
+def agent_cost(row: dict) -> float:
+    """The dollars its agent reported (0 when none: the mutator, Codex)."""
+    return _number(row.get("agent_cost_usd"))
+
+
 @dataclass
 class Spend:
     experiments: int = 0
@@ -43,7 +48,7 @@ class Spend:
         self.ok += row.get("status") == "ok"
         self.crashed += row.get("status") in CRASHED
         self.agent_tokens += int(_number(row.get("agent_tokens")))
-        self.agent_cost_usd += _number(row.get("agent_cost_usd"))
+        self.agent_cost_usd += agent_cost(row)
         self.agent_seconds += _number(row.get("agent_seconds"))
         self.gpu_hours += gpu_hours(row)
         if row.get("status") == "ok" and isinstance(row.get(metric), (int, float)):
@@ -80,10 +85,11 @@ def ledger(rows: Iterable[dict], metric: str, lower_is_better: bool = True) -> t
     return total, by_backend
 
 
-def cap_reached(total: Spend, max_cost_usd: float | None, max_gpu_hours: float | None) -> str | None:
+def cap_reached(cost_usd: float, used_gpu_hours: float, max_cost_usd: float | None,
+                max_gpu_hours: float | None) -> str | None:
     """Why no new proposal may start (one line naming the cap), or None."""
-    if max_cost_usd is not None and total.agent_cost_usd >= max_cost_usd:
-        return f"the --max-cost cap of ${max_cost_usd:g} is reached (${total.agent_cost_usd:.2f} spent on agents)"
-    if max_gpu_hours is not None and total.gpu_hours >= max_gpu_hours:
-        return f"the --max-gpu-hours cap of {max_gpu_hours:g} is reached ({total.gpu_hours:.2f} GPU-hours used)"
+    if max_cost_usd is not None and cost_usd >= max_cost_usd:
+        return f"the --max-cost cap of ${max_cost_usd:g} is reached (${cost_usd:.2f} spent on agents)"
+    if max_gpu_hours is not None and used_gpu_hours >= max_gpu_hours:
+        return f"the --max-gpu-hours cap of {max_gpu_hours:g} is reached ({used_gpu_hours:.2f} GPU-hours used)"
     return None

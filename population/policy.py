@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, replace
 from population.config import (DEFAULT_CONFIRM_RUNS, DEFAULT_MAX_RUNS, DEFAULT_POPULATION_SIZE, DEFAULT_PROMOTION_Z,
                                DEFAULT_SEED, DEFAULT_SELECTION, RERUN_OPTIMISM, RunConfig,
                                default_noise_runs, default_promotion_confidence)
+from population import ledger
 from population.selection import (choose_culls, clears_margin, estimate_noise, posterior_choice, promotion_decision,
                                   tournament_select)
 from population.state import PopulationState
@@ -62,6 +63,8 @@ class Settings:
     noise_runs: int | None = None                 # None: default_noise_runs(workers)
     seed: int = DEFAULT_SEED
     max_experiments: int | None = None
+    max_cost_usd: float | None = None             # agents' dollars, then no new work (population/ledger.py)
+    max_gpu_hours: float | None = None            # GPU-hours of trainings and evaluations, likewise
     lower_is_better: bool = True
 
     @classmethod
@@ -71,6 +74,7 @@ class Settings:
                    promotion_confidence=config.promotion_confidence, promotion_z=config.promotion_z,
                    confirm_runs=config.confirm_runs, max_runs=config.max_runs_per_member,
                    noise_runs=config.noise_runs, seed=config.seed, max_experiments=config.max_experiments,
+                   max_cost_usd=config.max_cost_usd, max_gpu_hours=config.max_gpu_hours,
                    lower_is_better=lower_is_better).resolved()
 
     def resolved(self) -> "Settings":
@@ -220,9 +224,15 @@ class Policy:
         yield from self._top_up_baselines(state)
 
     def can_hand_out(self, state: PopulationState) -> bool:
-        """Under --max-experiments (lost experiments do not count)."""
+        """Under --max-experiments (lost experiments do not count) and under the spending caps."""
         limit = self.settings.max_experiments
-        return limit is None or state.counted() < limit
+        return (limit is None or state.counted() < limit) and self.cap_reached(state) is None
+
+    def cap_reached(self, state: PopulationState) -> str | None:
+        """Why no new work starts for the money or the GPU time spent (one line), or None; what is in
+        flight finishes and is recorded."""
+        return ledger.cap_reached(state.agent_cost_usd, state.gpu_hours, self.settings.max_cost_usd,
+                                  self.settings.max_gpu_hours)
 
     def next_work(self, state: PopulationState) -> Train | None:
         """What a free worker trains: the head of the queue, else a child of a tournament's winner

@@ -177,6 +177,7 @@ class RayFleet(Fleet):
                 raise DriverError(f"no GPU in {where}; use --device cpu for a CPU run"
                                   + ("" if cfg.address else ", or --address auto to join a running cluster"))
             raise DriverError("no CPU in the Ray cluster")
+        self.note_capacity(slots)
         return slots
 
     def on_this_node(self, slots: list[tuple[str, str]]) -> bool:
@@ -323,6 +324,7 @@ class RayFleet(Fleet):
         self.capacity_checked_at = time.time()
         used = [s.node_id for s in self.slots if not s.dead] + [j.slot.node_id for j in self.joining.values()]
         capacity = node_slots(ray.nodes(), self.config.device, self.config.accelerator)
+        self.note_capacity(capacity)
         for position, (node_id, accelerator) in zip(dead, free_slots(capacity, used, self.refused_nodes)):
             number = 1 + max(int(s.name[1:]) for s in self.slots + [j.slot for j in self.joining.values()])
             slot = self._launch(number, position, node_id, accelerator)

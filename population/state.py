@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from population import ledger
 from population.posterior import LineagePosterior
 from population.selection import Candidate
 
@@ -146,6 +147,9 @@ class PopulationState:
         self._spread: dict[str, float] = {}               # member -> sum of squares about its mean (runs >= 2)
         self._spread_total = 0.0
         self._spread_dof = 0
+        # what the run spent (population.ledger), kept as it goes: the policy's caps ask every dispatch
+        self.agent_cost_usd = 0.0
+        self.gpu_hours = 0.0
 
     @classmethod
     def replay(cls, events: Iterable[dict], metric: str, lower_is_better: bool = True) -> "PopulationState":
@@ -233,6 +237,8 @@ class PopulationState:
         exp.phase, exp.row = FINISHED, dict(event.get("row") or {})
         self._recorded_now(exp)
         self._finished += 1
+        self.agent_cost_usd += ledger.agent_cost(exp.row)
+        self.gpu_hours += ledger.gpu_hours(exp.row)
         self._undecided[exp.id] = None
         status = exp.row.get("status")
         if status == "ok":

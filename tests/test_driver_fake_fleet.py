@@ -121,3 +121,19 @@ def test_the_noise_is_measured_whatever_the_number_of_workers(tmp_path, workers)
     seed_runs = driver.state.members["m0000"].runs
     assert noise and noise[0]["runs"] == len(seed_runs) == 3 and noise[0]["commits"] == 1
     assert noise[0]["std"] == pytest.approx(max(__import__("statistics").stdev(seed_runs), 1e-4 * 1.0), rel=1e-3)
+
+
+def test_a_spending_cap_stops_new_proposals_in_one_line_and_a_higher_cap_goes_on(tmp_path):
+    """--max-gpu-hours (trainings and evaluations): once reached, what is in flight finishes and the
+    run ends as finished; --resume with a higher cap proposes again."""
+    sim = small(experiments=200)
+    cap = 12 * (sim.budget_s + sim.overhead_s) / 3600            # about a dozen trainings
+    code, driver, simgit, events = run(sim, tmp_path / "runs", max_gpu_hours=cap)
+    assert code == 0 and driver.state.gpu_hours >= cap
+    finished = sum(e["type"] == "experiment_finished" for e in events)
+    assert 12 <= finished <= 12 + 2 * sim.workers                 # at most what was in flight and prepared
+    assert events[-1]["type"] == "run_state" and events[-1]["state"] == "finished"
+    assert driver.cap_said.startswith(f"the --max-gpu-hours cap of {cap:g} is reached")
+    code, driver, _, resumed = run(sim, tmp_path / "runs", simgit=simgit, resume=True, max_gpu_hours=2 * cap)
+    assert code == 0
+    assert sum(e["type"] == "experiment_finished" for e in resumed) > finished + 6

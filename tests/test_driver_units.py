@@ -122,3 +122,17 @@ def test_without_an_address_the_driver_starts_a_ray_of_its_own():
     assert ray_address(None, {}) == "local"                                   # not a `ray start` left running
     assert ray_address(None, {"RAY_ADDRESS": "10.0.0.1:6379"}) is None        # Ray reads it itself
     assert ray_address("auto", {"RAY_ADDRESS": "10.0.0.1:6379"}) == "auto"     # the flag wins
+
+
+def test_trainings_beyond_their_nodes_gpus_count_as_waiting_for_a_gpu():
+    from population.fleet import Fleet, Slot
+
+    fleet = Fleet()
+    fleet.slots = [Slot(f"w{i}", None, node, "H100", "mutate", train=(object(), i) if busy else None)
+                   for i, (node, busy) in enumerate([("a", True), ("a", True), ("a", True), ("b", True), ("b", False)])]
+    fleet.note_capacity([("a", "H100"), ("b", "H100"), ("b", "H100")])       # node a: 1 GPU, node b: 2
+    assert fleet.training() == 4 and fleet.waiting_for_gpu() == 2
+    line = status_line(finished=3, ok=3, in_flight=5, training=fleet.training() - fleet.waiting_for_gpu(),
+                       waiting_for_gpu=fleet.waiting_for_gpu(), workers=5, alive=2, champion=None,
+                       metric="val_bpb", best=None, elapsed_s=60, max_experiments=None)
+    assert "2 training, 2 waiting for a GPU (5 workers)" in line

@@ -34,6 +34,20 @@ def test_the_run_and_each_backend_add_up_what_was_spent():
 
 def test_a_cap_stops_new_proposals_with_one_line_naming_it():
     total, _ = ledger(ROWS, "val_bpb")
-    assert cap_reached(total, None, None) is None and cap_reached(total, 1.0, 10.0) is None
-    assert "--max-cost cap of $0.5" in cap_reached(total, 0.5, None)
-    assert "--max-gpu-hours cap of 4" in cap_reached(total, None, 4.0)
+    spent = (total.agent_cost_usd, total.gpu_hours)
+    assert cap_reached(*spent, None, None) is None and cap_reached(*spent, 1.0, 10.0) is None
+    assert "--max-cost cap of $0.5" in cap_reached(*spent, 0.5, None)
+    assert "--max-gpu-hours cap of 4" in cap_reached(*spent, None, 4.0)
+
+
+def test_the_state_keeps_the_runs_spend_as_results_arrive():
+    from population.state import PopulationState
+
+    state = PopulationState("val_bpb")
+    for r in ROWS:
+        state.apply({"type": "experiment_started", "id": r["id"], "kind": r["kind"], "member": r["member"],
+                     "parent_id": None if r["kind"] == "baseline" else 0})
+        state.apply({"type": "experiment_finished", "id": r["id"], "row": r})
+    total, _ = ledger(ROWS, "val_bpb")
+    assert state.agent_cost_usd == pytest.approx(total.agent_cost_usd)
+    assert state.gpu_hours == pytest.approx(total.gpu_hours)
