@@ -200,7 +200,9 @@ class Evolution:
 
     def _finish_noise(self) -> None:
         when = self.events[-1]["time"]
-        self.record({"type": "noise", "std": estimate_noise(self.state.members["m0000"].runs), "time": when})
+        sum_squares, dof = self.state.spread()           # the pooled spread, as the driver's policy measures it
+        seed = self.state.members["m0000"]
+        self.record({"type": "noise", "std": estimate_noise(sum_squares, dof, seed.mean), "time": when})
         self.record({"type": "champion", "member": "m0000", "time": when})
 
     def _judge(self) -> None:
