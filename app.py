@@ -27,6 +27,7 @@ import streamlit as st
 
 from population import lineage_charts as charts
 from population import lineage_view as lv
+from population.console import duration
 
 # How often a live page looks for new rows (and a page without a run for a new run); tests shorten it.
 REFRESH_SECONDS = float(os.environ.get("AUTORESEARCH_APP_REFRESH_S") or 10)
@@ -251,6 +252,11 @@ def show_header(run: lv.RunData) -> None:
     st.caption(" · ".join(facts) + f" · `{run.path}`")
     for level, text in run.notes:
         (st.warning if level == "warning" else st.info)(text)
+    if state == "running":
+        for quiet in run.meta.get("stalled") or []:      # the driver's watchdog (--stall-minutes)
+            what = "its agent" if quiet.get("stage") == "agent" else "its training"
+            st.warning(f"e{int(quiet['id']):04d} is stalled: {what} has printed nothing for "
+                       f"{duration(quiet.get('silent_s', 0))}", icon=":material/hourglass_empty:")
 
 
 def show_headline(run: lv.RunData) -> dict:

@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "only their own key and these)")
     work.add_argument("--agent-timeout", type=_number, default=C.DEFAULT_AGENT_TIMEOUT_S, metavar="SECONDS",
                       help="wall-clock limit of one agent proposal (default: %(default)g)")
+    work.add_argument("--stall-minutes", type=_number, default=C.RunConfig.stall_minutes, metavar="MINUTES",
+                      help="an agent or a training that printed nothing this long shows as stalled (console, "
+                           "status line, the app) before its timeout fires (default: %(default)g)")
 
     where = p.add_argument_group("where it runs")
     where.add_argument("--device", choices=C.DEVICES, default=None,
@@ -168,7 +171,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         cull=args.cull, selection=args.selection, promotion_confidence=args.promotion_confidence,
         promotion_z=args.promotion_z, confirm_runs=args.confirm_runs,
         max_runs_per_member=args.max_runs, max_experiments=args.max_experiments, noise_runs=args.noise_runs,
-        max_cost_usd=args.max_cost_usd, max_gpu_hours=args.max_gpu_hours,
+        max_cost_usd=args.max_cost_usd, max_gpu_hours=args.max_gpu_hours, stall_minutes=args.stall_minutes,
         train_timeout_s=args.train_timeout, overhead_allowance_s=args.overhead_allowance, device=args.device,
         resume=args.resume, address=args.address,
         accelerator=args.accelerator, repo=args.repo, seed=args.seed, workdir=args.workdir,

@@ -76,6 +76,7 @@ class RunConfig:
     seed: int = DEFAULT_SEED
     workdir: str | None = None              # workers' clones; None: $AUTORESEARCH_WORKDIR or the temp dir
     status_every_s: float = 60.0
+    stall_minutes: float = 10.0             # an agent or a training silent this long shows as stalled
     selection: str = DEFAULT_SELECTION             # posterior | margin
     promotion_confidence: float | None = None      # posterior: P(better than the champion); None:
                                                    # 1 - 0.1/workers (default_promotion_confidence)
@@ -155,6 +156,7 @@ def validate(config: RunConfig) -> None:
     need(config.accelerator is None or config.device != "cpu", "--accelerator needs --device cuda")
     need(config.seed >= 0, f"--seed must be >= 0, got {config.seed}")
     need(config.status_every_s > 0, "status interval must be > 0")
+    need(config.stall_minutes > 0, f"--stall-minutes must be > 0, got {config.stall_minutes:g}")
     need(config.selection in SELECTIONS, f"--selection must be one of {', '.join(SELECTIONS)}, got {config.selection!r}")
     need(config.promotion_confidence is None or 0.5 <= config.promotion_confidence < 1,
          f"--promotion-confidence must be >= 0.5 and < 1, got {config.promotion_confidence}")

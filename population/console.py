@@ -40,6 +40,11 @@ def experiment_line(*, exp_id: int, kind: str, member: str, parent: str | None, 
     return line
 
 
+def duration(seconds: float) -> str:
+    """`45 s`, `12 min`: how long, in the unit a person reads."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 def reason_headline(reason: str) -> str:
     """The line of a failure's reason worth one line: a broken rule's own sentence when it names
     one ("causality rule: ..."), else the last line of the log tail (often the file's own advice)."""
@@ -51,7 +56,7 @@ def reason_headline(reason: str) -> str:
 
 def status_line(*, finished: int, ok: int, in_flight: int, training: int, workers: int, alive: int,
                 champion: str | None, metric: str, best, elapsed_s: float, max_experiments: int | None,
-                waiting_for_gpu: int | None = None) -> str:
+                waiting_for_gpu: int | None = None, stalled: int = 0) -> str:
     """The minute's status. `training`: trainings that hold a GPU now; `waiting_for_gpu`: trainings
     submitted but queued for a GPU (the one-GPU fallback queues all but one). Without
     `waiting_for_gpu` the line reads "{training}/{workers} training", as before the split."""
@@ -62,7 +67,8 @@ def status_line(*, finished: int, ok: int, in_flight: int, training: int, worker
         gpus = f"{training}/{workers} training"
     else:
         gpus = f"{training} training, {waiting_for_gpu} waiting for a GPU ({workers} workers)"
-    return (f"status: {finished}{total} finished ({ok} ok), {in_flight} in flight, "
+    quiet = f" ({stalled} stalled)" if stalled else ""
+    return (f"status: {finished}{total} finished ({ok} ok), {in_flight} in flight{quiet}, "
             f"{gpus}, {alive} alive, best {best_text}, "
             f"elapsed {hours:d}:{rest // 60:02d}:{rest % 60:02d}")
 

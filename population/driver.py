@@ -20,7 +20,8 @@ from typing import TextIO
 
 from population import gitops, sandbox, startup
 from population.config import ConfigError, RunConfig, default_tag, resolve, validate, with_run_settings
-from population.console import Console, champion_line, experiment_line, holdout_warning, noise_line, run_line, status_line
+from population.console import (Console, champion_line, duration, experiment_line, holdout_warning, noise_line,
+                                run_line, status_line)
 from population.fleet import DriverError
 from population.ray_fleet import RayFleet, first_sentence
 from population.outcome import (base_row, duplicate_reason, experiment_files, gains_over_seed, judged,
@@ -34,6 +35,7 @@ from population.training import EVAL_HEADER, TrainJob, TrainResult
 from population.worker import PrepareJob, Prepared
 from prepare.tasks import Task, get_task
 
+WATCH_EVERY_S = 60.0           # how often the watchdog asks the workers what they last wrote
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 BASELINE_MEMBER = SEED_MEMBER
 TABLES_EVERY_S = 5.0
@@ -69,6 +71,8 @@ class Driver:
         self.policy: Policy | None = None
         self.stop_reason: str | None = None
         self.cap_said: str | None = None          # the spending cap already announced
+        self.stalled: dict[int, tuple[str, float]] = {}   # experiment id -> (stage, silent seconds)
+        self.last_watch = 0.0
         self.flights: dict[int, Flight] = {}
         self.blobs: dict[str, str] = {}      # train file blob -> member that has it
         self.store: RunStore | None = None
@@ -204,9 +208,27 @@ class Driver:
                 self._complete(done)
             if self.tables_stale:
                 self.refresh_tables()
+            if self.clock() - self.last_watch >= min(WATCH_EVERY_S, self.config.stall_minutes * 30):
+                self.last_watch = self.clock()
+                self._watch()
             if self.clock() - self.last_status >= self.config.status_every_s:
                 self.last_status = self.clock()
                 self.console.line(self._status())
+
+    def _watch(self) -> None:
+        """The watchdog: an agent or a training silent for --stall-minutes shows as stalled (the
+        console, the status line, run.json for the app) before any timeout fires."""
+        limit = self.config.stall_minutes * 60
+        stalled = {exp_id: (stage, idle) for exp_id, (stage, idle) in self.fleet.activity().items()
+                   if idle >= limit and exp_id in self.flights}
+        for exp_id, (stage, idle) in sorted(stalled.items()):
+            if exp_id not in self.stalled:
+                what = "its agent" if stage == "agent" else "its training"
+                self.console.line(f"e{exp_id:04d} stalled: {what} has printed nothing for {duration(idle)}")
+        if stalled or self.stalled:
+            self.store.update_meta(stalled=[{"id": exp_id, "stage": stage, "silent_s": round(idle)}
+                                            for exp_id, (stage, idle) in sorted(stalled.items())])
+        self.stalled = stalled
 
     def _can_hand_out(self) -> bool:
         if self.stop_reason is not None:
@@ -252,7 +274,7 @@ class Driver:
         state = "finished" if finished else "stopped"
         self.record({"type": "run_state", "state": state})
         self.refresh_tables(force=True)
-        self.store.update_meta(state=state)
+        self.store.update_meta(state=state, stalled=[])
         note = f" ({len(lost)} in flight marked lost; --resume re-queues them)" if lost else ""
         self.console.line(f"run {self.tag} {state}{note}: " + self._status())
 
@@ -501,7 +523,8 @@ class Driver:
             waiting_for_gpu=self.fleet.waiting_for_gpu() if self.fleet else None,
             workers=self.fleet.live() if self.fleet else 0, alive=len(self.state.living()), champion=self.state.champion,
             metric=self.task.metric, best=champion.mean if champion else None,
-            elapsed_s=self.clock() - self.started_at, max_experiments=self.config.max_experiments)
+            elapsed_s=self.clock() - self.started_at, max_experiments=self.config.max_experiments,
+            stalled=len(self.stalled))
 
 
 def run_population(config: RunConfig, ray_init_kwargs: dict | None = None, out: TextIO | None = None) -> int:

@@ -69,6 +69,11 @@ class Fleet:
         """Trainings submitted (holding a GPU or queued for one)."""
         return sum(1 for slot in self.slots if slot.train)
 
+    def activity(self) -> dict[int, tuple[str, float]]:
+        """Experiment id -> (stage, seconds since it last wrote anything) of what the workers are
+        preparing (their agents) and training; empty where a fleet cannot tell."""
+        return {}
+
     def waiting_for_gpu(self) -> int:
         """Trainings submitted beyond their node's GPUs: Ray queues them (the one-GPU fallback queues
         all but one), so they hold no GPU yet."""

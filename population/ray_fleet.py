@@ -29,6 +29,7 @@ from population.worker import PrepareJob, WorkerActor
 WORKER_START_TIMEOUT_S = 180.0
 NODE_READY_TIMEOUT_S = readiness.DEFAULT_LOCK_TIMEOUT_S + 600.0   # a node may first download its data
 CONNECT_TIMEOUT_S = 5.0
+ACTIVITY_TIMEOUT_S = 10.0   # the watchdog's look at every worker
 CAPACITY_CHECK_EVERY_S = 5.0   # while a worker is dead: how often to look for a free slot (one ray.nodes())
 BUNDLE_CACHE = 64
 
@@ -309,6 +310,22 @@ class RayFleet(Fleet):
         return any(node["NodeID"] == node_id and node.get("Alive") for node in ray.nodes())
 
     # ---- replacing dead workers --------------------------------------------------------------
+
+    def activity(self) -> dict[int, tuple[str, float]]:
+        asked = {}
+        for slot in self.slots:
+            if not slot.dead and (slot.prep or slot.train):
+                preparing, training = slot.prep[1] if slot.prep else None, slot.train[1] if slot.train else None
+                asked[slot.actor.activity.remote(preparing, training)] = (preparing, training)
+        try:
+            answers = ray.get(list(asked), timeout=ACTIVITY_TIMEOUT_S) if asked else []
+        except ray.exceptions.RayError:            # a worker busy dying: the next look will tell
+            return {}
+        seen = {}
+        for (preparing, training), answer in zip(asked.values(), answers):
+            for exp_id, idle in answer.items():
+                seen[exp_id] = ("agent" if exp_id == preparing else "training", idle)
+        return seen
 
     def maintain(self, can_hand_out: bool, force: bool = False) -> bool:
         """Capacity back (a node rejoined, a new one came, a GPU freed): a dead worker's place gets

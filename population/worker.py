@@ -23,6 +23,7 @@ from pathlib import Path
 import ray
 
 from population import export, gitops, readiness, sandbox
+from population.agents.base import AGENT_OUTPUT_FILES
 from population.agents.env import scrub_secrets
 from population.processes import signal_group
 from population.secrets import leaked_names
@@ -89,6 +90,7 @@ class WorkerCore:
         self.worktrees = self.root / "worktrees"
         self.logs = self.root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.agent.output_dir = self.root / "agent"      # one proposal at a time: its output, for `activity`
 
     def info(self) -> dict:
         return {"worker": self.name, "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
@@ -173,6 +175,19 @@ class WorkerCore:
         gitops.remove_worktree(self.clone, self.worktrees / str(exp_id))
         for leftover in (self.root / "exports" / str(exp_id), self.root / "outputs" / str(exp_id)):
             shutil.rmtree(leftover, ignore_errors=True)
+
+    @ray.method(concurrency_group="control")
+    def activity(self, preparing: int | None, training: int | None) -> dict[int, float]:
+        """Seconds since the experiment being prepared (its agent's output) and the one training
+        (its run.log) last wrote; the driver's watchdog calls it beside a busy `prepare`."""
+        now, seen = time.time(), {}
+        sources = {preparing: [self.root / "agent" / name for name in AGENT_OUTPUT_FILES],
+                   training: [Path(self.log_path(training)) if training is not None else None]}
+        for exp_id, paths in sources.items():
+            times = [path.stat().st_mtime for path in paths if path is not None and path.exists()]
+            if exp_id is not None and times:
+                seen[exp_id] = max(0.0, now - max(times))
+        return seen
 
     @ray.method(concurrency_group="control")
     def stop(self, grace_s: float = 3.0) -> list[int]:

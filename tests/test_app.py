@@ -362,3 +362,12 @@ def test_without_experiment_files_the_diff_and_the_file_come_from_git(tmp_path, 
     assert any(c.startswith(f"from git diff {seed[:9]} {child_commit[:9]}") for c in texts(at.caption))
     files = [c.value for c in at.code if c.language == "python"]
     assert [text.rstrip("\n") for text in files] == [train.read_text().rstrip("\n")]
+
+
+def test_a_stalled_agent_or_training_of_a_running_run_is_shown(tmp_path, monkeypatch):
+    from population.store import RunStore
+
+    make_run(tmp_path / "live", n=20, state="running")
+    RunStore.open(tmp_path / "live").update_meta(stalled=[{"id": 19, "stage": "agent", "silent_s": 720}])
+    at = open_app(monkeypatch, tmp_path)
+    assert any("e0019 is stalled: its agent has printed nothing for 12 min" in w for w in texts(at.warning))

@@ -349,3 +349,20 @@ def test_an_accelerator_no_node_has_is_refused_before_anything_is_written(cluste
     assert code == EXIT_ERROR
     assert "no alive Ray node has accelerator type H100" in capsys.readouterr().err
     assert not (repo / "runs" / "h100").exists()
+
+
+def test_a_silent_agent_shows_as_stalled_before_its_timeout_fires(cluster, seed, tmp_path):
+    """The watchdog asks each worker when its agent last wrote: a `command:` agent that says nothing
+    for longer than --stall-minutes is reported stalled on the console and in run.json, then its
+    timeout ends it as an agent error as before."""
+    repo, _ = seed
+    agent = tmp_path / "silent_agent.sh"
+    agent.write_text("#!/bin/sh\nsleep 8\n")
+    agent.chmod(0o755)
+    code, out = _run(_config(repo, "quiet", device="cpu", workers=1, noise_runs=2, max_experiments=3,
+                             agents=[f"command:{agent}"], agent_timeout_s=6.0, stall_minutes=0.05))
+    assert code == EXIT_OK, out
+    assert "stalled: its agent has printed nothing for" in out
+    rows = [e["row"] for e in events(repo / "runs" / "quiet") if e["type"] == "experiment_finished"]
+    assert [r["status"] for r in rows if r.get("agent", "").startswith("command:")] == ["agent_error"]
+    assert json.loads((repo / "runs" / "quiet" / "run.json").read_text())["stalled"] == []

@@ -19,6 +19,7 @@ AGENT_DIR = ".agent"                     # scratch space in the worktree, never 
 DESCRIPTION_FILE = f"{AGENT_DIR}/description"
 DESCRIPTION_PREFIX = "DESCRIPTION:"
 MAX_TRANSCRIPT_CHARS = 200_000
+AGENT_OUTPUT_FILES = ("agent.out", "agent.err")
 MAX_DESCRIPTION_CHARS = 200
 NO_DESCRIPTION = "(the agent wrote no description)"
 
@@ -48,6 +49,7 @@ class Agent:
 
     spec: str = ""
     use_sandbox: bool = False
+    output_dir: Path | None = None     # set by the worker: a subprocess agent's output goes there (its watchdog)
 
     def __init__(self, *, max_transcript_chars: int = MAX_TRANSCRIPT_CHARS, api_key: str | None = None):
         self.max_transcript_chars = max_transcript_chars
@@ -194,20 +196,25 @@ class ProcessResult:
 
 def run_agent_process(argv: list[str], *, cwd: Path, env: dict[str, str], stdin_text: str | None,
                       timeout: float, max_chars: int = MAX_TRANSCRIPT_CHARS,
-                      use_sandbox: bool = False) -> ProcessResult:
+                      use_sandbox: bool = False, output_dir: Path | None = None) -> ProcessResult:
     """Run `argv` in its own process group; at `timeout` kill the whole group (agents spawn
     shells and tools). Output goes to temporary files so a chatty agent cannot exhaust memory.
     With `use_sandbox`, in bubblewrap: `cwd` (the worktree) writable, its git directories
     read-only (visible even when they live in /tmp; agents never commit), of the rest of the
     host only what the program needs to run (population/sandbox.py), read-only, and no network
     but the model endpoint(s) its environment names, through an egress proxy
-    (population/egress.py). Raises SandboxUnavailable."""
+    (population/egress.py). With `output_dir`, its stdout and stderr are the files `agent.out` and
+    `agent.err` there (their times tell the worker's watchdog when it last wrote). Raises
+    SandboxUnavailable."""
     if use_sandbox:
         boxed = sandbox.sandboxed(argv, worktree=cwd, env=env, mode=sandbox.AGENT, readonly=git_dirs(Path(cwd)))
         argv, env = boxed.argv, boxed.env
     start = time.monotonic()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            tempfile.TemporaryFile() as stdin:
+    if output_dir is not None:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+    output = (lambda name: open(Path(output_dir) / name, "w+b")) if output_dir is not None else \
+        (lambda name: tempfile.TemporaryFile())
+    with output(AGENT_OUTPUT_FILES[0]) as out, output(AGENT_OUTPUT_FILES[1]) as err, tempfile.TemporaryFile() as stdin:
         stdin.write((stdin_text or "").encode())
         stdin.seek(0)
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=err,

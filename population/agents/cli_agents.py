@@ -49,7 +49,8 @@ class CliAgent(Agent):
         argv, prompt_on_stdin = self._argv(worktree, prompt_file)
         result = run_agent_process(argv, cwd=worktree, env={**minimal_env(self.key_names), **self.settings_env()},
                                    stdin_text=prompt if prompt_on_stdin else None, timeout=timeout,
-                                   max_chars=self.max_transcript_chars, use_sandbox=self.use_sandbox)
+                                   max_chars=self.max_transcript_chars, use_sandbox=self.use_sandbox,
+                                   output_dir=self.output_dir)
         answer, tokens, cost, reported_error = self._parse(result.stdout)
         # the CLI's own words first (its JSON says why), unless it was killed at the limit
         error = _process_error(result, timeout) if result.timed_out else \
