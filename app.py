@@ -409,10 +409,14 @@ def show_throughput(run: lv.RunData, path: str, signature: tuple) -> None:
     st.plotly_chart(fig, key=chart_key("throughput", path), config={"displaylogo": False})
     if not busy.empty:
         st.dataframe(busy, hide_index=True, column_config={
-            "busy_h": st.column_config.NumberColumn("busy hours", format="%.2f"),
-            "share": st.column_config.NumberColumn("busy share", format="percent")})
+            "busy_h": st.column_config.NumberColumn("held hours", format="%.2f"),
+            "share": st.column_config.NumberColumn("held share", format="percent"),
+            "timed_share": st.column_config.NumberColumn("timed-training share", format="percent"),
+            "device_share": st.column_config.NumberColumn("device-busy share", format="percent")})
     st.caption("Per GPU (node and CUDA device from the journal, else the worker) each training as a bar, coloured "
-               "by status; below, the agents' cumulative cost. NVML utilisation samples are not in the store yet.")
+               "by status; below, the agents' cumulative cost. Held: a training had the GPU (importing, compiling, "
+               "evaluating included); timed-training: in its timed steps, as the file reports; device-busy: a "
+               "kernel running, sampled from outside (NVML; on a CPU run, its CPU time).")
     st.subheader("Spend per agent backend")
     st.dataframe(lv.spend_table(run.frame, run.metric, run.lower_is_better), hide_index=True, column_config={
         "keep_rate": st.column_config.NumberColumn("keep rate", format="percent"),

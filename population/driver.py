@@ -467,9 +467,9 @@ class Driver:
                         seed=flight.work.seed, budget_s=self.config.budget_s, prepared=flight.prepared,
                         first_description=str(first.row.get("description", "") if first else ""))
 
-    def _files(self, flight: Flight, log: str | None) -> dict:
+    def _files(self, flight: Flight, log: str | None, busy_timeline: list | None = None) -> dict:
         return experiment_files(kind=flight.work.kind, commit=flight.commit, parent_commit=flight.parent_commit,
-                                prepared=flight.prepared, prompt=flight.prompt, log=log,
+                                prepared=flight.prepared, prompt=flight.prompt, log=log, busy_timeline=busy_timeline,
                                 diff=lambda: self.git.diff(self.repo, flight.parent_commit, flight.commit))
 
     def _finish_untrained(self, flight: Flight, status: str, reason: str, cleanup: bool = True) -> None:
@@ -488,7 +488,7 @@ class Driver:
                    finished_at=self.clock(), cuda_visible_devices=result.cuda_visible_devices,
                    node_id=result.extra.get("node_id", ""), train_started_at=result.started_at)
         log = f"{result.log}\n{EVAL_HEADER}\n{result.eval_log}" if result.evaluation is not None else result.log
-        self.store.write_experiment_files(flight.exp_id, self._files(flight, log))
+        self.store.write_experiment_files(flight.exp_id, self._files(flight, log, result.extra.get("busy_timeline")))
         self._record_finished(flight, row)
         self.fleet.cleanup(flight.worker, flight.exp_id)
 

@@ -836,26 +836,37 @@ def training_spans(frame: pd.DataFrame) -> pd.DataFrame:
     device = ran["cuda_visible_devices"] if "cuda_visible_devices" in ran else pd.Series("", index=ran.index)
     where = ran["node"].where(ran["node"].ne(""), ran["worker"])
     lane = np.where(device.ne(""), where + " · GPU " + device, where + " · " + ran["worker"])
+    timed = ran["training_seconds"] if "training_seconds" in ran else pd.Series(np.nan, index=ran.index)
+    busy = ran["busy_seconds"] if "busy_seconds" in ran else pd.Series(np.nan, index=ran.index)
     spans = pd.DataFrame({"id": ran["id"], "lane": lane, "start": start, "end": start + ran["train_seconds"],
-                          "status": ran["status"], "member": ran["member"]})
+                          "status": ran["status"], "member": ran["member"],
+                          "timed": timed.clip(upper=ran["train_seconds"]), "busy": busy})
     return spans.dropna(subset=["start"]).sort_values(["lane", "start"]).reset_index(drop=True)
 
 
 def lane_busy(spans: pd.DataFrame) -> pd.DataFrame:
-    """Per lane: trainings, busy hours and the busy share of the run's span (overlaps counted once)."""
+    """Per lane: trainings, the hours a training held it and that share of the run's span (overlaps
+    counted once: the reservation), and what the GPU did with it: the share of the span in timed
+    training steps (each training's own `training_seconds`) and the share it was busy, measured from
+    outside (`busy_seconds`: NVML on a GPU, CPU time on a CPU run). A GPU held by a training that is
+    importing, compiling or saving is reserved, not used."""
+    columns = ["lane", "trainings", "busy_h", "share", "timed_share", "device_share"]
     if spans.empty:
-        return pd.DataFrame(columns=["lane", "trainings", "busy_h", "share"])
+        return pd.DataFrame(columns=columns)
     span = spans["end"].max() - spans["start"].min()
     rows = []
     for lane, part in spans.groupby("lane"):
-        busy, until = 0.0, -math.inf
+        held, until = 0.0, -math.inf
         for start, end in zip(part["start"], part["end"]):
             if end > until:
-                busy += end - max(start, until)
+                held += end - max(start, until)
                 until = end
-        rows.append({"lane": lane, "trainings": len(part), "busy_h": busy / 3600.0,
-                     "share": busy / span if span > 0 else math.nan})
-    return pd.DataFrame(rows)
+        share = (lambda seconds: seconds / span if span > 0 else math.nan)
+        timed = part["timed"].sum(min_count=1) if "timed" in part else math.nan
+        busy = part["busy"].sum(min_count=1) if "busy" in part else math.nan
+        rows.append({"lane": lane, "trainings": len(part), "busy_h": held / 3600.0, "share": share(held),
+                     "timed_share": share(timed), "device_share": share(busy)})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def agent_cost_over_time(frame: pd.DataFrame) -> pd.DataFrame:

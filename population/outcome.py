@@ -6,6 +6,8 @@ the seed on the validation rows and on the hidden holdout. The driver does the I
 """
 from __future__ import annotations
 
+import json
+
 import math
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from population.policy import SEED_MEMBER
 from population.state import PopulationState, holdout_column
 from population.summary import parse_summary, tail
 from population.training import TrainResult, evaluation_files
+from population.usage import TIMELINE_EVERY_S
 from prepare.tasks import Task
 
 LOG_TAIL_LINES = 40
@@ -142,10 +145,14 @@ def base_row(*, kind: str, member: str, commit: str, parent_commit: str, branch:
 
 
 def experiment_files(*, kind: str, commit: str, parent_commit: str, prepared, prompt: str, log: str | None,
-                     diff) -> dict:
-    """experiments/<id>/: run.log (when it trained), diff.patch against the parent (`diff()`, else
-    the worker's own), a child's prompt and transcript."""
+                     diff, busy_timeline: list | None = None) -> dict:
+    """experiments/<id>/: run.log (when it trained), device_busy.json (its device's busy share every
+    few seconds, sampled from outside: population/usage.py), diff.patch against the parent
+    (`diff()`, else the worker's own), a child's prompt and transcript."""
     files = {} if log is None else {"run.log": log}
+    if busy_timeline:
+        files["device_busy.json"] = json.dumps({"every_s": TIMELINE_EVERY_S,
+                                                "samples": [[t, share] for t, share in busy_timeline]})
     if kind != "baseline":
         if commit and commit != parent_commit and parent_commit:
             files["diff.patch"] = diff()

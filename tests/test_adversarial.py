@@ -109,8 +109,12 @@ def test_the_honest_child_is_scored_by_the_evaluator_with_its_holdout(attacked):
     assert row["status"] == "ok", row["reason"]
     assert 1.0 < row["val_bpb"] < 20 and 1.0 < row["holdout_bpb"] < 20
     assert row["reported_val_bpb"] is None             # it printed none: the harness scores
-    log = (run_dir / "experiments" / str(row_id(attacked, "honest-child")) / "run.log").read_text()
-    assert "=== trusted evaluation" in log
+    files = run_dir / "experiments" / str(row_id(attacked, "honest-child"))
+    assert "=== trusted evaluation" in (files / "run.log").read_text()
+    # its device's busy share sampled from outside, every few seconds (on a CPU run: its CPU time)
+    samples = json.loads((files / "device_busy.json").read_text())["samples"]
+    assert samples and all(0 <= share <= 1 for _, share in samples) and max(s for _, s in samples) > 0.2
+    assert 0 < row["busy_seconds"] <= row["train_seconds"]
 
 
 def row_id(attacked, description: str) -> int:

@@ -351,6 +351,16 @@ def test_lane_busy_counts_overlaps_once():
     assert busy["busy_h"] == pytest.approx(250 / 3600) and busy["share"] == pytest.approx(250 / 400)
 
 
+def test_a_held_gpu_is_told_apart_from_timed_training_and_measured_busy_time():
+    """Two 100 s trainings back to back: the GPU is held all along, in timed steps for 60 s of
+    each, and busy (NVML) for 70 s of each."""
+    spans = pd.DataFrame({"lane": ["g", "g"], "start": [0.0, 100.0], "end": [100.0, 200.0],
+                          "timed": [60.0, 60.0], "busy": [70.0, 70.0]})
+    lane = lv.lane_busy(spans).iloc[0]
+    assert lane["share"] == pytest.approx(1.0)
+    assert lane["timed_share"] == pytest.approx(0.6) and lane["device_share"] == pytest.approx(0.7)
+
+
 # --------------------------------------------------------------------------- diffs and git
 
 DIFF = """diff --git a/engine/train.py b/engine/train.py
