@@ -153,16 +153,21 @@ def population_run(tmp_path, spec: str, server, *, sandboxed: bool, experiments:
 
 @needs_claude
 @pytest.mark.parametrize("sandboxed", [pytest.param(True, marks=needs_bwrap), False], ids=["sandbox", "no-sandbox"])
-def test_a_population_run_with_real_claude_records_its_edit_cost_and_failure(keys, tmp_path, sandboxed):
-    with AnthropicServer(CLAUDE_EDIT + [Fail(500)]) as server:      # the first child edits, the second fails
+def test_a_population_run_with_real_claude_records_its_edit_cost_and_failures(keys, tmp_path, sandboxed):
+    """Three children in turn: the scripted edit, a Write to prepare/ (a violation the worker
+    reverts), an HTTP 500 (the CLI's error); the run goes on to its end."""
+    other_file = Tool("Write", lambda cwd: {"file_path": f"{cwd}/prepare/evil.py", "content": "CHEAT = 1\n"})
+    script = CLAUDE_EDIT + [other_file, Final("Wrote a helper.\nDESCRIPTION: a helper in prepare/"), Fail(500)]
+    with AnthropicServer(script) as server:
         code, out, repo, run_dir, lineage = population_run(tmp_path, "claude", server, sandboxed=sandboxed,
-                                                           experiments=3)
+                                                           experiments=5)
     assert code == 0, out
-    child, failed = lineage.loc[1], lineage.loc[2]
-    assert child.status == "ok" and child.description == "lr 0.04 -> 0.03 (scripted)"
-    assert child.agent_tokens >= 3 * 1050 and child.agent_cost_usd > 0
-    diff = (run_dir / "experiments" / "1" / "diff.patch").read_text()
+    edit, other, failed = (row for _, row in lineage[lineage.kind == "child"].iterrows())
+    assert edit.status == "ok" and edit.description == "lr 0.04 -> 0.03 (scripted)"
+    assert edit.agent_tokens >= 3 * 1050 and edit.agent_cost_usd > 0
+    diff = (run_dir / "experiments" / str(edit.name) / "diff.patch").read_text()
     assert f"-{BEFORE}" in diff and f"+{AFTER}" in diff
+    assert other.status == "violation" and "prepare/evil.py" in other.reason and not other.commit
     assert failed.status == "agent_error" and "500" in failed.reason
     assert planted_hits(repo, KEYS.values()) == []
 
@@ -173,7 +178,7 @@ def test_a_population_run_with_real_codex_records_its_edit(keys, tmp_path):
     with ResponsesServer(CODEX_EDIT) as server:
         code, out, repo, run_dir, lineage = population_run(tmp_path, "codex", server, sandboxed=True, experiments=2)
     assert code == 0, out
-    child = lineage.loc[1]
+    (child_id, child), = lineage[lineage.kind == "child"].iterrows()
     assert child.status == "ok" and child.description == "lr 0.04 -> 0.03 (codex)" and child.agent_tokens == 2100
-    assert f"+{AFTER}" in (run_dir / "experiments" / "1" / "diff.patch").read_text()
+    assert f"+{AFTER}" in (run_dir / "experiments" / str(child_id) / "diff.patch").read_text()
     assert planted_hits(repo, KEYS.values()) == []

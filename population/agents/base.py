@@ -228,8 +228,12 @@ def run_agent_process(argv: list[str], *, cwd: Path, env: dict[str, str], stdin_
         else:
             stop_group(proc, grace_s=0)   # leftover children of a finished agent
         seconds = time.monotonic() - start
-        return ProcessResult(proc.returncode, _read_bounded(out, max_chars), _read_bounded(err, max_chars),
-                             seconds, timed_out)
+        result = ProcessResult(proc.returncode, _read_bounded(out, max_chars), _read_bounded(err, max_chars),
+                               seconds, timed_out)
+    if output_dir is not None:          # raw output may hold the agent's own key: only the scrubbed transcript stays
+        for name in AGENT_OUTPUT_FILES:
+            (Path(output_dir) / name).unlink(missing_ok=True)
+    return result
 
 
 def _read_bounded(handle, max_chars: int) -> str:
