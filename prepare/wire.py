@@ -111,14 +111,20 @@ def _read_shape(stream: BinaryIO, B: int, T: int, V: int) -> None:
                         "(load_model's model must map token ids (B, T) to logits (B, T, vocab))")
 
 
-def read_logits(stream: BinaryIO, B: int, T: int, V: int) -> np.ndarray:
-    """The reply to a request of shape (B, T): logits of exactly (B, T, V), else WireError."""
+def _read_reply(stream: BinaryIO, expected: bytes, B: int, T: int, V: int) -> None:
+    """The header of the reply to a request of shape (B, T): `expected` with exactly (B, T, V), a
+    failure the server reported (WireError), or bytes the protocol does not allow (ProtocolError)."""
     magic = _read_exact(stream, 4)
     if magic == FAIL:
         _raise_failure(stream)
-    if magic != LOGITS:
-        raise ProtocolError(f"expected logits, got {magic!r}")
+    if magic != expected:
+        raise ProtocolError(f"expected {expected.decode()}, got {magic!r}")
     _read_shape(stream, B, T, V)
+
+
+def read_logits(stream: BinaryIO, B: int, T: int, V: int) -> np.ndarray:
+    """The reply to a request of shape (B, T): logits of exactly (B, T, V), else WireError."""
+    _read_reply(stream, LOGITS, B, T, V)
     if 4 * B * T * V > MAX_REPLY_BYTES:
         raise ProtocolError(f"a reply of {4 * B * T * V} bytes is over the limit")
     return np.frombuffer(_read_exact(stream, 4 * B * T * V), dtype="<f4").reshape(B, T, V)
@@ -126,9 +132,4 @@ def read_logits(stream: BinaryIO, B: int, T: int, V: int) -> np.ndarray:
 
 def read_done(stream: BinaryIO, B: int, T: int, V: int) -> None:
     """The reply to a request of shape (B, T) in shared-buffer mode: DONE with exactly (B, T, V)."""
-    magic = _read_exact(stream, 4)
-    if magic == FAIL:
-        _raise_failure(stream)
-    if magic != DONE:
-        raise ProtocolError(f"expected DONE, got {magic!r}")
-    _read_shape(stream, B, T, V)
+    _read_reply(stream, DONE, B, T, V)
