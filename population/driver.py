@@ -495,6 +495,9 @@ class Driver:
         if work.kind == "child" and not work.commit:
             job.prompt = flight.prompt = self._prompt(parent_id)
             job.branch = gitops.member_branch(self.tag, member)
+        elif work.commit:
+            flight.prompt = (f"(no prompt, no agent: the commit {commit} of e{work.retrains:04d}, lost after it "
+                             "reached the driver, trains again)\n")
         self.fleet.prepare(slot, job, commit)
 
     def _member_commit(self, member: str) -> str:
@@ -681,7 +684,9 @@ class Driver:
             exp_id=flight.exp_id, kind=flight.work.kind, member=flight.member, parent=flight.parent,
             worker=flight.worker, status=row["status"], metric=self.task.metric, value=row.get(self.task.metric),
             best=champion.mean if champion else None, mean=member.mean if member else None,
-            description=row.get("description", "") if flight.work.kind == "child" else "", reason=row.get("reason", "")))
+            description=(row.get("description", "") + (f" (e{flight.work.retrains:04d}'s commit, trained again)"
+                                                       if flight.work.commit else ""))
+            if flight.work.kind == "child" else "", reason=row.get("reason", "")))
 
     # ---------------------------------------------------------------- status
 
