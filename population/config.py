@@ -3,6 +3,12 @@
 Pure: no Ray, no git, no files. The CLI builds a RunConfig from its flags; tests and the bench build
 one directly. `validate` raises ConfigError naming the bad setting; `resolve` fills the defaults that
 depend on other settings (noise runs, tournament size, train timeout, tag).
+
+A run keeps what shapes its decisions and its results (issue 29): FIXED_SETTINGS never change
+within a run, RUN_SETTINGS change only on purpose (`--resume --set KEY=VALUE`, `changed_settings`),
+and a plain flag that contradicts the resumed run is a ConfigError pointing at --set
+(`with_run_settings`). The rest (--max-experiments, --max-cost, --max-gpu-hours, --stall-minutes,
+--agent-timeout, where it runs) bounds or places one invocation.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from population.selection import CULL_POLICIES
 from prepare.tasks import TASKS, DEFAULT_TASK
 
 DEFAULT_BUDGET_S = 300.0
+DEFAULT_CPU_BUDGET_S = 60.0        # --device cpu without --budget: the engine's smoke config needs no more
 DEFAULT_AGENT = "mutate"
 DEFAULT_AGENT_TIMEOUT_S = 1800.0
 DEFAULT_POPULATION_SIZE = 16
@@ -43,6 +50,21 @@ DEFAULT_NOISE_RUNS = 3            # also with one worker: the noise is measured 
 DEVICES = ("cuda", "cpu")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
+# A run's settings, by RunConfig field, with their flag. FIXED_SETTINGS hold for the whole run (the
+# budget is uniform, results of one task and device compare); RUN_SETTINGS are kept by a resumed
+# run unless changed on purpose with --set.
+FIXED_SETTINGS = {"task": "--task", "budget_s": "--budget", "device": "--device"}
+RUN_SETTINGS = {
+    "workers": "--workers", "population_size": "--population-size", "tournament_size": "--tournament-size",
+    "cull": "--cull", "selection": "--selection", "promotion_confidence": "--promotion-confidence",
+    "promotion_z": "--promotion-z", "confirm_runs": "--confirm-runs", "max_runs_per_member": "--max-runs",
+    "noise_runs": "--noise-runs", "seed": "--seed", "agents": "--agent", "agent_base_url": "--agent-base-url",
+    "train_timeout_s": "--train-timeout", "overhead_allowance_s": "--overhead-allowance",
+    "accelerator": "--accelerator",
+}
+# Flags that bound one invocation only (never stored, never --set)
+PER_INVOCATION = ("--max-experiments", "--max-cost", "--max-gpu-hours", "--stall-minutes", "--agent-timeout")
+
 
 class ConfigError(ValueError):
     """A setting out of range; the message is one line for the user."""
@@ -58,7 +80,7 @@ class RunConfig:
     agent_timeout_s: float = DEFAULT_AGENT_TIMEOUT_S
     task: str | None = None                 # None: climbmix, or the resumed run's
     tag: str | None = None                  # None: a date-based tag
-    runs_dir: str = "runs"
+    runs_dir: str | None = None             # None: runs/ at the run repository's root
     population_size: int = DEFAULT_POPULATION_SIZE
     tournament_size: int | None = DEFAULT_TOURNAMENT_SIZE   # None: the population size
     cull: str = "age"
@@ -84,6 +106,8 @@ class RunConfig:
     confirm_runs: int = DEFAULT_CONFIRM_RUNS       # trainings behind a child before it can be promoted
     max_runs_per_member: int = DEFAULT_MAX_RUNS    # promotion: at most this many runs before "keep"
     sandbox: bool = True                    # trainings, model servers and subprocess agents in bubblewrap (sandbox.py)
+    explicit: frozenset[str] | None = None  # fields the user gave (the CLI knows); None: those unlike their default
+    set_values: dict = field(default_factory=dict)   # --resume --set: field -> new value, from now on
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -129,7 +153,9 @@ def validate(config: RunConfig) -> None:
          "(no '/', no spaces, at most 64 characters)")
     need(config.tag is None or ".." not in config.tag, f"--run {config.tag!r} must not contain '..'")
     need(not config.resume or config.tag is not None, "--resume needs --run TAG (the run to continue)")
-    need(bool(config.runs_dir.strip()), "--runs-dir must not be empty")
+    need(config.runs_dir is None or bool(config.runs_dir.strip()), "--runs-dir must not be empty")
+    need(not config.set_values or config.resume, "--set changes the settings of a resumed run: it needs --resume "
+                                                 "(a new run takes the flags themselves)")
     need(config.population_size >= 1, f"--population-size must be >= 1, got {config.population_size}")
     need(config.tournament_size is None or config.tournament_size >= 1,
          f"--tournament-size must be >= 1, got {config.tournament_size}")
@@ -144,7 +170,7 @@ def validate(config: RunConfig) -> None:
     need(config.noise_runs is None or config.noise_runs >= 1, f"--noise-runs must be >= 1, got {config.noise_runs}")
     need(config.noise_runs is None or config.max_experiments is None or config.noise_runs <= config.max_experiments,
          f"--noise-runs ({config.noise_runs}) must be <= --max-experiments ({config.max_experiments})")
-    budget = config.budget_s or DEFAULT_BUDGET_S
+    budget = config.budget_s or default_budget(config.device)
     need(config.train_timeout_s is None or config.train_timeout_s > budget,
          f"--train-timeout ({config.train_timeout_s} s) must be longer than the budget ({budget:g} s)")
     need(config.overhead_allowance_s >= 0, f"--overhead-allowance must be >= 0 seconds, got {config.overhead_allowance_s:g}")
@@ -168,21 +194,104 @@ def validate(config: RunConfig) -> None:
          "with --selection margin")
 
 
-def with_run_settings(config: RunConfig, meta: dict | None = None) -> RunConfig:
+def default_budget(device: str | None) -> float:
+    """The training budget when --budget is not given: short on a CPU (the smoke configuration)."""
+    return DEFAULT_CPU_BUDGET_S if device == "cpu" else DEFAULT_BUDGET_S
+
+
+def given(config: RunConfig, name: str) -> bool:
+    """Whether the user set `name` (a RunConfig field): on the command line when the CLI says
+    (`explicit`), else when it differs from its default."""
+    if config.explicit is not None:
+        return name in config.explicit
+    default = _DEFAULTS[name]
+    return getattr(config, name) != (default.default_factory() if default.default_factory is not dataclasses.MISSING
+                                     else default.default)
+
+
+_DEFAULTS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def shown(value) -> str:
+    """A setting's value as a flag takes it."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def stored_settings(meta: dict, changes=()) -> dict:
+    """The settings a run holds: its fixed ones (run.json), the rest as it started (`args`), each
+    change journaled since (`changes`: the `changes` of its settings_changed events) applied."""
+    args = meta.get("args") or {}
+    settings = {name: meta.get(name, args.get(name)) for name in FIXED_SETTINGS}
+    settings.update({name: args[name] for name in RUN_SETTINGS if name in args})
+    for change in changes:
+        settings.update({name: new for name, (_, new) in change.items()})
+    return settings
+
+
+def with_run_settings(config: RunConfig, meta: dict | None = None, changes=()) -> RunConfig:
     """Task, budget and device: what the user gave, else the resumed run's (`meta`), else the
-    defaults. A resumed run keeps them (the budget is uniform for a whole run): a different
-    explicit value is a ConfigError."""
-    meta = meta or {}
-    settings = {"task": ("--task", DEFAULT_TASK), "budget_s": ("--budget", DEFAULT_BUDGET_S),
-                "device": ("--device", "cuda")}
-    changes = {}
-    for name, (flag, default) in settings.items():
-        given, stored = getattr(config, name), meta.get(name)
-        if given is not None and stored is not None and given != stored:
-            raise ConfigError(f"run {config.tag!r} was started with {flag} {stored}; "
-                              f"a resumed run keeps it (got {given})")
-        changes[name] = given if given is not None else stored if stored is not None else default
-    return config.replace(**changes)
+    defaults; a resumed run keeps them (the budget is uniform for a whole run): a different
+    explicit value is a ConfigError. A resumed run also keeps every other setting that shapes its
+    decisions and results (RUN_SETTINGS, with the `changes` journaled since it started): a flag
+    that contradicts it is a ConfigError pointing at --set."""
+    if meta is None:
+        device = config.device or "cuda"
+        return config.replace(task=config.task or DEFAULT_TASK, device=device,
+                              budget_s=config.budget_s or default_budget(device))
+    stored = stored_settings(meta, changes)
+    updates = {}
+    for name, flag in FIXED_SETTINGS.items():
+        value, kept = getattr(config, name), stored.get(name)
+        if value is not None and kept is not None and value != kept:
+            raise ConfigError(f"run {config.tag!r} was started with {flag} {kept}; "
+                              f"a resumed run keeps it (got {value})")
+        updates[name] = value if value is not None else kept
+    updates["task"] = updates["task"] or DEFAULT_TASK
+    updates["device"] = updates["device"] or "cuda"
+    updates["budget_s"] = updates["budget_s"] or default_budget(updates["device"])
+    for name, flag in RUN_SETTINGS.items():
+        if name not in stored:                    # a run from before this setting was stored
+            continue
+        value, kept = getattr(config, name), stored[name]
+        if given(config, name) and value is not None and not _same(value, kept):
+            raise ConfigError(f"run {config.tag!r} runs with {flag} {shown(kept)}; a resumed run keeps its "
+                              f"settings (got {shown(value)}): to change it from now on, pass "
+                              f"--set {flag[2:]}={shown(value)}")
+        updates[name] = kept
+    return config.replace(**updates)
+
+
+def _same(value, kept) -> bool:
+    """Equal as settings (a float flag given as 2 for a stored 2.0, a list for a stored list)."""
+    if isinstance(value, (int, float)) and isinstance(kept, (int, float)) and not isinstance(value, bool):
+        return float(value) == float(kept)
+    return list(value) == list(kept) if isinstance(value, (list, tuple)) and isinstance(kept, (list, tuple)) \
+        else value == kept
+
+
+def changed_settings(config: RunConfig) -> tuple[RunConfig, dict[str, list]]:
+    """`config` (a resumed run's, its settings filled in) with its --set values applied, and the
+    changes {field: [old, new]}. A setting left at the default that another one sets follows it
+    (the tournament size the population size, the promotion confidence the number of workers)
+    and is listed too. ConfigError for a value that does not fit the run."""
+    values = dict(config.set_values)
+    for name in values:
+        if name not in RUN_SETTINGS:
+            flag = FIXED_SETTINGS.get(name) or name
+            raise ConfigError(f"--set cannot change {flag}: a run keeps it from start to end (start a new run)")
+    if "population_size" in values and "tournament_size" not in values \
+            and config.tournament_size == config.population_size:
+        values["tournament_size"] = values["population_size"]
+    if "workers" in values and "promotion_confidence" not in values and config.workers \
+            and config.promotion_confidence == default_promotion_confidence(config.workers):
+        values["promotion_confidence"] = default_promotion_confidence(values["workers"])
+    new = config.replace(**values, set_values={})
+    validate(new.replace(max_experiments=None))      # --max-experiments bounds this invocation only
+    changes = {name: [getattr(config, name), value] for name, value in values.items()
+               if not _same(value, getattr(config, name))}
+    return new, changes
 
 
 def resolve(config: RunConfig, workers: int) -> RunConfig:
@@ -195,3 +304,8 @@ def resolve(config: RunConfig, workers: int) -> RunConfig:
         promotion_confidence=config.promotion_confidence or default_promotion_confidence(workers),
         train_timeout_s=config.train_timeout_s or default_train_timeout(config.budget_s),
     )
+
+
+def settings_of(config: RunConfig) -> dict:
+    """The settings in force (FIXED_SETTINGS and RUN_SETTINGS), as run.json shows them."""
+    return {name: getattr(config, name) for name in (*FIXED_SETTINGS, *RUN_SETTINGS)}

@@ -11,7 +11,9 @@ each result, so that `--resume` replays decisions instead of re-deriving them.
 """
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -19,15 +21,16 @@ from pathlib import Path
 from typing import TextIO
 
 from population import gitops, sandbox, startup
-from population.config import ConfigError, RunConfig, default_tag, resolve, validate, with_run_settings
-from population.console import (Console, champion_line, duration, experiment_line, holdout_warning, noise_line,
-                                run_line, status_line)
+from population.config import (RUN_SETTINGS, ConfigError, RunConfig, changed_settings, default_tag, resolve,
+                               settings_of, shown, validate, with_run_settings)
+from population.console import (Console, champion_line, drop_leak_report, duration, elided, experiment_line,
+                                holdout_warning, noise_line, reason_headline, run_line, status_line)
 from population.fleet import DriverError
 from population.ray_fleet import RayFleet, first_sentence
 from population.outcome import (base_row, duplicate_reason, experiment_files, gains_over_seed, judged,
                                 last_baseline_error, train_env)
 from population.policy import (SEED_MEMBER, Cull, Drop, Lose, NoiseMeasured, Policy, Promote, Queue, Settings,
-                               Stop, Train, Work)
+                               Stop, Train, Work, agent_backoff, failure_kind)
 from population.selection import holdout_lags
 from population.state import PopulationState
 from population.store import RunStore, StoreError
@@ -83,28 +86,36 @@ class Driver:
         self._old_handlers: dict = {}
         self.started_at = self.last_status = clock()
         self.member_counter = 0
+        self.runs_dir: Path | None = None
+        self.made: dict[str, bool] = {}      # what this start made (a new run's folders, its m0000 branch)
+        self.started = False                 # the run began (its first event): a failed start leaves nothing
+        self.budget_defaulted = False
+        self.setting_changes: dict[str, list] = {}   # --resume --set: field -> [old, new]
+        self.agent_streaks: dict[str, tuple[str, int]] = {}   # worker -> (failure_kind, agent errors in a row)
+        self.paused_until: dict[str, float] = {}               # worker -> when it proposes again (back-off)
+        self.agent_stopped: dict[str, str] = {}                # worker -> why its agent stopped it
 
     # ================================================================ set-up
 
     def setup(self) -> None:
         self.config = cfg = self.config.replace(tag=self.config.tag or default_tag())
         self.tag = cfg.tag
+        self.budget_defaulted = cfg.budget_s is None and not cfg.resume    # said so on the run's first line
         self.repo = self.git.open_run_repo(cfg.repo)
-        run_dir = Path(cfg.runs_dir) / cfg.tag
+        self.runs_dir = startup.runs_dir(cfg.runs_dir, self.repo)
+        run_dir = self.runs_dir / cfg.tag
+        replayed = None
         if cfg.resume:
-            self.store = RunStore.open(run_dir)
-            self.config = cfg = with_run_settings(cfg, self.store.meta)
-            self.task = get_task(cfg.task)
-            self.seed_commit = self.store.meta["seed_commit"]
-            if not self.git.has_commit(self.repo, self.seed_commit):
-                raise DriverError(f"the run's seed commit {self.seed_commit[:9]} is not in {self.repo.working_tree_dir}")
+            replayed = self._open_resumed(run_dir)
+            cfg = self.config
         else:
             self.config = cfg = with_run_settings(cfg)
             self.task = get_task(cfg.task)
             self.seed_commit = self.git.check_seed(self.repo, self.task.train_file)
             if (run_dir / "run.json").exists():
-                raise DriverError(f"run {cfg.tag!r} already exists in {cfg.runs_dir}; "
+                raise DriverError(f"run {cfg.tag!r} already exists in {self.runs_dir}; "
                                   "pass --resume to continue it or pick another --run")
+            startup.check_new_tag(self.git, self.repo, self.tag)
         self.program_md = startup.program_md(self.git, self.repo, self.seed_commit)
         startup.check_evaluator(self.git, self.repo, self.seed_commit)
         startup.check_agents(cfg.agents, self._agent_options)
@@ -120,15 +131,18 @@ class Driver:
         startup.check_data_here(self.git, self.repo, self.seed_commit, self.task,
                                 lambda: self.fleet.on_this_node(slots[:cfg.workers]))
         if not cfg.resume:
+            self.made = {"runs_dir": not self.runs_dir.exists(), "run_dir": True}
             self.store = RunStore.create(run_dir, startup.run_meta(cfg, self.task, self.seed_commit, self.repo,
                                                                   self.clock()))
-        self.store.lock()
-        self.locked = True
+            self.store.lock()
+            self.locked = True
         for ref in self.git.clear_run_ref_locks(self.repo, self.tag):   # a driver killed inside git
             self.console.line(f"removed the stale git lock of {ref}")
         self.fingerprint = self._seed_fingerprint()
         self.git.set_ref(self.repo, gitops.member_branch(self.tag, BASELINE_MEMBER), self.seed_commit)
-        self.state = PopulationState.replay(self.store.events(), self.task.metric, self.task.lower_is_better)
+        self.made["m0000"] = not cfg.resume
+        self.state = replayed if replayed is not None else PopulationState.replay(
+            self.store.events(), self.task.metric, self.task.lower_is_better)
         self.policy = Policy(Settings.from_config(cfg, self.task.lower_is_better))
         self.member_counter = 1 + max((int(e.member[1:]) for e in self.state.experiments.values()
                                        if e.member[1:].isdigit()), default=0)
@@ -139,6 +153,27 @@ class Driver:
                               "the workers' data caches are not checked")
         else:       # each worker's node has the task's data, equal to this node's (prepared there if missing)
             self.fleet.check_ready(self.task.name, fingerprint, os.environ.get("AUTORESEARCH_CACHE"))
+
+    def _open_resumed(self, run_dir: Path) -> PopulationState:
+        """The run to resume, locked, its settings (with the changes --set asks for) and its journal
+        replayed, after checking that the journal accounts for everything the store and the
+        branches hold: nothing is written before (startup.check_resumable)."""
+        self.store = RunStore.open(run_dir)
+        self.store.lock()                      # first: a live driver's journal is not read half-way
+        self.locked = True
+        events = self.store.events()
+        changes = [event.get("changes") or {} for event in events if event.get("type") == "settings_changed"]
+        cfg = with_run_settings(self.config, self.store.meta, changes)
+        cfg, self.setting_changes = changed_settings(cfg)
+        self.config = cfg
+        self.task = get_task(cfg.task)
+        self.seed_commit = self.store.meta["seed_commit"]
+        if not self.git.has_commit(self.repo, self.seed_commit):
+            raise DriverError(f"the run's seed commit {self.seed_commit[:9]} is not in {self.repo.working_tree_dir}")
+        state = PopulationState.replay(events, self.task.metric, self.task.lower_is_better)
+        startup.check_resumable(self.store, state, self.git.list_branches(self.repo, f"population/{self.tag}/"),
+                                self.tag)
+        return state
 
     def _agent_options(self, index: int) -> dict:
         # each worker's mutator draws its own sequence (same seed = same proposals = duplicates)
@@ -161,13 +196,16 @@ class Driver:
 
     def refresh_tables(self, force: bool = False) -> None:
         """The derived tables (throttled: the journal is the per-event truth; the loop writes
-        them once due when a rewrite was skipped) and run.json."""
-        self.tables_stale = not self.store.write_tables_if_due(
+        them once due when a rewrite was skipped) and run.json, which counts the journal's events
+        whenever the tables are written (--resume checks that the journal still holds them)."""
+        written = self.store.write_tables_if_due(
             self.state.lineage_rows, self.task.metric, min_interval_s=TABLES_EVERY_S, force=force,
             max_share=TABLES_MAX_SHARE)
+        self.tables_stale = not written
         champion = self.state.members.get(self.state.champion) if self.state.champion else None
+        counted = {"journal_events": self.store.event_count} if written else {}
         self.store.update_meta(noise_std=self.state.noise_std, champion_id=champion.first_id if champion else None,
-                               workers=self.config.workers)
+                               workers=self.config.workers, **counted)
 
     # ================================================================ the run
 
@@ -179,11 +217,18 @@ class Driver:
             cfg = self.config
             self.console.line(run_line(tag=self.tag, task=self.task.name, workers=cfg.workers, agents=cfg.agents,
                                        budget_s=cfg.budget_s, device=cfg.device, sandbox=cfg.sandbox,
-                                       store=self.store.dir))
+                                       store=self.store.dir, default_budget=self.budget_defaulted))
+            self.started = True
             self.record({"type": "run_state", "state": "running"})
-            self.store.update_meta(state="running")
+            self._change_settings()
+            self.store.update_meta(state="running", settings=settings_of(self.config),
+                                   settings_history=self.state.settings_changes)
             self._recover()
             self.refresh_tables(force=True)
+            if cfg.resume and cfg.max_experiments is not None and self.state.counted() >= cfg.max_experiments:
+                self.console.line(f"--max-experiments {cfg.max_experiments} is reached already: the run counts "
+                                  f"{self.state.counted()} experiments, so nothing new starts; pass a larger "
+                                  "--max-experiments to go on")
             self._loop()
         except BaseException:
             self.failed = True
@@ -198,8 +243,18 @@ class Driver:
             self._dispatch()
             self.fleet.maintain(self._can_hand_out())
             if not self.fleet.busy():
-                if self.fleet.live() or not self._can_hand_out():
+                if not self._can_hand_out():
                     break   # nothing in flight and nothing left to hand out
+                usable = self._usable()
+                if self.fleet.live() and not usable:
+                    raise DriverError(f"no worker is left: {'; '.join(sorted(set(self.agent_stopped.values())))}; "
+                                      "fix the agent, then --resume")
+                waits = [self.paused_until[s.name] - self.clock() for s in usable if s.name in self.paused_until]
+                if usable and len(waits) == len(usable) and self._can_hand_out():
+                    self.fleet.pause(min(max(0.0, min(waits)), 1.0))   # every worker backs off: wait
+                    continue
+                if self.fleet.live():
+                    break   # live workers idle: nothing left to hand out
                 if not self.fleet.maintain(True, force=True):
                     raise DriverError("every worker died and no node has a free slot; see the Ray logs")
                 self.fleet.pause(0.5)    # the run waits for its replacement workers
@@ -246,7 +301,7 @@ class Driver:
         finished = self.stop_reason is None and not self.failed and not self.flights
         if self.fleet is not None:
             self.fleet.halt()
-        if self.locked and self.state is not None:
+        if self.locked and self.state is not None and self.started:
             try:
                 self._record_stop(finished)
             except StoreError as e:       # a full disk: Ray and the lock are still released
@@ -259,16 +314,47 @@ class Driver:
             self.fleet.shutdown()
         if self.locked:
             self.store.unlock()
+        if not self.started:
+            self._undo_start()
         if self.stop_reason == "interrupted":
             return EXIT_INTERRUPTED
         return EXIT_OK if finished else EXIT_ERROR
+
+    def _undo_start(self) -> None:
+        """A start that failed before the run began leaves nothing behind: a new run's folders and
+        its m0000 branch go (the seed check's worktree is gone already, startup.seed_fingerprint)."""
+        if self.made.get("m0000"):
+            self.git.delete_branch(self.repo, gitops.member_branch(self.tag, BASELINE_MEMBER))
+        if self.made.get("run_dir") and self.store is not None:
+            shutil.rmtree(self.store.dir, ignore_errors=True)
+        if self.made.get("runs_dir") and self.runs_dir is not None:
+            try:
+                self.runs_dir.rmdir()             # only when empty
+            except OSError:
+                pass
+
+    def _change_settings(self) -> None:
+        """--resume --set: the changes journaled, printed, and in force from here on (the policy
+        was made with them); a smaller population shrinks by one member per result."""
+        changes = self.setting_changes
+        if not changes:
+            return
+        self.record({"type": "settings_changed", "changes": changes})
+        said = []
+        for name, (old, new) in changes.items():
+            said.append(f"{RUN_SETTINGS[name]} {shown(old)} -> {shown(new)}")
+        self.console.line("settings changed from now on: " + ", ".join(said))
+        floor = self.state.population_floor
+        if floor is not None:
+            self.console.line(f"the population shrinks to {self.config.population_size} by one member per result "
+                              f"({floor - self.config.population_size} over it now; the champion and members "
+                              "awaiting confirmation are kept)")
 
     def _record_stop(self, finished: bool) -> None:
         """Journal what was in flight as lost (its work queued for a resume), then the final state."""
         lost = sorted(self.flights)
         for exp_id in lost:
-            self.record({"type": "experiment_lost", "id": exp_id,
-                         "reason": f"driver stopped ({self.stop_reason or 'error'})"})
+            self.record(self._lost_event(self.flights[exp_id], f"driver stopped ({self.stop_reason or 'error'})"))
             self._decide(self.policy.on_lost(self.state, exp_id, front=False))
         self.flights.clear()
         state = "finished" if finished else "stopped"
@@ -300,9 +386,26 @@ class Driver:
             else:
                 self.git.remove_worktree(self.repo, path)
         resumed = self.state.experiments or self.state.pending
-        self._decide(self.policy.on_resume(self.state) if resumed else self.policy.on_start(self.state))
+        made = self._decide(self.policy.on_resume(self.state, commits=self._arrived_commits()) if resumed
+                            else self.policy.on_start(self.state))
+        for decision in made:       # what becomes of the work in flight when the driver stopped
+            if isinstance(decision, Queue) and decision.lost is not None:
+                self.console.line(f"{decision.reason} (in flight when the driver stopped)")
         if self.state.champion:
             self.git.set_ref(self.repo, gitops.best_branch(self.tag), self.state.members[self.state.champion].commit)
+
+    def _arrived_commits(self) -> dict[int, str]:
+        """The children in flight when the driver stopped whose commit had reached this repository
+        (their branch holds it, unlike their parent's): the policy trains these commits again."""
+        arrived = {}
+        for exp in self.state.in_flight():
+            if exp.kind != "child":
+                continue
+            commit = exp.started.get("commit") or self.git.ref_commit(
+                self.repo, gitops.member_branch(self.tag, exp.member))
+            if commit and commit != exp.started.get("parent_commit"):
+                arrived[exp.id] = commit
+        return arrived
 
     # ================================================================ applying decisions
 
@@ -343,8 +446,6 @@ class Driver:
             self.console.line(f"{decision.work.member} {decision.reason}: re-run on seed {decision.work.seed}")
         elif isinstance(decision, Queue) and decision.work.kind == "baseline" and decision.reason != "the noise phase":
             self.console.line(f"noise: {decision.reason}")
-        elif isinstance(decision, Lose) and self.state.experiments[decision.exp_id].kind == "child":
-            self.console.line(f"e{decision.exp_id:04d} lost; its work is queued again")
         elif isinstance(decision, Drop):
             self.console.line(f"e{decision.exp_id:04d} {decision.reason}")
         elif isinstance(decision, Stop):
@@ -353,8 +454,17 @@ class Driver:
 
     # ================================================================ handing out work
 
+    def _usable(self) -> list:
+        """The live workers whose agent did not stop them."""
+        return [slot for slot in self.fleet.slots if not slot.dead and slot.name not in self.agent_stopped]
+
     def _dispatch(self) -> None:
+        now = self.clock()
+        for name in [name for name, until in self.paused_until.items() if until <= now]:
+            del self.paused_until[name]
         for slot in self.fleet.idle():
+            if slot.name in self.agent_stopped or slot.name in self.paused_until:
+                continue                          # stopped, or backing off after its agent's failures
             train = self.policy.next_work(self.state) if self.stop_reason is None else None
             if train is None:
                 break
@@ -368,6 +478,8 @@ class Driver:
             parent, parent_id = work.parent, state.first_id(work.parent)
             parent_commit = commit = self._member_commit(work.parent)
             agent = slot.agent
+            if work.commit:             # a lost child's own change, trained again: no agent
+                commit, agent = work.commit, str(state.experiments[work.retrains].started.get("agent") or "none")
         else:
             member, agent = work.member, "none"
             commit = self._member_commit(member)
@@ -376,11 +488,16 @@ class Driver:
         self.record(train.started(exp_id, member, parent_id, parent_commit=parent_commit, worker=slot.name,
                                   agent=agent, budget_s=self.config.budget_s, node_id=slot.node_id))
         flight = self.flights[exp_id] = Flight(exp_id, work, slot.name, member, parent, parent_commit, commit, agent)
+        if work.commit:                 # its branch, once the journal knows the member (as a fetched child's)
+            self.git.set_ref(self.repo, gitops.member_branch(self.tag, member), commit)
         job = PrepareJob(exp_id=exp_id, commit=commit, bundle_ref="", prepare_fingerprint=self.fingerprint,
                          train_file=self.task.train_file, member=member, agent_timeout_s=self.config.agent_timeout_s)
-        if work.kind == "child":
+        if work.kind == "child" and not work.commit:
             job.prompt = flight.prompt = self._prompt(parent_id)
             job.branch = gitops.member_branch(self.tag, member)
+        elif work.commit:
+            flight.prompt = (f"(no prompt, no agent: the commit {commit} of e{work.retrains:04d}, lost after it "
+                             "reached the driver, trains again)\n")
         self.fleet.prepare(slot, job, commit)
 
     def _member_commit(self, member: str) -> str:
@@ -422,18 +539,34 @@ class Driver:
             self._trained(flight, done.value)
 
     def _lose(self, flight: Flight, reason: str) -> None:
-        """The fleet lost the work (node or worker died): journal it lost; the policy queues it again."""
-        self.record({"type": "experiment_lost", "id": flight.exp_id, "reason": reason})
+        """The fleet lost the work (node or worker died): journal it lost; the policy queues it again
+        (a child whose commit had arrived as that commit, one lost during its agent as a new proposal)."""
+        self.record(self._lost_event(flight, reason))
         self.flights.pop(flight.exp_id, None)
-        again = any(isinstance(d, Queue) for d in self._decide(self.policy.on_lost(self.state, flight.exp_id)))
-        self.console.line(f"e{flight.exp_id:04d} lost ({first_sentence(reason)})" + ("; queued again" if again else ""))
+        queued = [d for d in self._decide(self.policy.on_lost(self.state, flight.exp_id)) if isinstance(d, Queue)]
+        plan = queued[0].reason.removeprefix(f"e{flight.exp_id:04d} lost ") if queued else ""
+        self.console.line(f"e{flight.exp_id:04d} lost ({first_sentence(reason)})" +
+                          (f"; queued again {plan}" if flight.work.kind == "child" and queued else
+                           "; queued again" if queued else ""))
+
+    def _lost_event(self, flight: Flight, reason: str) -> dict:
+        """The experiment_lost event; a child's commit and description when its commit had arrived."""
+        event = {"type": "experiment_lost", "id": flight.exp_id, "reason": reason}
+        if flight.work.kind == "child" and flight.commit and flight.commit != flight.parent_commit:
+            event["commit"] = flight.commit
+            description = flight.prepared.description if flight.prepared else ""
+            if description:
+                event["description"] = description
+        return event
 
     def _prepared(self, flight: Flight, prepared: Prepared) -> None:
         flight.prepared = prepared
         if prepared.status != "ready":
             self._finish_untrained(flight, prepared.status, prepared.reason)
             return
-        if flight.work.kind == "child":
+        if flight.work.commit:
+            self._retraining(flight, prepared)
+        elif flight.work.kind == "child":
             branch = gitops.member_branch(self.tag, flight.member)
             try:
                 flight.commit = self.git.fetch_bundle(self.repo, prepared.bundle, prepared.bundle_ref,
@@ -459,6 +592,16 @@ class Driver:
             log_path=prepared.log_path, device=cfg.device, accelerator=slot.accelerator, sandbox=cfg.sandbox,
             task=self.task.name, output_dir=prepared.output_dir))
 
+    def _retraining(self, flight: Flight, prepared: Prepared) -> None:
+        """A lost child's commit trained again: its description and the note that no agent ran."""
+        lost = self.state.experiments[flight.work.retrains]
+        prepared.description = lost.lost_description or self.git.commit_subject(self.repo, flight.commit)
+        prepared.transcript = (f"[driver] e{lost.id:04d} ({lost.member}) was lost after its commit {flight.commit} "
+                               f"reached the driver: that commit, its agent's change, trains again here under a new "
+                               f"id; no agent ran.\n")
+        flight.train_blob = self.git.file_blob(self.repo, flight.commit, self.task.train_file)
+        self.blobs[flight.train_blob] = flight.member
+
     def _row(self, flight: Flight, status: str, reason: str) -> dict:
         first = self.state.experiments.get(self.state.first_id(flight.member))
         return base_row(kind=flight.work.kind, member=flight.member, commit=flight.commit,
@@ -482,12 +625,13 @@ class Driver:
 
     def _trained(self, flight: Flight, result: TrainResult) -> None:
         status, reason, figures = judged(result, self.task, self.config, self.state, flight.member)
-        row = self._row(flight, status, reason)
+        row = self._row(flight, status, drop_leak_report(reason))        # judged on the log as it came
         row.update(figures)
         row.update(gpu=result.gpu, node=result.node, train_seconds=result.seconds,
                    finished_at=self.clock(), cuda_visible_devices=result.cuda_visible_devices,
                    node_id=result.extra.get("node_id", ""), train_started_at=result.started_at)
-        log = f"{result.log}\n{EVAL_HEADER}\n{result.eval_log}" if result.evaluation is not None else result.log
+        log = drop_leak_report(result.log)
+        log = f"{log}\n{EVAL_HEADER}\n{drop_leak_report(result.eval_log)}" if result.evaluation is not None else log
         self.store.write_experiment_files(flight.exp_id, self._files(flight, log, result.extra.get("busy_timeline")))
         self._record_finished(flight, row)
         self.fleet.cleanup(flight.worker, flight.exp_id)
@@ -500,8 +644,38 @@ class Driver:
             self.git.add_worktree(self.repo, self.store.members_dir / member.name,
                                   gitops.member_branch(self.tag, member.name))
         self._announce(flight, row)
+        self._note_agent(flight, row)
         self._decide(self.policy.on_result(self.state, flight.exp_id))
         self.refresh_tables()
+
+    def _note_agent(self, flight: Flight, row: dict) -> None:
+        """An agent that fails the same way again and again (a dead --agent-base-url, a missing key)
+        backs off, growing pauses between its proposals, then stops its worker in one line; the
+        run goes on with the others. Any other outcome of a proposal resets the count."""
+        if flight.work.kind != "child" or flight.work.commit:
+            return                                 # no agent ran
+        worker = flight.worker
+        if row["status"] != "agent_error":
+            self.agent_streaks.pop(worker, None)
+            self.paused_until.pop(worker, None)
+            return
+        kind = failure_kind(row.get("reason", ""))
+        before, count = self.agent_streaks.get(worker, (kind, 0))
+        count = count + 1 if before == kind else 1
+        self.agent_streaks[worker] = (kind, count)
+        pause = agent_backoff(count)
+        cause = elided(reason_headline(row.get("reason", "")), 160)
+        if pause is None:
+            self.agent_stopped[worker] = f"{worker}'s agent ({flight.agent}) failed {count} times in a row: {cause}"
+            self.paused_until.pop(worker, None)
+            left = len(self._usable())
+            self.console.line(f"{worker} stopped: its agent ({flight.agent}) failed the same way {count} times in a "
+                              f"row: {cause}" + (f"; the run goes on with {left} worker{'s' if left != 1 else ''}"
+                                                 if left else ""))
+        elif pause > 0:
+            self.paused_until[worker] = self.clock() + pause
+            self.console.line(f"{worker}'s agent failed the same way {count} times in a row ({cause}): "
+                              f"its next proposal in {duration(pause)}")
 
     def _announce(self, flight: Flight, row: dict) -> None:
         member = self.state.members.get(flight.member)
@@ -510,7 +684,9 @@ class Driver:
             exp_id=flight.exp_id, kind=flight.work.kind, member=flight.member, parent=flight.parent,
             worker=flight.worker, status=row["status"], metric=self.task.metric, value=row.get(self.task.metric),
             best=champion.mean if champion else None, mean=member.mean if member else None,
-            description=row.get("description", "") if flight.work.kind == "child" else "", reason=row.get("reason", "")))
+            description=(row.get("description", "") + (f" (e{flight.work.retrains:04d}'s commit, trained again)"
+                                                       if flight.work.commit else ""))
+            if flight.work.kind == "child" else "", reason=row.get("reason", "")))
 
     # ---------------------------------------------------------------- status
 
@@ -521,16 +697,35 @@ class Driver:
             in_flight=len(self.flights),
             training=self.fleet.training() - self.fleet.waiting_for_gpu() if self.fleet else 0,
             waiting_for_gpu=self.fleet.waiting_for_gpu() if self.fleet else None,
-            workers=self.fleet.live() if self.fleet else 0, alive=len(self.state.living()), champion=self.state.champion,
+            workers=len(self._usable()) if self.fleet else 0, alive=len(self.state.living()),
+            champion=self.state.champion,
             metric=self.task.metric, best=champion.mean if champion else None,
             elapsed_s=self.clock() - self.started_at, max_experiments=self.config.max_experiments,
             stalled=len(self.stalled))
+
+
+RAY_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"   # Ray's notice at every local start
+
+
+class _WithoutRayNotice(logging.Filter):
+    """Drops Ray's notice that a local cluster uses token authentication (information, not a
+    problem: the driver's own Ray); every other record of that logger passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(RAY_TOKEN_NOTICE)
+
+
+def quiet_ray_notices() -> None:
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _WithoutRayNotice) for f in logger.filters):
+        logger.addFilter(_WithoutRayNotice())
 
 
 def run_population(config: RunConfig, ray_init_kwargs: dict | None = None, out: TextIO | None = None) -> int:
     """Run (or resume) a population; returns the exit code. Errors the user must fix print one line."""
     from population.agents import AgentSpecError
 
+    quiet_ray_notices()
     console = Console(out if out is not None else __import__("sys").stdout)
     try:
         validate(config)
@@ -543,10 +738,10 @@ def run_population(config: RunConfig, ray_init_kwargs: dict | None = None, out: 
     except KeyboardInterrupt:          # Ctrl-C before the driver's own handler was installed
         console.error("interrupted")
         return EXIT_INTERRUPTED
-    except ConfigError as e:
+    except (ConfigError, AgentSpecError) as e:     # a bad flag, found once the resumed run's settings are known
         console.error(str(e))
         return EXIT_USAGE
-    except (DriverError, gitops.GitOpsError, StoreError, AgentSpecError) as e:
+    except (DriverError, gitops.GitOpsError, StoreError) as e:
         console.error(str(e))
         return EXIT_ERROR
     except gitops.git.GitCommandError as e:     # git refused (disk full, a path in the way...): its own words

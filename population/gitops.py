@@ -183,11 +183,16 @@ def commit_message(description: str, *, exp_id: int, parent_commit: str, member:
 # ---------------------------------------------------------------- the run repository
 
 def open_run_repo(path: str | os.PathLike | None) -> git.Repo:
-    """The git repository at `path` (or around the current directory), opened at its root."""
-    start = Path(path or os.getcwd())
+    """The git repository at `path` (or around the current directory: any folder inside it),
+    opened at its root."""
+    start = Path(path or os.getcwd()).expanduser().absolute()
+    if path and not start.exists():
+        raise GitOpsError(f"--repo {path} does not exist")
     try:
         repo = git.Repo(start, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        if path:
+            raise GitOpsError(f"--repo {path} is not inside a git repository") from None
         raise GitOpsError(f"{start} is not inside a git repository; run in the project repo or pass --repo") from None
     if repo.bare:
         raise GitOpsError(f"{repo.git_dir} is a bare repository; --repo needs a checkout")
@@ -226,6 +231,11 @@ def set_ref(repo: git.Repo, branch: str, commit: str) -> None:
     _git(repo).update_ref(f"refs/heads/{branch}", commit)
 
 
+def delete_branch(repo: git.Repo, branch: str) -> None:
+    """Delete `branch` (a missing one is fine)."""
+    _git(repo).update_ref("-d", f"refs/heads/{branch}")
+
+
 def clear_run_ref_locks(repo: git.Repo, tag: str) -> list[str]:
     """Delete the `.lock` files of the run's own refs (refs/heads/population/<tag>/...), left by a
     driver killed inside `git update-ref`. Only the driver holding the run's lock writes these
@@ -254,6 +264,12 @@ def list_branches(repo: git.Repo, prefix: str) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
 
 
+def ancestry_branches(repo: git.Repo, commit: str, prefix: str) -> set[str]:
+    """The branches under `prefix` whose commit `commit` descends from (or is): its ancestry."""
+    out = _git(repo).for_each_ref("--format=%(refname:short)", f"--merged={commit}", f"refs/heads/{prefix}")
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
 def file_blob(repo: git.Repo, commit: str, path: str) -> str | None:
     """The blob id of `path` at `commit` (equal ids = identical content), None when absent."""
     found = object_header(repo, f"{commit}:{path}")
@@ -279,6 +295,11 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value     # GitPython 3 answers bytes
 
 
+def commit_subject(repo: git.Repo, commit: str) -> str:
+    """The first line of `commit`'s message (a child's: its agent's description)."""
+    return _git(repo).log("-1", "--format=%s", commit).strip()
+
+
 def diff(repo: git.Repo, old: str, new: str) -> str:
     return _git(repo).diff(*_NO_EXTERNAL_DIFF, old, new, stdout_as_string=True) + "\n"
 
@@ -286,8 +307,9 @@ def diff(repo: git.Repo, old: str, new: str) -> str:
 # ---------------------------------------------------------------- worktrees
 
 def add_worktree(repo: git.Repo, path: Path, branch: str) -> None:
-    """Check `branch` out at `path` (idempotent: an existing worktree there is kept)."""
-    path = Path(path)
+    """Check `branch` out at `path` (idempotent: an existing worktree there is kept). A relative
+    `path` is the current folder's, as for Python (git itself runs at the repository's root)."""
+    path = Path(path).absolute()
     if os.path.lexists(path / ".git"):
         try:
             _register(repo, path)
@@ -303,9 +325,36 @@ def add_worktree(repo: git.Repo, path: Path, branch: str) -> None:
     _register(repo, path)
 
 
+def list_worktrees(repo: git.Repo) -> list[dict]:
+    """The repository's linked worktrees (not its main checkout): {"path", "branch", "prunable"}
+    each, `prunable` when its folder is gone (deleted by hand)."""
+    out = _git(repo).worktree("list", "--porcelain")
+    entries, entry = [], {}
+    for line in out.splitlines() + [""]:
+        if not line.strip():
+            if entry:
+                entries.append(entry)
+            entry = {}
+            continue
+        key, _, value = line.partition(" ")
+        if key == "worktree":
+            entry = {"path": value, "branch": "", "prunable": False}
+        elif key == "branch":
+            entry["branch"] = value.removeprefix("refs/heads/")
+        elif key == "prunable":
+            entry["prunable"] = True
+    main = os.path.realpath(repo.working_tree_dir)
+    return [e for e in entries if os.path.realpath(e["path"]) != main]
+
+
+def git_prune_worktrees(repo: git.Repo) -> None:
+    """Forget the registrations of worktrees whose folder is gone."""
+    _git(repo).worktree("prune")
+
+
 def remove_worktree(repo: git.Repo, path: Path) -> None:
     """Remove a worktree (its branch stays); a missing one is fine."""
-    path = Path(path)
+    path = Path(path).absolute()
     _worktree_gitdirs.pop(os.path.realpath(path), None)
     if path.exists():
         try:
@@ -317,7 +366,7 @@ def remove_worktree(repo: git.Repo, path: Path) -> None:
 
 def add_detached_worktree(repo: git.Repo, path: Path, commit: str, branch: str | None = None) -> None:
     """A fresh worktree at `commit`, on a new `branch` when given (replacing any old one)."""
-    path = Path(path)
+    path = Path(path).absolute()
     if path.exists():
         remove_worktree(repo, path)
     path.parent.mkdir(parents=True, exist_ok=True)

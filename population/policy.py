@@ -20,14 +20,17 @@ that each one sees those before it (the cull protects the champion just promoted
                 cull past the population size, protecting the champion, members awaiting a re-run
                 and (posterior) promising members whose child is in flight
              -> `Decided`: the marker that closes the decisions of a result
-    lost     -> the work queued again at the front (a child keeps its parent), given up after
-                MAX_ATTEMPTS losses
+    lost     -> the work queued again at the front, given up after MAX_ATTEMPTS losses: a child
+                whose commit had reached the driver trains again as that commit (its own change)
+                under a new id; one lost before (during its agent) is a new proposal from the
+                same parent
     resume   -> what was in flight is lost (and queued again), results without their marker are
                 judged again in the order they finished
 """
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 
@@ -42,6 +45,8 @@ from population.state import PopulationState
 SEED_MEMBER = "m0000"          # the seed's member: its runs are the baselines
 MAX_ATTEMPTS = 3               # a piece of work lost this often (node loss...) is given up
 MIN_NOISE_RUNS = 2             # ok runs of the seed before the noise phase can end: one run has no spread
+AGENT_FAILURES_TO_STOP = 5     # a worker whose agent fails the same way this often in a row stops
+AGENT_BACKOFF_S = 15.0         # its pause before the next proposal after the 2nd such failure, doubled after each
 
 
 # ---------------------------------------------------------------- settings
@@ -98,6 +103,12 @@ class Work:
     parent: str | None = None      # child: the parent member (None: chosen when it is handed out)
     seed: int = 0
     attempts: int = 0              # times this work was lost already
+    commit: str | None = None      # child: train this commit (a lost child's own change), no agent
+    retrains: int | None = None    # ... the lost experiment whose commit it is
+
+    def fields(self) -> dict:
+        """The journal's fields of this work (the retraining ones only when set)."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("commit", "retrains")}
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,8 @@ class Train:
             event["work"] = self.work_id
         if self.work.attempts:
             event["attempts"] = self.work.attempts
+        if self.work.commit:
+            event.update(commit=self.work.commit, retrains=self.work.retrains)
         return event
 
 
@@ -124,10 +137,14 @@ class Queue:
     work: Work
     front: bool = False
     reason: str = ""
+    lost: int | None = None        # the lost experiment whose work this is
 
     def event(self) -> dict:
-        return {"type": "work_queued", "work": self.work_id, **asdict(self.work), "front": self.front,
-                "reason": self.reason}
+        event = {"type": "work_queued", "work": self.work_id, **self.work.fields(), "front": self.front,
+                 "reason": self.reason}
+        if self.lost is not None:
+            event["lost"] = self.lost
+        return event
 
 
 @dataclass(frozen=True)
@@ -162,12 +179,17 @@ class NoiseMeasured:
 
 @dataclass(frozen=True)
 class Lose:
-    """An experiment in flight when the driver stopped: lost (its work is queued again after)."""
+    """An experiment in flight when the driver stopped: lost (its work is queued again after).
+    `commit`: a child's commit that had reached the driver (its branch holds it)."""
     exp_id: int
     reason: str
+    commit: str | None = None
 
     def event(self) -> dict:
-        return {"type": "experiment_lost", "id": self.exp_id, "reason": self.reason}
+        event = {"type": "experiment_lost", "id": self.exp_id, "reason": self.reason}
+        if self.commit:
+            event["commit"] = self.commit
+        return event
 
 
 @dataclass(frozen=True)
@@ -199,6 +221,22 @@ class Decided:
 
 
 Decision = Queue | Promote | Cull | NoiseMeasured | Lose | Drop | Stop | Decided
+
+
+def agent_backoff(streak: int) -> float | None:
+    """After `streak` agent errors in a row that fail the same way (`failure_kind`), the seconds
+    the worker waits before its next proposal (0 after the first: one failure is news, not a
+    pattern), or None: the worker stops (a dead endpoint, a missing key: retrying cannot help)."""
+    if streak >= AGENT_FAILURES_TO_STOP:
+        return None
+    return 0.0 if streak < 2 else AGENT_BACKOFF_S * 2 ** (streak - 2)
+
+
+def failure_kind(reason: str) -> str:
+    """What makes two agent errors "the same way": the first line, its numbers and object
+    addresses blurred (ports, ids and durations vary between tries of one failure)."""
+    first = next((line.strip() for line in str(reason).splitlines() if line.strip()), "")
+    return re.sub(r"0x[0-9a-f]+|\d+", "#", first.lower())[:160]
 
 
 def apply(state: PopulationState, decision: Decision, time: float | None = None) -> dict:
@@ -241,7 +279,8 @@ class Policy:
             return None
         for work_id, entry in state.pending.items():
             work = Work(**entry)
-            if work.kind == "child" and not (work.parent in state.members and state.members[work.parent].alive):
+            if work.kind == "child" and not work.commit and not (work.parent in state.members
+                                                                 and state.members[work.parent].alive):
                 work = replace(work, parent=self._parent(state))     # its parent was culled meanwhile
             return Train(work, work_id)
         if state.noise_std is not None and not state.living():
@@ -358,41 +397,51 @@ class Policy:
     def _cull(self, state: PopulationState) -> Iterator[Decision]:
         """Past the population size: the oldest (or the worst of a tournament) die, never the
         champion, a member awaiting its re-run, or (posterior) a promising member whose child is
-        in flight."""
+        in flight. A population whose size was lowered (--resume --set) shrinks by one member per
+        result (state.population_floor), never in one mass cull."""
         s = self.settings
         protect = {state.champion} | self._rerunning(state)
         if s.posterior:
             protect |= state.awaiting_confirmation(s.confirm_runs)
-        for name in choose_culls(self._candidates(state), s.population_size, s.cull, s.tournament_size, self.rng,
+        size = max(s.population_size, state.population_floor or 0)     # a smaller size: one member per result
+        for name in choose_culls(self._candidates(state), size, s.cull, s.tournament_size, self.rng,
                                  frozenset(protect)):
             yield Cull(name, s.cull)
 
     # ---- lost work and resuming ------------------------------------------------------------
 
     def on_lost(self, state: PopulationState, exp_id: int, front: bool = True) -> Iterator[Decision]:
-        """`exp_id` was lost (its node, worker or driver died): its work is queued again, a child
-        as a new child of the same parent, unless it was lost MAX_ATTEMPTS times."""
+        """`exp_id` was lost (its node, worker or driver died): its work is queued again, unless it
+        was lost MAX_ATTEMPTS times. A child whose commit had reached the driver (its lost event
+        names the commit, on its branch) trains again as that commit, its own change, under a new
+        id; a child lost before (during its agent) is a new proposal from the same parent."""
         exp = state.experiments[exp_id]
         started = exp.started
         attempts = int(started.get("attempts") or 0) + 1
         if attempts >= MAX_ATTEMPTS:
             yield Drop(exp_id, f"lost {attempts} times: given up")
             return
-        parent = None
+        parent, commit, what = None, None, f"and queued again: the {exp.kind} trains again"
         if exp.kind == "child":
             parent_exp = state.experiments.get(exp.parent_id)
             parent = parent_exp.member if parent_exp else None
+            commit = exp.lost_commit or None
+            what = (f"after its commit {commit[:9]} reached the driver: that commit trains again under a new id"
+                    if commit else f"before its commit reached the driver: a new proposal from {parent}")
         member = None if exp.kind == "child" else exp.member
-        work = Work(exp.kind, member, parent, int(started.get("seed", self.settings.seed)), attempts)
-        yield Queue(state.next_work_id(), work, front=front, reason=f"e{exp_id:04d} lost")
+        work = Work(exp.kind, member, parent, int(started.get("seed", self.settings.seed)), attempts, commit,
+                    exp_id if commit else None)
+        yield Queue(state.next_work_id(), work, front=front, reason=f"e{exp_id:04d} lost {what}", lost=exp_id)
 
-    def on_resume(self, state: PopulationState, reason: str = "in flight when the driver stopped"
-                  ) -> Iterator[Decision]:
+    def on_resume(self, state: PopulationState, reason: str = "in flight when the driver stopped",
+                  commits: dict[int, str] | None = None) -> Iterator[Decision]:
         """A resumed run: what was in flight is lost and queued again (in id order, behind the
-        queue), a journal from before the queue gets its missing baselines, and each result
-        without its marker is judged again, in the order they finished."""
+        queue; `commits`: the children whose commit had reached the driver, by id), a journal from
+        before the queue gets its missing baselines, and each result without its marker is judged
+        again, in the order they finished."""
+        commits = commits or {}
         for exp in state.in_flight():
-            yield Lose(exp.id, reason)
+            yield Lose(exp.id, reason, commits.get(exp.id))
             yield from self.on_lost(state, exp.id, front=False)
         if state.noise_std is None:
             yield from self._top_up_baselines(state)

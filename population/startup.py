@@ -6,9 +6,12 @@ import signal
 import threading
 import time
 
+from pathlib import Path
+
 from population import gitops, readiness
-from population.config import RunConfig
+from population.config import RunConfig, settings_of
 from population.fleet import DriverError
+from population.state import PopulationState
 from population.training import EVALUATOR_FILE
 from prepare.tasks import Task
 
@@ -54,10 +57,10 @@ def seed_fingerprint(git, repo, store_dir, seed_commit: str) -> str:
     """prepare/'s fingerprint in a fresh checkout of the seed (what every worktree must match)."""
     from population import guards
     path = store_dir / ".seed-check"
-    git.add_detached_worktree(repo, path, seed_commit)
     try:
+        git.add_detached_worktree(repo, path, seed_commit)
         return guards.tree_fingerprint(path, "prepare")
-    finally:
+    finally:                              # also when the checkout failed half-way
         git.remove_worktree(repo, path)
 
 
@@ -71,13 +74,87 @@ def cache_fingerprint(task: Task) -> str | None:
 
 
 def run_meta(config: RunConfig, task: Task, seed_commit: str, repo, now: float | None = None) -> dict:
-    """run.json of a new run."""
+    """run.json of a new run: `args` as it started (never rewritten), `settings` in force (with
+    `settings_history`, the changes --resume --set made since)."""
     return {"tag": config.tag, "task": config.task, "metric": task.metric,
             "lower_is_better": task.lower_is_better, "budget_s": config.budget_s,
             "workers": config.workers, "noise_std": None, "champion_id": None, "state": "running",
             "created_at": time.time() if now is None else now, "seed_commit": seed_commit, "device": config.device,
-            "repo": str(repo.working_tree_dir),
-            "args": {k: v for k, v in vars(config).items() if k not in ("workdir",)}}
+            "repo": str(repo.working_tree_dir), "journal_events": 0,
+            "settings": settings_of(config), "settings_history": [],
+            "args": {k: v for k, v in vars(config).items() if k not in ("workdir", "explicit", "set_values")}}
+
+
+# ---------------------------------------------------------------- where the run lives, and what it holds
+
+def runs_dir(given: str | None, repo) -> Path:
+    """The folder of the run stores, absolute: --runs-dir as given (relative to the current folder),
+    by default runs/ at the run repository's root, whatever folder inside it the driver runs in.
+    Its parent must exist: a typo does not grow a tree of folders."""
+    path = (Path(given).expanduser() if given else Path(repo.working_tree_dir) / "runs").absolute()
+    if not path.parent.is_dir():
+        raise DriverError(f"--runs-dir {given}: its parent folder {path.parent} does not exist; create it or "
+                          "pick another --runs-dir")
+    if path.exists() and not path.is_dir():
+        raise DriverError(f"--runs-dir {given or path}: {path} is a file, not a folder")
+    return path
+
+
+def check_new_tag(git, repo, tag: str) -> None:
+    """A new run's branches start empty: an earlier run under this tag whose store is gone (deleted
+    by hand) left its own, which the new run's would mix with."""
+    found = [name for name in (gitops.member_branch(tag, "m0000"), gitops.best_branch(tag))
+             if git.ref_commit(repo, name)]
+    if found:
+        raise DriverError(f"branch {found[0]} already exists (an earlier run under the tag {tag!r}, whose store is "
+                          f"gone): pick another --run, or remove its branches with `python -m population clean "
+                          f"{tag} --all --yes`")
+
+
+def check_resumable(store, state: PopulationState, branches: dict[str, str], tag: str) -> None:
+    """--resume goes on only when the journal accounts for everything the run recorded elsewhere:
+    the events run.json counted when the tables were last written, the champion it names, the
+    rows of lineage.parquet and results.tsv (ids and commits), and the run's branches. Otherwise
+    a DriverError (one line) before anything is written: resuming would start over, rewrite the
+    tables from less than they hold, or move branches that hold recorded work."""
+    where = f"the journal {store.journal_path}"
+    fix = "; --resume will not continue a run from less than it recorded (restore the journal from a backup)"
+    meta = store.meta
+    removed = (meta.get("cleaned") or {}).get("branches_removed")
+    if removed:
+        raise DriverError(f"run {tag} was cleaned (python -m population clean): the branches of {removed} members are "
+                          f"gone, so it cannot go on; start a new run from its champion, population/{tag}/best")
+    counted = meta.get("journal_events") or 0
+    if store.event_count < counted:
+        raise DriverError(f"{where} holds {store.event_count} events but run.json counted {counted} when the "
+                          f"tables were written: events were cut off its end{fix}")
+    champion = meta.get("champion_id")
+    if champion is not None and champion not in state.experiments:
+        raise DriverError(f"run.json names experiment {champion} as the champion's, which {where} lacks{fix}")
+    rows = {row["id"]: row.get("commit") or "" for row in state.lineage_rows()}
+    for exp_id, commit in store.lineage_ids().items():
+        if rows.get(exp_id) != commit:
+            what = "lacks" if exp_id not in rows else f"records commit {rows[exp_id][:9] or 'none'} for"
+            raise DriverError(f"lineage.parquet holds experiment {exp_id} (commit {commit[:9] or 'none'}), "
+                              f"which {where} {what}{fix}")
+    ordered = list(rows.values())
+    for number, short in enumerate(store.results_commits()):
+        if number >= len(ordered) or not ordered[number].startswith(short):
+            raise DriverError(f"results.tsv line {number + 2} (commit {short or 'none'}) is not in {where}{fix}")
+    for branch, commit in sorted(branches.items()):
+        member = branch.rsplit("/", 1)[-1]
+        if member in ("best", "m0000"):
+            continue
+        if not state.experiment_ids(member):
+            raise DriverError(f"branch {branch} holds a member that {where} never started{fix}")
+        known = state.members[member].commit if member in state.members else next(
+            (state.experiments[i].row.get("commit") for i in state.experiment_ids(member)
+             if state.experiments[i].row.get("commit")), None)
+        if known and commit != known:
+            raise DriverError(f"branch {branch} is at {commit[:9]} but {where} records {known[:9]} for {member}{fix}")
+    best = branches.get(gitops.best_branch(tag))
+    if best and state.champion is None:
+        raise DriverError(f"branch {gitops.best_branch(tag)} exists but {where} records no champion{fix}")
 
 
 def git_error_line(error) -> str:

@@ -95,6 +95,8 @@ class Experiment:
     row: dict[str, Any] = field(default_factory=dict)   # the experiment_finished row
     lost_reason: str = ""
     lost_at: float | None = None
+    lost_commit: str = ""          # a lost child's commit that had reached the driver (it trains again)
+    lost_description: str = ""
 
 
 @dataclass
@@ -150,6 +152,9 @@ class PopulationState:
         # what the run spent (population.ledger), kept as it goes: the policy's caps ask every dispatch
         self.agent_cost_usd = 0.0
         self.gpu_hours = 0.0
+        # --resume --set: each change of the run's settings, and a smaller population shrinking
+        self.settings_changes: list[dict] = []          # {"time", "changes": {field: [old, new]}, "experiments"}
+        self._shrink: tuple[int, int] | None = None     # (population size, living members it may still hold)
 
     @classmethod
     def replay(cls, events: Iterable[dict], metric: str, lower_is_better: bool = True) -> "PopulationState":
@@ -237,6 +242,9 @@ class PopulationState:
         exp.phase, exp.row = FINISHED, dict(event.get("row") or {})
         self._recorded_now(exp)
         self._finished += 1
+        if self._shrink is not None:                     # one member fewer per result
+            size, floor = self._shrink
+            self._shrink = (size, floor - 1) if floor - 1 > size else None
         self.agent_cost_usd += ledger.agent_cost(exp.row)
         self.gpu_hours += ledger.gpu_hours(exp.row)
         self._undecided[exp.id] = None
@@ -293,6 +301,7 @@ class PopulationState:
             self._warn(f"experiment {exp.id} already {exp.phase}; its lost event is ignored")
             return
         exp.phase, exp.lost_reason, exp.lost_at = LOST, str(event.get("reason", "")), event.get("time")
+        exp.lost_commit, exp.lost_description = str(event.get("commit") or ""), str(event.get("description") or "")
         self._recorded_now(exp)
         self._lost += 1
         self._drop_unborn(exp)
@@ -333,21 +342,46 @@ class PopulationState:
 
     def _on_work_queued(self, event: dict) -> None:
         work_id = int(event["work"])
-        work = {name: event.get(name) for name in ("kind", "member", "parent", "seed", "attempts")}
+        work = {name: event.get(name) for name in ("kind", "member", "parent", "seed", "attempts", "commit", "retrains")}
         if work["kind"] not in ("baseline", "child", "rerun"):
             raise ValueError(f"unknown kind of work {work['kind']!r}")
         self.pending[work_id] = work
         if event.get("front"):
             self.pending.move_to_end(work_id, last=False)
         self._next_work_id = max(self._next_work_id, work_id + 1)
+        if event.get("lost") is not None:                # lost work queued again: its row says how
+            self._tell_lost_row(int(event["lost"]), str(event.get("reason") or ""))
 
     def _on_work_dropped(self, event: dict) -> None:
         if event.get("work") is not None:
             self.pending.pop(int(event["work"]), None)
+        if event.get("id") is not None:
+            self._tell_lost_row(int(event["id"]), str(event.get("reason") or ""))
+
+    def _tell_lost_row(self, exp_id: int, what: str) -> None:
+        """What became of a lost experiment's work, after its lost reason in its lineage row."""
+        row = self._static_rows.get(exp_id)
+        if row is not None and row.get("status") == "lost" and what:
+            row["reason"] = f"{row['reason']}; {what}" if row.get("reason") else what
 
     def _on_decided(self, event: dict) -> None:
         self._markers = True
         self._undecided.pop(int(event["id"]), None)
+
+    def _on_settings_changed(self, event: dict) -> None:
+        """The run's settings changed on purpose (--resume --set): kept for run.json; a smaller
+        population size starts a shrink of one member per result from the living count now."""
+        changes = {str(name): list(change) for name, change in dict(event["changes"]).items()}
+        self.settings_changes.append({"time": event.get("time"), "changes": changes, "experiments": self.counted()})
+        if "population_size" in changes:
+            size = int(changes["population_size"][1])
+            self._shrink = (size, len(self._living)) if len(self._living) > size else None
+
+    @property
+    def population_floor(self) -> int | None:
+        """While a population shrinks (its size lowered by --set): the living members it may still
+        hold after this result's decisions, one fewer per result; None otherwise."""
+        return self._shrink[1] if self._shrink is not None else None
 
     def _on_stop(self, event: dict) -> None:
         """The policy stopped the run (the seed failed in every baseline run); the run_state follows."""
@@ -510,6 +544,8 @@ class PopulationState:
                       generation=exp.generation)
         if exp.phase == LOST:
             values.update(status="lost", reason=exp.lost_reason, finished_at=exp.lost_at)
+            if exp.lost_commit:                        # a child's commit had reached the driver
+                values.update(commit=exp.lost_commit, description=exp.lost_description or None)
         for name in _MEMBER_COLUMNS:
             values.pop(name, None)
         return {name: _coerce(values.get(name), kind) for name, kind in columns}

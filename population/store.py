@@ -15,7 +15,11 @@
   still dropped unverified (it is never obeyed). Cutting complete lines off the END is not caught.
   A journal from before signing (no key, no signed line) is read as it is (`journal_signed` is
   False); its first append makes the key and binds the unsigned lines into the chain by hash.
-  `events()` returns the events without `_seq` and `_mac`.
+  `events()` returns the events without `_seq` and `_mac`. A journal deleted or emptied while the
+  run's key is there is refused the same way (issue 29): the key is made by the first append, so
+  the run had recorded events; --resume must never start such a run over.
+- The tables are never rewritten from fewer rows than they hold (`write_tables`): rows only come
+  from the journal, which only grows, so fewer rows mean a journal that lost events.
 """
 from __future__ import annotations
 
@@ -100,6 +104,8 @@ class RunStore:
         # byte offset of the journal's end, key or None); None until read (events() or append)
         self._chain: tuple[int, bytes, int, bytes | None] | None = None
         self.journal_signed: bool | None = None     # after events(): False for a pre-signing journal
+        self._event_count: int | None = None        # complete events in the journal, once read
+        self._rows_held: int | None = None          # rows the tables hold (write_tables never goes below)
 
     # ---- paths -------------------------------------------------------------------------------
 
@@ -203,6 +209,14 @@ class RunStore:
         except OSError as e:
             raise StoreError(_write_error(self.journal_path, e)) from None
         self._chain = (seq + 1, mac, end + len(line), key)
+        self._event_count = (self._event_count or 0) + 1
+
+    @property
+    def event_count(self) -> int:
+        """Complete events in the journal (read and verified once, then counted as appended)."""
+        if self._event_count is None:
+            self._read_journal()
+        return self._event_count
 
     def _load_key(self) -> bytes | None:
         """The run's journal key, or None when it has none yet (a new or pre-signing run)."""
@@ -275,6 +289,8 @@ class RunStore:
         try:
             data = self.journal_path.read_bytes()
         except FileNotFoundError:
+            if key is not None:
+                raise self._gone("is missing") from None
             data = b""
         lines = data.split(b"\n")  # the last piece is b"" or a torn line
         events = []
@@ -321,6 +337,8 @@ class RunStore:
             del event[_SEQ]
             events.append(event)
             seq, previous = seq + 1, mac
+        if key is not None and not events:
+            raise self._gone("holds no event")
         if key is not None and signed_from is None and events:
             raise JournalTampered(f"{self.journal_path} holds no signed line although the run has a key "
                                   f"({self.key_path}); lines were replaced or forged. If this is a run from "
@@ -329,7 +347,14 @@ class RunStore:
             previous = hashlib.sha256(data[:offset]).digest()    # binds any pre-signing lines
         self._chain = (seq, previous, offset, key)
         self.journal_signed = signed_from is not None or not events
+        self._event_count = len(events)
         return events
+
+    def _gone(self, what: str) -> JournalTampered:
+        """The journal deleted or emptied: the key exists, so the run had recorded events."""
+        return JournalTampered(f"{self.journal_path} {what}, but the run's key {self.key_path.name} shows that it "
+                               "recorded events: the run's record is gone, and --resume will not start it over "
+                               "(restore events.jsonl, or start a new run under another --run)")
 
     def _tampered(self, number: int, what: str) -> JournalTampered:
         return JournalTampered(f"{self.journal_path} line {number} {what}: something other than the "
@@ -353,8 +378,36 @@ class RunStore:
         """Rewrite lineage.parquet and results.tsv from lineage rows (state.lineage_rows())."""
         if lower_is_better is None:
             lower_is_better = bool(self.meta.get("lower_is_better", True))
+        held = self.rows_held()
+        if len(rows) < held:
+            raise StoreError(f"refusing to rewrite {self.dir / LINEAGE} and {RESULTS} with {len(rows)} rows: they "
+                             f"hold {held}, so the journal lacks experiments the run recorded (restore it)")
         atomic_write(self.dir / LINEAGE, lineage_parquet_bytes(rows, metric))
         atomic_write(self.dir / RESULTS, results_tsv(rows, metric, lower_is_better))
+        self._rows_held = len(rows)
+
+    def rows_held(self) -> int:
+        """Rows lineage.parquet or results.tsv hold now (the larger; read once, then tracked); an
+        unreadable table holds none (it is rebuilt from the journal)."""
+        if self._rows_held is None:
+            self._rows_held = max(len(self.lineage_ids()), len(self.results_commits()))
+        return self._rows_held
+
+    def lineage_ids(self) -> dict[int, str]:
+        """{id: commit} of lineage.parquet's rows; {} when it is missing or unreadable."""
+        try:
+            table = pq.read_table(self.dir / LINEAGE, columns=["id", "commit"])
+        except (OSError, pa.ArrowException):
+            return {}
+        return dict(zip(table.column("id").to_pylist(), (c or "" for c in table.column("commit").to_pylist())))
+
+    def results_commits(self) -> list[str]:
+        """The short commit of each row of results.tsv, in order; [] when it is missing."""
+        try:
+            lines = (self.dir / RESULTS).read_text(errors="replace").splitlines()[1:]
+        except OSError:
+            return []
+        return [line.split("\t", 1)[0] for line in lines]
 
     def write_tables_if_due(self, rows: Callable[[], list[dict]], metric: str, *,
                             min_interval_s: float = 30.0, force: bool = False,

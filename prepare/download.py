@@ -9,8 +9,10 @@ deleted and fetched again when it does not (a partial file of an older downloade
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -26,6 +28,8 @@ from .corpus import check_shard
 
 STAGING = ".download"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+OFFLINE_HINT = "without network, build the data from local text files: python -m prepare --from-files 'DIR/**/*.txt'"
+_PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
 class DownloadError(RuntimeError):
@@ -47,6 +51,26 @@ def shard_indices(num_shards: int) -> list[int]:
     if not 0 <= num_shards <= MAX_SHARD:
         raise ValueError(f"--num-shards must be -1 or between 0 and {MAX_SHARD}, got {num_shards}")
     return list(range(num_shards)) + [VAL_SHARD]
+
+
+def check_reachable(endpoint: str | None = None) -> None:
+    """Fail at once, pointing at --from-files, when the hub cannot be reached at all: HF_HUB_OFFLINE,
+    or its host name does not resolve (an offline machine: the retries would only wait). Behind a
+    proxy the name is the proxy's business: not checked."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise DownloadError(f"HF_HUB_OFFLINE is set, so no shard can be downloaded; {OFFLINE_HINT}")
+    if any(os.environ.get(name) for name in _PROXIES):
+        return
+    host = urlparse(endpoint or constants.ENDPOINT).hostname
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as error:
+        raise DownloadError(f"cannot resolve {host} ({error.strerror}): this machine looks offline; "
+                            f"{OFFLINE_HINT}") from None
 
 
 def _permanent(error: Exception) -> bool:
@@ -117,6 +141,7 @@ def download_shards(indices: list[int], data_dir: Path, *, workers: int = 8, rep
         raise ValueError(f"--download-workers must be at least 1, got {workers}")
     if retries < 1:
         raise ValueError(f"--retries must be at least 1, got {retries}")
+    check_reachable(endpoint)
     data_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(data_dir / STAGING, ignore_errors=True)   # leftovers of an interrupted run
     downloaded = 0

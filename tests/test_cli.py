@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from population import cli
-from population.config import ConfigError, RunConfig, default_tag, resolve, validate, with_run_settings
+from population.config import (ConfigError, RunConfig, changed_settings, default_tag, resolve, validate,
+                               with_run_settings)
 from test_driver_support import make_seed_repo
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -62,6 +63,13 @@ def test_help_explains_every_flag_with_its_default(capsys):
     (["--accelerator", "H100", "--device", "cpu"], "--accelerator needs --device cuda"),
     (["--address", "127.0.0.1:1", "--ray-num-gpus", "2"], "do not go with --address"),
     (["--workers"], "expected one argument"),
+    (["--set", "population-size=4"], "--set changes the settings of a resumed run: it needs --resume"),
+    (["--run", "r", "--resume", "--set", "max-experiments=3"], "--max-experiments bounds one invocation"),
+    (["--run", "r", "--resume", "--set", "budget=10"], "--set cannot change --budget"),
+    (["--run", "r", "--resume", "--set", "colour=red"], "--set colour: no such setting; one of workers, "),
+    (["--run", "r", "--resume", "--set", "population-size"], "--set takes KEY=VALUE"),
+    (["--run", "r", "--resume", "--set", "population-size=x"], "'x' is not an integer"),
+    (["--run", "r", "--resume", "--set", "selection=best"], "invalid choice: 'best'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
     try:
@@ -72,6 +80,55 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
     err = capsys.readouterr().err
     assert needle in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_help_ends_with_three_example_command_lines(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = capsys.readouterr().out
+    assert "champion" in text and "--set KEY=VALUE" in text and "bounds this invocation" in text
+    last = text.rstrip().splitlines()[-4:]
+    assert last[0] == "examples:" and all(line.startswith("  python -m population ") for line in last[1:])
+    parser = cli.build_parser()
+    for line in last[1:]:                 # each example is a valid command line
+        cli.config_from_args(parser.parse_args(line.split()[3:]))
+
+
+def test_set_values_are_parsed_as_their_flags_and_only_given_flags_count_on_resume():
+    parser = cli.build_parser()
+    argv = ["--run", "r", "--resume", "--workers", "2", "--set", "population-size=4", "--set", "promotion_z=1.5",
+            "--set", "agent=claude", "--set", "agent=mutate", "--set", "accelerator=H100"]
+    cfg = cli.config_from_args(parser.parse_args(argv), cli.given_fields(argv))
+    assert cfg.set_values == {"population_size": 4, "promotion_z": 1.5, "agents": ["claude", "mutate"],
+                              "accelerator": "H100"}
+    assert cfg.explicit == {"tag", "resume", "workers", "set_values"}
+    meta = {"task": "climbmix", "budget_s": 300.0, "device": "cuda",
+            "args": {"workers": 2, "population_size": 16, "tournament_size": 16, "promotion_confidence": 0.95,
+                     "selection": "margin", "agents": ["mutate"], "seed": 42, "promotion_z": 1.0}}
+    kept = with_run_settings(cfg, meta)
+    assert (kept.workers, kept.population_size, kept.selection, kept.agents) == (2, 16, "margin", ["mutate"])
+    changed, changes = changed_settings(kept)
+    assert changes == {"population_size": [16, 4], "promotion_z": [1.0, 1.5], "agents": [["mutate"], ["claude", "mutate"]],
+                       "accelerator": [None, "H100"], "tournament_size": [16, 4]}
+    assert changed.tournament_size == 4 and changed.promotion_confidence == 0.95 and not changed.set_values
+    # the workers change: a default promotion confidence follows them, a chosen one stays
+    _, changes = changed_settings(kept.replace(set_values={"workers": 4}))
+    assert changes == {"workers": [2, 4], "promotion_confidence": [0.95, 0.975]}
+    _, changes = changed_settings(kept.replace(promotion_confidence=0.99, set_values={"workers": 4}))
+    assert changes == {"workers": [2, 4]}
+    with pytest.raises(ConfigError, match="--tournament-size \\(16\\) must be <= --population-size \\(4\\)"):
+        changed_settings(kept.replace(tournament_size=16, population_size=8, set_values={"population_size": 4}))
+    # a plain flag that contradicts the run points at --set
+    argv = ["--run", "r", "--resume", "--population-size", "8"]
+    with pytest.raises(ConfigError, match="runs with --population-size 16; a resumed run keeps its settings "
+                                          "\\(got 8\\): to change it from now on, pass --set population-size=8"):
+        with_run_settings(cli.config_from_args(parser.parse_args(argv), cli.given_fields(argv)), meta)
+
+
+def test_a_cpu_run_without_budget_gets_the_short_cpu_budget():
+    assert with_run_settings(RunConfig(device="cpu")).budget_s == 60.0
+    assert with_run_settings(RunConfig(device="cpu", budget_s=5.0)).budget_s == 5.0
+    assert with_run_settings(RunConfig()).budget_s == 300.0
 
 
 def test_config_defaults_resolve_from_the_number_of_workers():
@@ -134,9 +191,17 @@ def test_refusals_before_any_ray_start_are_one_line(tmp_path):
     assert dirty.returncode == 1 and "uncommitted changes in the seed (engine/train.py)" in dirty.stderr
 
     outside = _run_cli(["--repo", str(tmp_path), "--run", "x"])
-    assert outside.returncode == 1 and "not inside a git repository" in outside.stderr
+    assert outside.returncode == 1 and f"--repo {tmp_path} is not inside a git repository" in outside.stderr
+    assert "pass --repo" not in outside.stderr                       # it was passed: no wrong hint
 
-    for result in (existing, missing, dirty, outside):
+    nowhere = _run_cli(["--repo", str(tmp_path / "nonexistent"), "--run", "x"])
+    assert nowhere.returncode == 1 and f"--repo {tmp_path / 'nonexistent'} does not exist" in nowhere.stderr
+
+    deep = _run_cli(["--repo", str(seed), "--runs-dir", str(tmp_path / "missing" / "runs"), "--run", "x"])
+    assert deep.returncode == 1 and f"its parent folder {tmp_path / 'missing'} does not exist" in deep.stderr
+    assert not (tmp_path / "missing").exists()
+
+    for result in (existing, missing, dirty, outside, nowhere, deep):
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert not (runs / "fresh").exists()
 

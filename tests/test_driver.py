@@ -366,3 +366,70 @@ def test_a_silent_agent_shows_as_stalled_before_its_timeout_fires(cluster, seed,
     rows = [e["row"] for e in events(repo / "runs" / "quiet") if e["type"] == "experiment_finished"]
     assert [r["status"] for r in rows if r.get("agent", "").startswith("command:")] == ["agent_error"]
     assert json.loads((repo / "runs" / "quiet" / "run.json").read_text())["stalled"] == []
+
+
+def test_clean_lists_then_removes_a_finished_runs_worktrees_and_branches_outside_the_champions_ancestry(
+        cluster, seed, capsys, monkeypatch):
+    from population import cli
+
+    repo, _ = seed
+    monkeypatch.setenv("AUTORESEARCH_FAKE_SLEEP", "0.05")
+    code, out = _run(_config(repo, "tidy", workers=2, noise_runs=2, population_size=2, max_experiments=8))
+    assert code == EXIT_OK, out
+    run_dir = repo / "runs" / "tidy"
+    refs, trees = branches(repo, "tidy"), worktrees(repo)
+    assert len(trees) > 1 and len(refs) > 3
+    args = ["clean", "tidy", "--repo", str(repo)]
+
+    holder = RunStore.open(run_dir).lock()                  # a running run is refused
+    try:
+        assert cli.main(args + ["--yes"]) == EXIT_ERROR
+    finally:
+        holder.unlock()
+    assert "in use by another driver" in capsys.readouterr().err and worktrees(repo) == trees
+
+    assert cli.main(args) == EXIT_OK                          # a dry run lists, removes nothing
+    listed = capsys.readouterr().out
+    assert "dry run: nothing removed; pass --yes" in listed and "(the champion's ancestry)" in listed
+    assert worktrees(repo) == trees and branches(repo, "tidy") == refs
+    for tree in trees - {str(repo.resolve())}:
+        assert f"  worktree {tree}" in listed
+
+    assert cli.main(args + ["--yes"]) == EXIT_OK
+    assert worktrees(repo) == {str(repo.resolve())} and not (run_dir / "members").exists()
+    kept = branches(repo, "tidy")
+    assert {"best", "m0000"} <= set(kept) and set(kept) < set(refs)
+    for name, commit in kept.items():                         # each kept branch is an ancestor of the champion
+        subprocess.run(["git", "merge-base", "--is-ancestor", commit, kept["best"]], cwd=repo, check=True)
+    assert all(f"  branch population/tidy/{name} " in listed for name in set(refs) - set(kept))
+    assert (run_dir / "lineage.parquet").exists()             # the store stays
+
+    code, _ = _run(_config(repo, "tidy", resume=True, max_experiments=10))    # a cleaned run cannot go on
+    assert code == EXIT_ERROR and "was cleaned" in capsys.readouterr().err
+
+    # the store deleted by hand: its prunable worktrees and every branch go with --all, and the tag is free again
+    code, out = _run(_config(repo, "gone", workers=1, noise_runs=1, max_experiments=3))
+    assert code == EXIT_OK, out
+    __import__("shutil").rmtree(repo / "runs" / "gone")
+    code, _ = _run(_config(repo, "gone", workers=1, noise_runs=1, max_experiments=3))
+    assert code == EXIT_ERROR and "clean gone --all --yes" in capsys.readouterr().err
+    assert cli.main(["clean", "gone", "--repo", str(repo), "--all", "--yes"]) == EXIT_OK
+    assert branches(repo, "gone") == {} and worktrees(repo) == {str(repo.resolve())}
+    code, out = _run(_config(repo, "gone", workers=1, noise_runs=1, max_experiments=3))
+    assert code == EXIT_OK, out
+
+
+def test_a_run_started_in_a_subfolder_of_the_repository_keeps_its_store_at_the_root(cluster, seed):
+    """`cd engine && python -m population ...` finds the repository around it; the store goes to
+    runs/ at its root, and nothing is left in engine/ (issue 29)."""
+    repo, _ = seed
+    result = subprocess.run([sys.executable, "-m", "population", "--address", cluster, "--run", "sub", "--budget", "5",
+                             "--device", "cpu", "--noise-runs", "1", "--max-experiments", "2", "--no-sandbox",
+                             "--workdir", str(repo.parent / "workers")],
+                            cwd=repo / "engine", env=os.environ | {"PYTHONPATH": str(PROJECT)},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == EXIT_OK, result.stdout + result.stderr
+    assert (repo / "runs" / "sub" / "run.json").exists() and not (repo / "engine" / "runs").exists()
+    assert sum(e["type"] == "experiment_finished" for e in events(repo / "runs" / "sub")) == 2
+    assert not any(".seed-check" in tree for tree in worktrees(repo))
+    assert "Token authentication is enabled" not in result.stdout + result.stderr

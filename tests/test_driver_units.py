@@ -102,20 +102,33 @@ def test_check_address_accepts_a_listening_port():
 def test_experiment_line_matches_the_documented_shape():
     line = experiment_line(exp_id=12, kind="child", member="m0007", parent="m0003", worker="w2", status="ok",
                            metric="val_bpb", value=0.99213, best=0.99031, description="raise MATRIX_LR to 0.05")
-    assert line == "e0012 m0007<-m0003 w2 ok val_bpb 0.9921 (best 0.9903) 'raise MATRIX_LR to 0.05'"
+    assert line == "e0012 m0007<-m0003 w2 ok val_bpb 0.9921 (champion 0.9903) 'raise MATRIX_LR to 0.05'"
     crash = experiment_line(exp_id=3, kind="child", member="m0002", parent="m0000", worker="w0", status="crash",
                             metric="val_bpb", value=float("nan"), best=None, reason="exit code 1\nCUDA OOM\n")
     assert crash == "e0003 m0002<-m0000 w0 crash [CUDA OOM]"
     rerun = experiment_line(exp_id=9, kind="rerun", member="m0004", parent="m0001", worker="w1", status="ok",
                             metric="val_bpb", value=0.9, best=0.95, mean=0.91)
-    assert rerun == "e0009 m0004 rerun w1 ok val_bpb 0.9000 (mean 0.9100, best 0.9500)"
+    assert rerun == "e0009 m0004 rerun w1 ok val_bpb 0.9000 (mean 0.9100, champion 0.9500)"
+    refused = experiment_line(exp_id=4, kind="child", member="m0003", parent="m0000", worker="w1",
+                              status="agent_error", metric="val_bpb", value=None, best=None,
+                              reason="request to http://127.0.0.1:9/v1/chat/completions failed: ConnectionError: "
+                                     "HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded with url: "
+                                     "/v1/chat/completions (Caused by NewConnectionError(\"HTTPConnection(host="
+                                     "'127.0.0.1', port=9): Failed to establish a new connection: [Errno 111] "
+                                     "Connection refused\"))")
+    assert refused.startswith("e0004 m0003<-m0000 w1 agent_error [request to http://127.0.0.1:9/v1/chat/completions")
+    assert refused.endswith("[Errno 111] Connection refused\"))]") and " ... " in refused   # the middle cut
 
 
 def test_status_line_counts():
     line = status_line(finished=12, ok=9, in_flight=4, training=3, workers=4, alive=6, champion="m0003",
                        metric="val_bpb", best=0.9903, elapsed_s=3723, max_experiments=100)
     assert line == ("status: 12/100 finished (9 ok), 4 in flight, 3/4 training, 6 alive, "
-                    "best m0003 val_bpb 0.9903, elapsed 1:02:03")
+                    "champion m0003 val_bpb 0.9903, elapsed 1:02:03")
+    past = status_line(finished=16, ok=16, in_flight=0, training=0, workers=1, alive=6, champion=None,
+                       metric="val_bpb", best=None, elapsed_s=3, max_experiments=5, waiting_for_gpu=0)
+    assert past.startswith("status: 16 finished (past --max-experiments 5) (16 ok)") and "16/5" not in past
+    assert "(1 worker)" in past and "champion none yet" in past
 
 
 def test_without_an_address_the_driver_starts_a_ray_of_its_own():
@@ -136,3 +149,49 @@ def test_trainings_beyond_their_nodes_gpus_count_as_waiting_for_a_gpu():
                        waiting_for_gpu=fleet.waiting_for_gpu(), workers=5, alive=2, champion=None,
                        metric="val_bpb", best=None, elapsed_s=60, max_experiments=None)
     assert "2 training, 2 waiting for a GPU (5 workers)" in line
+
+
+LEAK_REPORT = """nanobind: leaked 4 instances!
+ - leaked instance 0x7fb695808328 of type "triton._C.libtriton.ir.attribute"
+nanobind: leaked 64 types!
+ - leaked type "triton._C.libtriton.ir.location"
+ - ... skipped remainder
+nanobind: leaked 514 functions!
+ - leaked function "create_map_elementwise"
+ - ... skipped remainder
+nanobind: this is likely caused by a reference counting issue in the binding code.
+See https://nanobind.readthedocs.io/en/latest/refleaks.html"""
+
+
+def test_nanobinds_leak_report_at_exit_is_left_out_of_logs_and_reasons_and_nothing_else():
+    """Every training that imports torch's compiler ends its run.log with ~30 lines of nanobind's leak
+    report (triton's bindings, at interpreter exit): they would fill a crash's log tail and be its
+    headline (issue 29). They are left out, said so in one line; the training's own lines stay."""
+    from population.console import drop_leak_report, reason_headline
+
+    crash = "exit code 1\nTraceback (most recent call last):\nRuntimeError: CUDA error: out of memory\n" + LEAK_REPORT
+    assert reason_headline(crash) == "RuntimeError: CUDA error: out of memory"
+    kept = drop_leak_report(crash)
+    assert "nanobind: leaked" not in kept and "RuntimeError: CUDA error: out of memory" in kept
+    assert kept.rstrip().endswith("[10 lines of nanobind's leak report at exit left out]")
+    assert reason_headline(kept) == "RuntimeError: CUDA error: out of memory"
+    plain = "step 1\n---\nval_bpb: 1.0\n - leaked by the user: not nanobind's shape\n"
+    assert drop_leak_report(plain) is plain                      # nothing of the report: the text unchanged
+
+
+def test_rays_token_notice_is_filtered_and_nothing_else_of_its_logger():
+    import logging
+
+    from population.driver import quiet_ray_notices
+
+    quiet_ray_notices()
+    quiet_ray_notices()                                   # once is enough: no second filter
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    assert len(logger.filters) == 1
+
+    def passes(message: str) -> bool:
+        return logger.filter(logging.LogRecord(logger.name, logging.WARNING, __file__, 1, message, None, None))
+
+    assert not passes("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
+    assert passes("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
+    assert passes("Token authentication is enabled but no token was found.")

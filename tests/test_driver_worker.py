@@ -103,6 +103,25 @@ def test_agent_error_is_recorded_without_a_commit(setup):
     assert result.status == "agent_error" and "timed out" in result.reason and result.commit == ""
 
 
+def test_a_dead_agent_base_url_is_an_agent_error_with_its_whole_message(setup, monkeypatch):
+    """The built-in openai: agent against a port nobody listens on: the reason the lineage row
+    records is the request's whole error, up to `Connection refused` (issue 29)."""
+    import socket
+
+    from population.agents import make_agent, openai_agent
+
+    monkeypatch.setattr(openai_agent, "_FIRST_RETRY_PAUSE_S", 0.01)
+    with socket.socket() as probe:                     # a free port, closed again: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _, _, core, job, data = setup
+    core.agent = make_agent("openai:test-model", base_url=f"http://127.0.0.1:{port}/v1", train_file="engine/train.py")
+    result = core.prepare(job, [data])
+    assert result.status == "agent_error" and result.commit == ""
+    assert result.reason.startswith(f"request to http://127.0.0.1:{port}/v1/chat/completions failed: ConnectionError: ")
+    assert "HTTPConnectionPool(host='127.0.0.1'" in result.reason and "Connection refused" in result.reason
+
+
 def test_a_prepare_directory_unlike_the_seeds_is_refused_before_training(setup):
     _, _, core, job, data = setup
     job.prompt, job.branch = None, None                     # a baseline: train the commit as is

@@ -448,6 +448,28 @@ def test_an_event_the_driver_did_not_write_is_refused_on_resume_in_one_line(clus
     _refused_without_a_write(repo, "forged", run_dir, f"events.jsonl line {lines + 1}", capsys)
 
 
+def test_a_deleted_journal_is_refused_on_resume_and_nothing_the_run_recorded_changes(cluster, tmp_path, monkeypatch,
+                                                                                      capsys):
+    """Issue 29: events.jsonl deleted, then --resume started the run over (tables rewritten, branches
+    moved). Now one line, exit 1, every file and branch as it was; restored, the run goes on."""
+    monkeypatch.setenv("AUTORESEARCH_FAKE_SLEEP", "0.05")
+    repo = make_seed_repo(tmp_path / "seed")
+    code, out = _run(_config(repo, "deleted", max_experiments=4))
+    assert code == EXIT_OK, out
+    run_dir = repo / "runs" / "deleted"
+    journal_bytes, refs = (run_dir / "events.jsonl").read_bytes(), branches(repo, "deleted")
+    (run_dir / "events.jsonl").unlink()
+    _refused_without_a_write(repo, "deleted", run_dir, "events.jsonl is missing, but the run's key .journal.key "
+                                                       "shows that it recorded events", capsys)
+    assert branches(repo, "deleted") == refs and not (run_dir / "events.jsonl").exists()
+    (run_dir / "events.jsonl").write_bytes(journal_bytes[:journal_bytes.rindex(b"\n", 0, -1) + 1])   # cut the end
+    _refused_without_a_write(repo, "deleted", run_dir, "events were cut off its end", capsys)
+    (run_dir / "events.jsonl").write_bytes(journal_bytes)
+    code, out = _run(_config(repo, "deleted", resume=True, max_experiments=5))
+    assert code == EXIT_OK, out
+    assert_nothing_lost_or_twice(run_dir)
+
+
 def _refused_without_a_write(repo: Path, tag: str, run_dir: Path, needle: str, capsys) -> None:
     from population import cli
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".lock"}
@@ -475,7 +497,7 @@ def test_git_lock_files_left_behind_do_not_stop_a_resume(cluster, tmp_path, monk
     (clone / "refs" / "heads" / "population" / "locks").mkdir(parents=True, exist_ok=True)
     (clone / "refs" / "heads" / "population" / "locks" / "m0001.lock").write_text("")
 
-    code, out = _run(_config(repo, "locks", resume=True, max_experiments=3))
+    code, out = _run(_config(repo, "locks", resume=True, max_experiments=3, noise_runs=1))   # the run's own
     assert code == EXIT_OK, out
     assert_nothing_lost_or_twice(repo / "runs" / "locks")
     assert not list(refs.glob("*.lock"))             # the run's own refs: only this driver writes them
@@ -617,24 +639,24 @@ def seed_args(tmp_path):
     return repo, ["--repo", str(repo), "--runs-dir", str(repo / "runs"), "--run", "bad", "--device", "cpu"]
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--agent", "gpt-5"], "unknown agent spec 'gpt-5'"),
-    (["--agent", "command:"], "unknown agent spec 'command:'"),
-    (["--agent", "openai:"], "unknown agent spec 'openai:'"),
-    (["--agent", "mutate:fast"], "unknown agent spec 'mutate:fast'"),
-    (["--agent", "command:sh -c 'unbalanced"], "cannot parse the command line"),
-    (["--agent", "mutate", "--agent", "no-such-agent"], "unknown agent spec 'no-such-agent'"),
-    (["--address", "not-a-host-port"], "is not HOST:PORT"),
-    (["--address", "ray://127.0.0.1:1"], "cannot reach the Ray cluster at ray://127.0.0.1:1"),
+@pytest.mark.parametrize("argv, needle, exit_code", [        # a bad --agent is a bad flag: exit 2 (issue 29)
+    (["--agent", "gpt-5"], "unknown agent spec 'gpt-5'", 2),
+    (["--agent", "command:"], "unknown agent spec 'command:'", 2),
+    (["--agent", "openai:"], "unknown agent spec 'openai:'", 2),
+    (["--agent", "mutate:fast"], "unknown agent spec 'mutate:fast'", 2),
+    (["--agent", "command:sh -c 'unbalanced"], "cannot parse the command line", 2),
+    (["--agent", "mutate", "--agent", "no-such-agent"], "unknown agent spec 'no-such-agent'", 2),
+    (["--address", "not-a-host-port"], "is not HOST:PORT", EXIT_ERROR),
+    (["--address", "ray://127.0.0.1:1"], "cannot reach the Ray cluster at ray://127.0.0.1:1", EXIT_ERROR),
 ])
-def test_a_bad_agent_spec_or_cluster_address_is_one_line_before_anything_is_written(seed_args, argv, needle, capsys,
-                                                                                    monkeypatch):
+def test_a_bad_agent_spec_or_cluster_address_is_one_line_before_anything_is_written(seed_args, argv, needle, exit_code,
+                                                                                    capsys, monkeypatch):
     from population import cli
     repo, base = seed_args
     monkeypatch.setattr(ray, "is_initialized", lambda: False)   # as in a fresh CLI process (the address is checked)
     code = cli.main(base + argv)
     err = capsys.readouterr().err
-    assert code == EXIT_ERROR and needle in err, err
+    assert code == exit_code and needle in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (repo / "runs" / "bad").exists()
 
@@ -676,7 +698,7 @@ def test_a_git_command_that_fails_is_one_line_with_gits_own_words(cluster, tmp_p
     member.write_text("a file where the member's worktree goes\n")
     journal_before = (repo / "runs" / "squat" / "events.jsonl").read_bytes()
 
-    code, _ = _run(_config(repo, "squat", resume=True, max_experiments=2))
+    code, _ = _run(_config(repo, "squat", resume=True, max_experiments=2, noise_runs=1))
     err = capsys.readouterr().err
     assert code == EXIT_ERROR
     assert "git worktree failed: fatal:" in err and "already exists" in err, err

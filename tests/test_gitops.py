@@ -227,6 +227,39 @@ def test_worktree_removal_keeps_the_branch(seed, tmp_path):
     assert gitops.list_branches(repo, "population/t/") == {"population/t/m0000": head}
 
 
+def test_a_relative_worktree_path_is_the_current_folders_and_a_runs_branches_and_worktrees_are_listed(
+        seed, monkeypatch):
+    """From a subfolder (issue 29): a relative path means the same to git (which runs at the root)
+    as to Python; list_worktrees, prunable ones included; ancestry_branches, commit_subject and
+    delete_branch for `clean` and a lost child's retraining."""
+    repo = gitops.open_run_repo(seed)
+    head = gitops.head_commit(repo)
+    (seed / "engine" / "train.py").write_text("LR = 1\n")
+    run_git(seed, "commit", "-qam", "raise LR")
+    child = gitops.head_commit(repo)
+    gitops.set_ref(repo, "population/t/m0000", head)
+    gitops.set_ref(repo, "population/t/m0001", child)
+    gitops.set_ref(repo, "population/t/best", head)
+    monkeypatch.chdir(seed / "engine")
+    gitops.add_worktree(repo, Path("runs/t/members/m0001"), "population/t/m0001")
+    assert (seed / "engine" / "runs" / "t" / "members" / "m0001" / "engine" / "train.py").read_text() == "LR = 1\n"
+    listed = gitops.list_worktrees(repo)
+    assert [(w["path"], w["branch"], w["prunable"]) for w in listed] == [
+        (str(seed / "engine" / "runs" / "t" / "members" / "m0001"), "population/t/m0001", False)]
+    import shutil
+    shutil.rmtree(seed / "engine" / "runs")                      # deleted by hand: prunable
+    assert gitops.list_worktrees(repo)[0]["prunable"]
+    gitops.git_prune_worktrees(repo)
+    assert gitops.list_worktrees(repo) == []
+    assert gitops.ancestry_branches(repo, head, "population/t/") == {"population/t/m0000", "population/t/best"}
+    assert gitops.ancestry_branches(repo, child, "population/t/") == {"population/t/m0000", "population/t/m0001",
+                                                                       "population/t/best"}
+    assert gitops.commit_subject(repo, child) == "raise LR"
+    gitops.delete_branch(repo, "population/t/m0001")
+    gitops.delete_branch(repo, "population/t/m0001")             # a missing one is fine
+    assert set(gitops.list_branches(repo, "population/t/")) == {"population/t/m0000", "population/t/best"}
+
+
 def test_file_blob_is_equal_for_identical_content(seed):
     repo = gitops.open_run_repo(seed)
     first = gitops.head_commit(repo)

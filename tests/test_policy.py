@@ -247,6 +247,57 @@ def test_lost_work_goes_to_the_front_a_child_keeps_its_parent_and_is_given_up_af
     assert kinds(decisions) == ["Drop"] and not run.state.pending
 
 
+def test_a_child_lost_after_its_commit_arrived_trains_that_commit_again_and_one_lost_before_is_a_new_proposal():
+    run = Run(noise_runs=2, workers=3)
+    noise_done(run, (1.0, 1.0004))
+    arrived, in_agent = run.hand_out(), run.hand_out()
+    run.record({"type": "experiment_lost", "id": arrived, "reason": "node died", "commit": "c" * 40,
+                "description": "raise LR"})
+    queued = run.decide(run.policy.on_lost(run.state, arrived))[0]
+    assert queued.work.commit == "c" * 40 and queued.work.retrains == arrived and queued.lost == arrived
+    assert queued.work.parent == SEED_MEMBER and "that commit trains again under a new id" in queued.reason
+    assert queued.event()["commit"] == "c" * 40 and queued.event()["lost"] == arrived
+    queued = run.lose(in_agent)[0]
+    assert queued.work.commit is None and queued.work.parent == SEED_MEMBER
+    assert "before its commit reached the driver: a new proposal from m0000" in queued.reason
+    assert "commit" not in queued.event() and "retrains" not in queued.event()
+    rows = {row["id"]: row for row in run.state.lineage_rows()}
+    assert rows[arrived]["commit"] == "c" * 40 and rows[arrived]["description"] == "raise LR"
+    assert rows[arrived]["reason"].startswith("node died; e") and "a new proposal" in rows[in_agent]["reason"]
+    # handed out (each at the front): the new proposal, then the lost child's commit, of the same parent
+    assert run.policy.next_work(run.state).work.commit is None
+    run.hand_out()
+    train = run.policy.next_work(run.state)
+    assert train.work.commit == "c" * 40 and train.work.parent == SEED_MEMBER
+    started = train.started(run.state.next_id(), "m0009", run.state.first_id(SEED_MEMBER))
+    assert started["commit"] == "c" * 40 and started["retrains"] == arrived
+    # on resume, the children whose commit had arrived (their branch holds it) are told by the driver
+    child = run.hand_out()
+    resumed = Run(noise_runs=2, workers=3)
+    resumed.journal, resumed.state = list(run.journal), PopulationState.replay(run.journal, "val_bpb")
+    decisions = resumed.decide(resumed.policy.on_resume(resumed.state, commits={child: "d" * 40}))
+    lose = next(d for d in decisions if isinstance(d, Lose) and d.exp_id == child)
+    assert lose.event()["commit"] == "d" * 40
+    assert next(d for d in decisions if isinstance(d, Queue) and d.lost == child).work.commit == "d" * 40
+
+
+def test_a_smaller_population_size_shrinks_one_member_per_result_never_in_one_cull():
+    run = Run(noise_runs=2, workers=1, population_size=8, selection="margin")
+    noise_done(run, (1.0, 1.0004))
+    for value in (1.01, 1.02, 1.03, 1.04, 1.05, 1.06, 1.07):
+        run.finish(run.hand_out(), value)
+    assert len(run.state.living()) == 8
+    run.record({"type": "settings_changed", "changes": {"population_size": [8, 3]}})      # --resume --set
+    assert run.state.population_floor == 8 and run.state.settings_changes[0]["changes"] == {"population_size": [8, 3]}
+    shrinking = run.resumed(noise_runs=2, workers=1, population_size=3, selection="margin")
+    assert shrinking.resume_decisions == []                       # no mass cull on resume
+    sizes = []
+    for value in (1.08, 1.09, 1.10, 1.11, 1.12, 1.13, 1.14):
+        shrinking.finish(shrinking.hand_out(), value)
+        sizes.append(len(shrinking.state.living()))
+    assert sizes == [7, 6, 5, 4, 3, 3, 3] and shrinking.state.population_floor is None
+
+
 def test_a_node_lost_with_three_trainings_queues_each_again_and_a_lost_baseline_stays_in_the_noise_phase():
     run = Run(noise_runs=3, workers=3)
     run.start()

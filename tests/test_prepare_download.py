@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -229,3 +230,15 @@ def test_cli_reports_a_corrupt_shard_in_one_line(hub, tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "prepare: error: shard_06542.parquet" in result.stderr and "parquet" in result.stderr.splitlines()[-1]
+
+
+def test_an_offline_machine_fails_at_once_pointing_at_from_files(tmp_path):
+    """A host name that does not resolve (an offline machine) is one line within seconds, naming
+    --from-files, instead of minutes of retries (issue 29)."""
+    start = time.monotonic()
+    result = run_cli(["--num-shards", "1"], tmp_path, "https://no-such-hub.invalid")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("prepare: error:")]
+    assert len(lines) == 1 and "cannot resolve no-such-hub.invalid" in lines[0], result.stderr
+    assert "this machine looks offline" in lines[0] and "python -m prepare --from-files" in lines[0]
+    assert time.monotonic() - start < 30 and not (tmp_path / "data").exists()

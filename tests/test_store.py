@@ -216,3 +216,47 @@ def test_tables_are_rewritten_at_most_every_interval(tmp_path):
     assert store.write_tables_if_due(rows, "val_bpb", min_interval_s=3600, force=True)
     assert store.write_tables_if_due(rows, "val_bpb", min_interval_s=0)
     assert len(calls) == 3 and (store.dir / "lineage.parquet").exists()
+
+
+# ---------------------------------------------------------------- a journal that lost what the run recorded (issue 29)
+
+@pytest.mark.parametrize("how", ["deleted", "emptied"])
+def test_a_deleted_or_emptied_journal_of_a_signed_run_is_refused_not_started_over(tmp_path, how):
+    """The key is made by the first append: with the key there and no event, the journal was
+    deleted or emptied, and reading it (what --resume does first) is one line, not an empty run."""
+    store = new_store(tmp_path)
+    store.append({"type": "run_state", "state": "running", "time": 1.0})
+    if how == "deleted":
+        store.journal_path.unlink()
+    else:
+        store.journal_path.write_bytes(b"")
+    reopened = RunStore.open(store.dir)
+    with pytest.raises(CorruptJournalError, match="the run's record is gone, and --resume will not start it over"):
+        reopened.events()
+    with pytest.raises(CorruptJournalError):
+        reopened.append({"type": "run_state", "state": "running", "time": 2.0})     # nor is it appended to
+    assert not store.journal_path.exists() or store.journal_path.read_bytes() == b""
+
+
+def test_the_event_count_follows_reads_and_appends(tmp_path):
+    store = new_store(tmp_path)
+    assert store.event_count == 0
+    store.append({"type": "noise", "std": 0.1, "time": 1.0})
+    store.append({"type": "noise", "std": 0.2, "time": 2.0})
+    assert store.event_count == 2 and RunStore.open(store.dir).event_count == 2
+
+
+def test_the_tables_are_never_rewritten_from_fewer_rows_than_they_hold(tmp_path):
+    store = new_store(tmp_path)
+    rows = _rows()
+    store.write_tables(rows, "val_bpb")
+    with pytest.raises(StoreError, match=f"with 2 rows: they hold {len(rows)}"):
+        store.write_tables(rows[:2], "val_bpb")
+    with pytest.raises(StoreError, match="refusing to rewrite"):        # a new store (a resumed driver) reads the files
+        RunStore.open(store.dir).write_tables(rows[:2], "val_bpb")
+    assert len(store.read_lineage()) == len(rows)
+    (store.dir / "lineage.parquet").write_bytes(b"PAR1 torn")             # unreadable: results.tsv still counts
+    with pytest.raises(StoreError, match="refusing to rewrite"):
+        RunStore.open(store.dir).write_tables(rows[:2], "val_bpb")
+    RunStore.open(store.dir).write_tables(rows, "val_bpb")               # as many or more: rewritten
+    assert list(store.lineage_ids()) == [row["id"] for row in rows]

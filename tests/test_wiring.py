@@ -22,7 +22,7 @@ from population.config import RunConfig                                    # noq
 from population.driver import EXIT_ERROR, EXIT_OK, Driver, run_population   # noqa: E402
 from population.worker import WorkerCore                                   # noqa: E402
 from prepare.tasks import get_task                                         # noqa: E402
-from test_driver_support import events, make_seed_repo                     # noqa: E402
+from test_driver_support import branches, events, make_seed_repo, worktrees    # noqa: E402
 
 # A trainer that tries what a sandbox forbids and reports what happened in its log, then succeeds.
 PROBING_TRAIN = '''\
@@ -186,7 +186,9 @@ def test_a_node_whose_tokenizer_differs_ends_the_run_before_any_experiment(clust
     assert code == EXIT_ERROR, out
     assert "tokenizer/validation data differ from the driver's" in error
     assert "Traceback" not in error + out
-    assert not any(e["type"] == "experiment_started" for e in events(repo / "runs" / "mismatch"))
+    # a failed start leaves nothing behind (issue 29): no store, no branch, no worktree
+    assert not (repo / "runs").exists()
+    assert branches(repo, "mismatch") == {} and worktrees(repo) == {str(repo.resolve())}
 
 
 def test_a_node_with_the_drivers_cache_runs_its_experiments(cluster, tmp_path, monkeypatch):
