@@ -11,7 +11,6 @@ each result, so that `--resume` replays decisions instead of re-deriving them.
 """
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import signal
@@ -29,8 +28,8 @@ from population.fleet import DriverError
 from population.ray_fleet import RayFleet, first_sentence
 from population.outcome import (base_row, duplicate_reason, experiment_files, gains_over_seed, judged,
                                 last_baseline_error, train_env)
-from population.policy import (SEED_MEMBER, Cull, Drop, Lose, NoiseMeasured, Policy, Promote, Queue, Settings,
-                               Stop, Train, Work, agent_backoff, failure_kind)
+from population.policy import (SEED_MEMBER, AgentStreaks, Cull, Drop, NoiseMeasured, Policy, Promote, Queue,
+                               Settings, Stop, Train, Work)
 from population.selection import holdout_lags
 from population.state import PopulationState
 from population.store import RunStore, StoreError
@@ -91,7 +90,7 @@ class Driver:
         self.started = False                 # the run began (its first event): a failed start leaves nothing
         self.budget_defaulted = False
         self.setting_changes: dict[str, list] = {}   # --resume --set: field -> [old, new]
-        self.agent_streaks: dict[str, tuple[str, int]] = {}   # worker -> (failure_kind, agent errors in a row)
+        self.agent_streaks = AgentStreaks()
         self.paused_until: dict[str, float] = {}               # worker -> when it proposes again (back-off)
         self.agent_stopped: dict[str, str] = {}                # worker -> why its agent stopped it
 
@@ -649,21 +648,17 @@ class Driver:
         self.refresh_tables()
 
     def _note_agent(self, flight: Flight, row: dict) -> None:
-        """An agent that fails the same way again and again (a dead --agent-base-url, a missing key)
-        backs off, growing pauses between its proposals, then stops its worker in one line; the
-        run goes on with the others. Any other outcome of a proposal resets the count."""
+        """An agent that fails the same way again and again (a dead --agent-base-url, a missing key):
+        its worker pauses, growing pauses, then stops, as the policy's AgentStreaks says; the run
+        goes on with the others."""
         if flight.work.kind != "child" or flight.work.commit:
             return                                 # no agent ran
         worker = flight.worker
-        if row["status"] != "agent_error":
-            self.agent_streaks.pop(worker, None)
+        verdict = self.agent_streaks.note(worker, row["status"], row.get("reason", ""))
+        if verdict is None:
             self.paused_until.pop(worker, None)
             return
-        kind = failure_kind(row.get("reason", ""))
-        before, count = self.agent_streaks.get(worker, (kind, 0))
-        count = count + 1 if before == kind else 1
-        self.agent_streaks[worker] = (kind, count)
-        pause = agent_backoff(count)
+        count, pause = verdict
         cause = elided(reason_headline(row.get("reason", "")), 160)
         if pause is None:
             self.agent_stopped[worker] = f"{worker}'s agent ({flight.agent}) failed {count} times in a row: {cause}"
@@ -704,28 +699,11 @@ class Driver:
             stalled=len(self.stalled))
 
 
-RAY_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"   # Ray's notice at every local start
-
-
-class _WithoutRayNotice(logging.Filter):
-    """Drops Ray's notice that a local cluster uses token authentication (information, not a
-    problem: the driver's own Ray); every other record of that logger passes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(RAY_TOKEN_NOTICE)
-
-
-def quiet_ray_notices() -> None:
-    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    if not any(isinstance(f, _WithoutRayNotice) for f in logger.filters):
-        logger.addFilter(_WithoutRayNotice())
-
-
 def run_population(config: RunConfig, ray_init_kwargs: dict | None = None, out: TextIO | None = None) -> int:
     """Run (or resume) a population; returns the exit code. Errors the user must fix print one line."""
     from population.agents import AgentSpecError
 
-    quiet_ray_notices()
+    startup.quiet_ray_notices()
     console = Console(out if out is not None else __import__("sys").stdout)
     try:
         validate(config)

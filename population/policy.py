@@ -239,6 +239,26 @@ def failure_kind(reason: str) -> str:
     return re.sub(r"0x[0-9a-f]+|\d+", "#", first.lower())[:160]
 
 
+class AgentStreaks:
+    """Per worker, its agent's errors in a row that fail the same way (pure bookkeeping): `note`
+    gives the worker's pause before its next proposal, or None when it must stop."""
+
+    def __init__(self):
+        self._streaks: dict[str, tuple[str, int]] = {}
+
+    def note(self, worker: str, status: str, reason: str) -> tuple[int, float | None] | None:
+        """(errors in a row, pause seconds or None to stop) after an agent error; None otherwise
+        (any other outcome of a proposal ends the streak)."""
+        if status != "agent_error":
+            self._streaks.pop(worker, None)
+            return None
+        kind = failure_kind(reason)
+        before, count = self._streaks.get(worker, (kind, 0))
+        count = count + 1 if before == kind else 1
+        self._streaks[worker] = (kind, count)
+        return count, agent_backoff(count)
+
+
 def apply(state: PopulationState, decision: Decision, time: float | None = None) -> dict:
     """The decision's event applied to `state` (what a caller without a journal does); returned."""
     event = decision.event()

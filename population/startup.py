@@ -2,6 +2,8 @@
 metadata, its signal handlers, a git error in one line (I/O: git, files, signals)."""
 from __future__ import annotations
 
+import logging
+
 import signal
 import threading
 import time
@@ -175,3 +177,20 @@ def install_signal_handlers(handler) -> dict:
 def restore_signal_handlers(old: dict) -> None:
     for sig, handler in old.items():
         signal.signal(sig, handler)
+
+
+RAY_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"   # Ray's notice at every local start
+
+
+class _WithoutRayNotice(logging.Filter):
+    """Drops Ray's notice that a local cluster uses token authentication (information, not a
+    problem: the driver's own Ray); every other record of that logger passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(RAY_TOKEN_NOTICE)
+
+
+def quiet_ray_notices() -> None:
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _WithoutRayNotice) for f in logger.filters):
+        logger.addFilter(_WithoutRayNotice())

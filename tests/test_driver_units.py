@@ -182,7 +182,7 @@ def test_nanobinds_leak_report_at_exit_is_left_out_of_logs_and_reasons_and_nothi
 def test_rays_token_notice_is_filtered_and_nothing_else_of_its_logger():
     import logging
 
-    from population.driver import quiet_ray_notices
+    from population.startup import quiet_ray_notices
 
     quiet_ray_notices()
     quiet_ray_notices()                                   # once is enough: no second filter

@@ -10,7 +10,6 @@ reaches the store, the transcripts or the commits, and an agent's failure does n
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import subprocess
 from pathlib import Path
