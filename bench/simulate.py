@@ -277,7 +277,18 @@ class SimGit:
         self.refs[branch] = commit
 
     def ref_commit(self, repo, branch):
-        return self.refs.get(branch)
+        return self.refs.get(branch) or self.refs.get(f"refs/heads/{branch}")
+
+    def list_branches(self, repo, prefix):
+        refs = {name.removeprefix("refs/heads/"): commit for name, commit in self.refs.items()}
+        return {name: commit for name, commit in refs.items() if name.startswith(prefix)}
+
+    def delete_branch(self, repo, branch):
+        self.refs.pop(branch, None)
+        self.refs.pop(f"refs/heads/{branch}", None)
+
+    def commit_subject(self, repo, commit):
+        return f"the change of {commit[:7]}"
 
     def add_worktree(self, repo, path, branch) -> None:
         self._count("add_worktree")

@@ -19,25 +19,6 @@ from population.state import PopulationState  # noqa: E402
 from population.store import RunStore  # noqa: E402
 
 
-class RunGit(simulate.SimGit):
-    """bench/simulate.py's git stand-in with the gitops calls a resume's checks, a failed start and
-    a lost child's retraining make (the simulation itself only starts runs)."""
-
-    def list_branches(self, repo, prefix):
-        refs = {name.removeprefix("refs/heads/"): commit for name, commit in self.refs.items()}
-        return {name: commit for name, commit in refs.items() if name.startswith(prefix)}
-
-    def ref_commit(self, repo, branch):
-        return self.refs.get(branch) or self.refs.get(f"refs/heads/{branch}")
-
-    def delete_branch(self, repo, branch):
-        self.refs.pop(branch, None)
-        self.refs.pop(f"refs/heads/{branch}", None)
-
-    def commit_subject(self, repo, commit):
-        return f"the change of {commit[:7]}"
-
-
 def small(**changes) -> simulate.Simulation:
     settings = dict(workers=4, experiments=40, budget_s=30.0, overhead_s=3.0, agent_s=6.0, worktree_s=0.2,
                     population_size=6, crash_rate=0.05, agent_error_rate=0.05, progress_bar=False)
@@ -45,7 +26,7 @@ def small(**changes) -> simulate.Simulation:
 
 
 def run(sim, runs: Path, simgit=None, fleet_hook=None, **changes):
-    driver, simgit = simulate.make_driver(sim, runs, simgit=simgit or RunGit(sim), **changes)
+    driver, simgit = simulate.make_driver(sim, runs, simgit=simgit or simulate.SimGit(sim), **changes)
     if fleet_hook:
         fleet_hook(driver.fleet)
     with simulate.patched_store(sim):
@@ -421,7 +402,7 @@ def test_an_agent_failing_the_same_way_backs_off_then_stops_its_worker_and_the_r
     from population.console import Console
 
     sim = small(workers=2, crash_rate=0.0, agent_error_rate=0.0)
-    driver, simgit = simulate.make_driver(sim, tmp_path / "runs", simgit=RunGit(sim), max_experiments=40)
+    driver, simgit = simulate.make_driver(sim, tmp_path / "runs", simgit=simulate.SimGit(sim), max_experiments=40)
     _with_dead_agents({"w1"})(driver.fleet)
     out = io.StringIO()
     driver.console = Console(out, clock=driver.clock)
@@ -451,7 +432,7 @@ def test_when_every_workers_agent_stops_the_run_ends_in_one_line(tmp_path):
     from population.fleet import DriverError
 
     sim = small(workers=2, crash_rate=0.0, agent_error_rate=0.0)
-    driver, _ = simulate.make_driver(sim, tmp_path / "runs", simgit=RunGit(sim), max_experiments=40)
+    driver, _ = simulate.make_driver(sim, tmp_path / "runs", simgit=simulate.SimGit(sim), max_experiments=40)
     _with_dead_agents({"w0", "w1"})(driver.fleet)
     with simulate.patched_store(sim), pytest.raises(DriverError, match="no worker is left: w0's agent .* failed 5 "
                                                                        "times in a row: .*Connection refused") as end:
