@@ -12,25 +12,21 @@ each result, so that `--resume` replays decisions instead of re-deriving them.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from population import gitops, sandbox, startup
-from population.config import (RUN_SETTINGS, ConfigError, RunConfig, changed_settings, default_tag, resolve,
-                               settings_of, shown, validate, with_run_settings)
-from population.console import (Console, champion_line, drop_leak_report, duration, elided, experiment_line,
-                                holdout_warning, noise_line, reason_headline, run_line, status_line)
+from population.agent_pauses import AgentPauses
+from population.config import ConfigError, RunConfig, default_tag, resolve, settings_of, validate, with_run_settings
+from population.console import Console, drop_leak_report, duration, run_line, status_line
 from population.fleet import DriverError
+from population.flight import Flight
+from population.narration import decision_lines, result_line, settings_lines
+from population.outcome import duplicate_reason, gains_over_seed, judged, last_baseline_error, train_env
+from population.policy import SEED_MEMBER, Cull, Policy, Promote, Queue, Settings, Stop, Train
 from population.ray_fleet import RayFleet, first_sentence
-from population.outcome import (base_row, duplicate_reason, experiment_files, gains_over_seed, judged,
-                                last_baseline_error, train_env)
-from population.policy import (SEED_MEMBER, AgentStreaks, Cull, Drop, NoiseMeasured, Policy, Promote, Queue,
-                               Settings, Stop, Train, Work)
-from population.selection import holdout_lags
 from population.state import PopulationState
 from population.store import RunStore, StoreError
 from population.training import EVAL_HEADER, TrainJob, TrainResult
@@ -39,25 +35,8 @@ from prepare.tasks import Task, get_task
 
 WATCH_EVERY_S = 60.0           # how often the watchdog asks the workers what they last wrote
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-BASELINE_MEMBER = SEED_MEMBER
 TABLES_EVERY_S = 5.0
 TABLES_MAX_SHARE = 0.02        # full rewrites grow with the run: at most this share of the driver's time
-
-
-@dataclass
-class Flight:
-    """An experiment in flight, as the driver knows it."""
-    exp_id: int
-    work: Work
-    worker: str
-    member: str
-    parent: str | None
-    parent_commit: str
-    commit: str                    # what trains (the parent until the child is committed)
-    agent: str
-    prompt: str = ""
-    prepared: Prepared | None = None
-    train_blob: str | None = None
 
 
 class Driver:
@@ -69,6 +48,8 @@ class Driver:
         self.fleet = fleet                   # None: a RayFleet, made in setup
         self.git = git                       # population.gitops, or a stand-in with its functions
         self.clock = clock
+        self.repo = None
+        self.tag = config.tag
         self.task: Task | None = None
         self.policy: Policy | None = None
         self.stop_reason: str | None = None
@@ -90,9 +71,7 @@ class Driver:
         self.started = False                 # the run began (its first event): a failed start leaves nothing
         self.budget_defaulted = False
         self.setting_changes: dict[str, list] = {}   # --resume --set: field -> [old, new]
-        self.agent_streaks = AgentStreaks()
-        self.paused_until: dict[str, float] = {}               # worker -> when it proposes again (back-off)
-        self.agent_stopped: dict[str, str] = {}                # worker -> why its agent stopped it
+        self.agents = AgentPauses(clock)     # workers paused or stopped by their failing agent
 
     # ================================================================ set-up
 
@@ -138,7 +117,7 @@ class Driver:
         for ref in self.git.clear_run_ref_locks(self.repo, self.tag):   # a driver killed inside git
             self.console.line(f"removed the stale git lock of {ref}")
         self.fingerprint = self._seed_fingerprint()
-        self.git.set_ref(self.repo, gitops.member_branch(self.tag, BASELINE_MEMBER), self.seed_commit)
+        self.git.set_ref(self.repo, gitops.member_branch(self.tag, SEED_MEMBER), self.seed_commit)
         self.made["m0000"] = not cfg.resume
         self.state = replayed if replayed is not None else PopulationState.replay(
             self.store.events(), self.task.metric, self.task.lower_is_better)
@@ -154,24 +133,11 @@ class Driver:
             self.fleet.check_ready(self.task.name, fingerprint, os.environ.get("AUTORESEARCH_CACHE"))
 
     def _open_resumed(self, run_dir: Path) -> PopulationState:
-        """The run to resume, locked, its settings (with the changes --set asks for) and its journal
-        replayed, after checking that the journal accounts for everything the store and the
-        branches hold: nothing is written before (startup.check_resumable)."""
         self.store = RunStore.open(run_dir)
         self.store.lock()                      # first: a live driver's journal is not read half-way
         self.locked = True
-        events = self.store.events()
-        changes = [event.get("changes") or {} for event in events if event.get("type") == "settings_changed"]
-        cfg = with_run_settings(self.config, self.store.meta, changes)
-        cfg, self.setting_changes = changed_settings(cfg)
-        self.config = cfg
-        self.task = get_task(cfg.task)
-        self.seed_commit = self.store.meta["seed_commit"]
-        if not self.git.has_commit(self.repo, self.seed_commit):
-            raise DriverError(f"the run's seed commit {self.seed_commit[:9]} is not in {self.repo.working_tree_dir}")
-        state = PopulationState.replay(events, self.task.metric, self.task.lower_is_better)
-        startup.check_resumable(self.store, state, self.git.list_branches(self.repo, f"population/{self.tag}/"),
-                                self.tag)
+        self.config, self.setting_changes, state = startup.resumed_state(self.store, self.config, self.git, self.repo)
+        self.task, self.seed_commit = get_task(self.config.task), self.store.meta["seed_commit"]
         return state
 
     def _agent_options(self, index: int) -> dict:
@@ -244,13 +210,12 @@ class Driver:
             if not self.fleet.busy():
                 if not self._can_hand_out():
                     break   # nothing in flight and nothing left to hand out
-                usable = self._usable()
+                usable = self.agents.usable(self.fleet.slots)
                 if self.fleet.live() and not usable:
-                    raise DriverError(f"no worker is left: {'; '.join(sorted(set(self.agent_stopped.values())))}; "
-                                      "fix the agent, then --resume")
-                waits = [self.paused_until[s.name] - self.clock() for s in usable if s.name in self.paused_until]
-                if usable and len(waits) == len(usable) and self._can_hand_out():
-                    self.fleet.pause(min(max(0.0, min(waits)), 1.0))   # every worker backs off: wait
+                    raise DriverError(f"no worker is left: {self.agents.why_none_left()}; fix the agent, then --resume")
+                wait = self.agents.all_paused_for(usable)
+                if wait is not None and self._can_hand_out():
+                    self.fleet.pause(min(wait, 1.0))   # every worker backs off: wait
                     continue
                 if self.fleet.live():
                     break   # live workers idle: nothing left to hand out
@@ -314,23 +279,10 @@ class Driver:
         if self.locked:
             self.store.unlock()
         if not self.started:
-            self._undo_start()
+            startup.undo_start(self.git, self.repo, self.tag, self.made, self.store and self.store.dir, self.runs_dir)
         if self.stop_reason == "interrupted":
             return EXIT_INTERRUPTED
         return EXIT_OK if finished else EXIT_ERROR
-
-    def _undo_start(self) -> None:
-        """A start that failed before the run began leaves nothing behind: a new run's folders and
-        its m0000 branch go (the seed check's worktree is gone already, startup.seed_fingerprint)."""
-        if self.made.get("m0000"):
-            self.git.delete_branch(self.repo, gitops.member_branch(self.tag, BASELINE_MEMBER))
-        if self.made.get("run_dir") and self.store is not None:
-            shutil.rmtree(self.store.dir, ignore_errors=True)
-        if self.made.get("runs_dir") and self.runs_dir is not None:
-            try:
-                self.runs_dir.rmdir()             # only when empty
-            except OSError:
-                pass
 
     def _change_settings(self) -> None:
         """--resume --set: the changes journaled, printed, and in force from here on (the policy
@@ -339,21 +291,14 @@ class Driver:
         if not changes:
             return
         self.record({"type": "settings_changed", "changes": changes})
-        said = []
-        for name, (old, new) in changes.items():
-            said.append(f"{RUN_SETTINGS[name]} {shown(old)} -> {shown(new)}")
-        self.console.line("settings changed from now on: " + ", ".join(said))
-        floor = self.state.population_floor
-        if floor is not None:
-            self.console.line(f"the population shrinks to {self.config.population_size} by one member per result "
-                              f"({floor - self.config.population_size} over it now; the champion and members "
-                              "awaiting confirmation are kept)")
+        for line in settings_lines(changes, self.state, self.config.population_size):
+            self.console.line(line)
 
     def _record_stop(self, finished: bool) -> None:
         """Journal what was in flight as lost (its work queued for a resume), then the final state."""
         lost = sorted(self.flights)
         for exp_id in lost:
-            self.record(self._lost_event(self.flights[exp_id], f"driver stopped ({self.stop_reason or 'error'})"))
+            self.record(self.flights[exp_id].lost_event(f"driver stopped ({self.stop_reason or 'error'})"))
             self._decide(self.policy.on_lost(self.state, exp_id, front=False))
         self.flights.clear()
         state = "finished" if finished else "stopped"
@@ -385,26 +330,14 @@ class Driver:
             else:
                 self.git.remove_worktree(self.repo, path)
         resumed = self.state.experiments or self.state.pending
-        made = self._decide(self.policy.on_resume(self.state, commits=self._arrived_commits()) if resumed
+        arrived = startup.arrived_commits(self.git, self.repo, self.tag, self.state) if resumed else {}
+        made = self._decide(self.policy.on_resume(self.state, commits=arrived) if resumed
                             else self.policy.on_start(self.state))
         for decision in made:       # what becomes of the work in flight when the driver stopped
             if isinstance(decision, Queue) and decision.lost is not None:
                 self.console.line(f"{decision.reason} (in flight when the driver stopped)")
         if self.state.champion:
             self.git.set_ref(self.repo, gitops.best_branch(self.tag), self.state.members[self.state.champion].commit)
-
-    def _arrived_commits(self) -> dict[int, str]:
-        """The children in flight when the driver stopped whose commit had reached this repository
-        (their branch holds it, unlike their parent's): the policy trains these commits again."""
-        arrived = {}
-        for exp in self.state.in_flight():
-            if exp.kind != "child":
-                continue
-            commit = exp.started.get("commit") or self.git.ref_commit(
-                self.repo, gitops.member_branch(self.tag, exp.member))
-            if commit and commit != exp.started.get("parent_commit"):
-                arrived[exp.id] = commit
-        return arrived
 
     # ================================================================ applying decisions
 
@@ -422,47 +355,22 @@ class Driver:
         return made
 
     def _apply(self, decision, event: dict) -> None:
-        metric = self.task.metric
         if isinstance(decision, Promote):
-            member, previous, posterior = decision.member, decision.previous, self.state.posterior
-            self.git.set_ref(self.repo, gitops.best_branch(self.tag), self.state.members[member].commit)
-            estimate = likely = None
-            if self.policy.settings.posterior and previous and member in posterior and previous in posterior:
-                estimate = self.state.estimate(member) * (1 if self.task.lower_is_better else -1)
-                likely = posterior.prob_better(member, previous)
-            self.console.line(champion_line(member=member, metric=metric, mean=self.state.members[member].mean,
-                                            previous=previous, estimate=estimate, likely=likely))
-            if "val_gain" in event and holdout_lags(event["val_gain"], event["holdout_gain"], self.state.noise_std):
-                self.console.line(holdout_warning(member=member, val_gain=event["val_gain"],
-                                                  holdout_gain=event["holdout_gain"]))
+            self.git.set_ref(self.repo, gitops.best_branch(self.tag), self.state.members[decision.member].commit)
         elif isinstance(decision, Cull):
             self.git.remove_worktree(self.repo, self.store.members_dir / decision.member)
-            self.console.line(f"culled {decision.member} ({decision.rule})")
-        elif isinstance(decision, NoiseMeasured):
-            self.console.line(noise_line(metric=metric, std=decision.std, runs=decision.runs, commits=decision.commits,
-                                         previous=decision.previous, mean=self.state.members[BASELINE_MEMBER].mean))
-        elif isinstance(decision, Queue) and decision.work.kind == "rerun" and not decision.work.attempts:
-            self.console.line(f"{decision.work.member} {decision.reason}: re-run on seed {decision.work.seed}")
-        elif isinstance(decision, Queue) and decision.work.kind == "baseline" and decision.reason != "the noise phase":
-            self.console.line(f"noise: {decision.reason}")
-        elif isinstance(decision, Drop):
-            self.console.line(f"e{decision.exp_id:04d} {decision.reason}")
         elif isinstance(decision, Stop):
             raise DriverError(f"{decision.reason} ({last_baseline_error(self.state)}); "
                               f"see {self.store.dir / 'experiments'}/*/run.log")
+        for line in decision_lines(decision, event, self.state, self.task.metric, self.task.lower_is_better,
+                                   self.policy.settings.posterior):
+            self.console.line(line)
 
     # ================================================================ handing out work
 
-    def _usable(self) -> list:
-        """The live workers whose agent did not stop them."""
-        return [slot for slot in self.fleet.slots if not slot.dead and slot.name not in self.agent_stopped]
-
     def _dispatch(self) -> None:
-        now = self.clock()
-        for name in [name for name, until in self.paused_until.items() if until <= now]:
-            del self.paused_until[name]
         for slot in self.fleet.idle():
-            if slot.name in self.agent_stopped or slot.name in self.paused_until:
+            if not self.agents.may_propose(slot.name):
                 continue                          # stopped, or backing off after its agent's failures
             train = self.policy.next_work(self.state) if self.stop_reason is None else None
             if train is None:
@@ -502,7 +410,7 @@ class Driver:
     def _member_commit(self, member: str) -> str:
         if member in self.state.members:
             return self.state.members[member].commit
-        if member == BASELINE_MEMBER:
+        if member == SEED_MEMBER:
             return self.seed_commit
         commit = self.git.ref_commit(self.repo, gitops.member_branch(self.tag, member))
         if not commit:
@@ -540,23 +448,13 @@ class Driver:
     def _lose(self, flight: Flight, reason: str) -> None:
         """The fleet lost the work (node or worker died): journal it lost; the policy queues it again
         (a child whose commit had arrived as that commit, one lost during its agent as a new proposal)."""
-        self.record(self._lost_event(flight, reason))
+        self.record(flight.lost_event(reason))
         self.flights.pop(flight.exp_id, None)
         queued = [d for d in self._decide(self.policy.on_lost(self.state, flight.exp_id)) if isinstance(d, Queue)]
         plan = queued[0].reason.removeprefix(f"e{flight.exp_id:04d} lost ") if queued else ""
         self.console.line(f"e{flight.exp_id:04d} lost ({first_sentence(reason)})" +
                           (f"; queued again {plan}" if flight.work.kind == "child" and queued else
                            "; queued again" if queued else ""))
-
-    def _lost_event(self, flight: Flight, reason: str) -> dict:
-        """The experiment_lost event; a child's commit and description when its commit had arrived."""
-        event = {"type": "experiment_lost", "id": flight.exp_id, "reason": reason}
-        if flight.work.kind == "child" and flight.commit and flight.commit != flight.parent_commit:
-            event["commit"] = flight.commit
-            description = flight.prepared.description if flight.prepared else ""
-            if description:
-                event["description"] = description
-        return event
 
     def _prepared(self, flight: Flight, prepared: Prepared) -> None:
         flight.prepared = prepared
@@ -603,16 +501,12 @@ class Driver:
 
     def _row(self, flight: Flight, status: str, reason: str) -> dict:
         first = self.state.experiments.get(self.state.first_id(flight.member))
-        return base_row(kind=flight.work.kind, member=flight.member, commit=flight.commit,
-                        parent_commit=flight.parent_commit, branch=gitops.member_branch(self.tag, flight.member),
-                        status=status, reason=reason, worker=flight.worker, agent=flight.agent,
-                        seed=flight.work.seed, budget_s=self.config.budget_s, prepared=flight.prepared,
-                        first_description=str(first.row.get("description", "") if first else ""))
+        return flight.row(status, reason, branch=gitops.member_branch(self.tag, flight.member),
+                          budget_s=self.config.budget_s,
+                          first_description=str(first.row.get("description", "") if first else ""))
 
     def _files(self, flight: Flight, log: str | None, busy_timeline: list | None = None) -> dict:
-        return experiment_files(kind=flight.work.kind, commit=flight.commit, parent_commit=flight.parent_commit,
-                                prepared=flight.prepared, prompt=flight.prompt, log=log, busy_timeline=busy_timeline,
-                                diff=lambda: self.git.diff(self.repo, flight.parent_commit, flight.commit))
+        return flight.files(log, lambda: self.git.diff(self.repo, flight.parent_commit, flight.commit), busy_timeline)
 
     def _finish_untrained(self, flight: Flight, status: str, reason: str, cleanup: bool = True) -> None:
         row = self._row(flight, status, reason)
@@ -642,46 +536,19 @@ class Driver:
         if member is not None and member.first_id == flight.exp_id and member.alive:
             self.git.add_worktree(self.repo, self.store.members_dir / member.name,
                                   gitops.member_branch(self.tag, member.name))
-        self._announce(flight, row)
+        self.console.line(result_line(flight, row, self.state, self.task.metric))
         self._note_agent(flight, row)
         self._decide(self.policy.on_result(self.state, flight.exp_id))
         self.refresh_tables()
 
     def _note_agent(self, flight: Flight, row: dict) -> None:
-        """An agent that fails the same way again and again (a dead --agent-base-url, a missing key):
-        its worker pauses, growing pauses, then stops, as the policy's AgentStreaks says; the run
-        goes on with the others."""
-        if flight.work.kind != "child" or flight.work.commit:
-            return                                 # no agent ran
-        worker = flight.worker
-        verdict = self.agent_streaks.note(worker, row["status"], row.get("reason", ""))
-        if verdict is None:
-            self.paused_until.pop(worker, None)
-            return
-        count, pause = verdict
-        cause = elided(reason_headline(row.get("reason", "")), 160)
-        if pause is None:
-            self.agent_stopped[worker] = f"{worker}'s agent ({flight.agent}) failed {count} times in a row: {cause}"
-            self.paused_until.pop(worker, None)
-            left = len(self._usable())
-            self.console.line(f"{worker} stopped: its agent ({flight.agent}) failed the same way {count} times in a "
-                              f"row: {cause}" + (f"; the run goes on with {left} worker{'s' if left != 1 else ''}"
-                                                 if left else ""))
-        elif pause > 0:
-            self.paused_until[worker] = self.clock() + pause
-            self.console.line(f"{worker}'s agent failed the same way {count} times in a row ({cause}): "
-                              f"its next proposal in {duration(pause)}")
-
-    def _announce(self, flight: Flight, row: dict) -> None:
-        member = self.state.members.get(flight.member)
-        champion = self.state.members.get(self.state.champion) if self.state.champion else None
-        self.console.line(experiment_line(
-            exp_id=flight.exp_id, kind=flight.work.kind, member=flight.member, parent=flight.parent,
-            worker=flight.worker, status=row["status"], metric=self.task.metric, value=row.get(self.task.metric),
-            best=champion.mean if champion else None, mean=member.mean if member else None,
-            description=(row.get("description", "") + (f" (e{flight.work.retrains:04d}'s commit, trained again)"
-                                                       if flight.work.commit else ""))
-            if flight.work.kind == "child" else "", reason=row.get("reason", "")))
+        if flight.work.kind == "child" and not flight.work.commit:      # an agent ran
+            line = self.agents.note(flight.worker, flight.agent, row["status"], row.get("reason", ""))
+            left = len(self.agents.usable(self.fleet.slots))
+            if line and flight.worker in self.agents.stopped and left:
+                line += f"; the run goes on with {left} worker{'s' if left != 1 else ''}"
+            if line:
+                self.console.line(line)
 
     # ---------------------------------------------------------------- status
 
@@ -692,7 +559,7 @@ class Driver:
             in_flight=len(self.flights),
             training=self.fleet.training() - self.fleet.waiting_for_gpu() if self.fleet else 0,
             waiting_for_gpu=self.fleet.waiting_for_gpu() if self.fleet else None,
-            workers=len(self._usable()) if self.fleet else 0, alive=len(self.state.living()),
+            workers=len(self.agents.usable(self.fleet.slots)) if self.fleet else 0, alive=len(self.state.living()),
             champion=self.state.champion,
             metric=self.task.metric, best=champion.mean if champion else None,
             elapsed_s=self.clock() - self.started_at, max_experiments=self.config.max_experiments,

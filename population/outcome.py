@@ -6,8 +6,6 @@ the seed on the validation rows and on the hidden holdout. The driver does the I
 """
 from __future__ import annotations
 
-import json
-
 import math
 from pathlib import Path
 
@@ -18,7 +16,6 @@ from population.policy import SEED_MEMBER
 from population.state import PopulationState, holdout_column
 from population.summary import parse_summary, tail
 from population.training import TrainResult, evaluation_files
-from population.usage import TIMELINE_EVERY_S
 from prepare.tasks import Task
 
 LOG_TAIL_LINES = 40
@@ -123,45 +120,6 @@ def duplicate_reason(train_file: str, blob: str | None, parent_blob: str | None,
     if twin is not None:
         return f"{train_file} is identical to {twin}'s"
     return None
-
-
-def base_row(*, kind: str, member: str, commit: str, parent_commit: str, branch: str, status: str, reason: str,
-             worker: str, agent: str, seed: int, budget_s: float, prepared, first_description: str) -> dict:
-    """The lineage row of an experiment before its training's figures: a child's agent figures, a
-    baseline's or a re-run's description."""
-    row = {"commit": commit if (kind != "child" or commit != parent_commit) else "",
-           "branch": "", "status": status, "reason": reason, "worker": worker, "agent": agent,
-           "seed": seed, "budget_s": budget_s, "finished_at": None}
-    if row["commit"]:
-        row["branch"] = branch
-    if prepared is not None and kind == "child":
-        row.update(description=prepared.description, agent_seconds=prepared.agent_seconds,
-                   agent_tokens=prepared.agent_tokens, agent_cost_usd=prepared.agent_cost_usd)
-    elif kind == "baseline":
-        row["description"] = "baseline (the seed, unmodified)"
-    elif kind == "rerun":
-        row["description"] = f"re-run of {member}: " + first_description
-    return row
-
-
-def experiment_files(*, kind: str, commit: str, parent_commit: str, prepared, prompt: str, log: str | None,
-                     diff, busy_timeline: list | None = None) -> dict:
-    """experiments/<id>/: run.log (when it trained), device_busy.json (its device's busy share every
-    few seconds, sampled from outside: population/usage.py), diff.patch against the parent
-    (`diff()`, else the worker's own), a child's prompt and transcript."""
-    files = {} if log is None else {"run.log": log}
-    if busy_timeline:
-        files["device_busy.json"] = json.dumps({"every_s": TIMELINE_EVERY_S,
-                                                "samples": [[t, share] for t, share in busy_timeline]})
-    if kind != "baseline":
-        if commit and commit != parent_commit and parent_commit:
-            files["diff.patch"] = diff()
-        elif prepared is not None and prepared.diff:
-            files["diff.patch"] = prepared.diff
-    if kind == "child":
-        files["prompt.md"] = prompt
-        files["transcript.txt"] = prepared.transcript if prepared else ""
-    return files
 
 
 def last_baseline_error(state: PopulationState) -> str:

@@ -3,6 +3,7 @@ metadata, its signal handlers, a git error in one line (I/O: git, files, signals
 from __future__ import annotations
 
 import logging
+import shutil
 
 import signal
 import threading
@@ -11,11 +12,11 @@ import time
 from pathlib import Path
 
 from population import gitops, readiness
-from population.config import RunConfig, settings_of
+from population.config import RunConfig, changed_settings, settings_of, with_run_settings
 from population.fleet import DriverError
 from population.state import PopulationState
 from population.training import EVALUATOR_FILE
-from prepare.tasks import Task
+from prepare.tasks import Task, get_task
 
 PROGRAM_FILE = "program.md"
 
@@ -157,6 +158,49 @@ def check_resumable(store, state: PopulationState, branches: dict[str, str], tag
     best = branches.get(gitops.best_branch(tag))
     if best and state.champion is None:
         raise DriverError(f"branch {gitops.best_branch(tag)} exists but {where} records no champion{fix}")
+
+
+def resumed_state(store, config: RunConfig, git, repo) -> tuple[RunConfig, dict, PopulationState]:
+    """A locked run's settings (with the changes --resume --set asks for: field -> [old, new]) and
+    its journal replayed, after checking that the journal accounts for everything the store and
+    the branches hold (check_resumable): nothing is written before."""
+    events = store.events()
+    changes = [event.get("changes") or {} for event in events if event.get("type") == "settings_changed"]
+    config, asked = changed_settings(with_run_settings(config, store.meta, changes))
+    seed_commit = store.meta["seed_commit"]
+    if not git.has_commit(repo, seed_commit):
+        raise DriverError(f"the run's seed commit {seed_commit[:9]} is not in {repo.working_tree_dir}")
+    task = get_task(config.task)
+    state = PopulationState.replay(events, task.metric, task.lower_is_better)
+    check_resumable(store, state, git.list_branches(repo, f"population/{config.tag}/"), config.tag)
+    return config, asked, state
+
+
+def arrived_commits(git, repo, tag: str, state: PopulationState) -> dict[int, str]:
+    """The children in flight when the driver stopped whose commit had reached this repository
+    (their branch holds it, unlike their parent's): the policy trains these commits again."""
+    arrived = {}
+    for exp in state.in_flight():
+        if exp.kind != "child":
+            continue
+        commit = exp.started.get("commit") or git.ref_commit(repo, gitops.member_branch(tag, exp.member))
+        if commit and commit != exp.started.get("parent_commit"):
+            arrived[exp.id] = commit
+    return arrived
+
+
+def undo_start(git, repo, tag: str, made: dict[str, bool], run_dir: Path | None, runs_dir: Path | None) -> None:
+    """A start that failed before the run began leaves nothing behind: what it made (`made`: a new
+    run's folders, its m0000 branch) goes; the seed check's worktree is gone already."""
+    if made.get("m0000"):
+        git.delete_branch(repo, gitops.member_branch(tag, "m0000"))
+    if made.get("run_dir") and run_dir is not None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if made.get("runs_dir") and runs_dir is not None:
+        try:
+            runs_dir.rmdir()             # only when empty
+        except OSError:
+            pass
 
 
 def git_error_line(error) -> str:

@@ -1,0 +1,80 @@
+"""An experiment in flight, as the driver knows it, and the records it leaves in the store: its
+lineage row before the training's figures, its files, its lost event (pure: no Ray, git or files)."""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from population.policy import Work
+from population.usage import TIMELINE_EVERY_S
+from population.worker import Prepared
+
+
+@dataclass
+class Flight:
+    exp_id: int
+    work: Work
+    worker: str
+    member: str
+    parent: str | None
+    parent_commit: str
+    commit: str                    # what trains (the parent until the child is committed)
+    agent: str
+    prompt: str = ""
+    prepared: Prepared | None = None
+    train_blob: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.work.kind
+
+    @property
+    def has_own_commit(self) -> bool:
+        """A child whose change has reached the driver (before, it stands at its parent's commit)."""
+        return self.kind != "child" or (bool(self.commit) and self.commit != self.parent_commit)
+
+    def row(self, status: str, reason: str, *, branch: str, budget_s: float, first_description: str) -> dict:
+        """The lineage row before the training's figures: a child's agent figures, a baseline's or
+        a re-run's description."""
+        row = {"commit": self.commit if self.has_own_commit else "", "branch": "", "status": status,
+               "reason": reason, "worker": self.worker, "agent": self.agent, "seed": self.work.seed,
+               "budget_s": budget_s, "finished_at": None}
+        if row["commit"]:
+            row["branch"] = branch
+        if self.prepared is not None and self.kind == "child":
+            row.update(description=self.prepared.description, agent_seconds=self.prepared.agent_seconds,
+                       agent_tokens=self.prepared.agent_tokens, agent_cost_usd=self.prepared.agent_cost_usd)
+        elif self.kind == "baseline":
+            row["description"] = "baseline (the seed, unmodified)"
+        elif self.kind == "rerun":
+            row["description"] = f"re-run of {self.member}: " + first_description
+        return row
+
+    def files(self, log: str | None, diff: Callable[[], str], busy_timeline: list | None = None) -> dict:
+        """experiments/<id>/: run.log (when it trained), device_busy.json (its device's busy share
+        every few seconds, sampled from outside: population/usage.py), diff.patch against the
+        parent (`diff()`, else the worker's own), a child's prompt and transcript."""
+        files = {} if log is None else {"run.log": log}
+        if busy_timeline:
+            files["device_busy.json"] = json.dumps({"every_s": TIMELINE_EVERY_S,
+                                                    "samples": [[t, share] for t, share in busy_timeline]})
+        if self.kind != "baseline":
+            if self.commit and self.commit != self.parent_commit and self.parent_commit:
+                files["diff.patch"] = diff()
+            elif self.prepared is not None and self.prepared.diff:
+                files["diff.patch"] = self.prepared.diff
+        if self.kind == "child":
+            files["prompt.md"] = self.prompt
+            files["transcript.txt"] = self.prepared.transcript if self.prepared else ""
+        return files
+
+    def lost_event(self, reason: str) -> dict:
+        """The experiment_lost event; a child's commit and description when its commit had arrived."""
+        event = {"type": "experiment_lost", "id": self.exp_id, "reason": reason}
+        if self.kind == "child" and self.commit and self.commit != self.parent_commit:
+            event["commit"] = self.commit
+            description = self.prepared.description if self.prepared else ""
+            if description:
+                event["description"] = description
+        return event
