@@ -37,14 +37,15 @@ import contextlib, importlib.util, json, sys, time, torch
 from prepare import Tokenizer, evaluate_bpb
 spec = importlib.util.spec_from_file_location("seed", "engine/train.py")
 seed = importlib.util.module_from_spec(spec); spec.loader.exec_module(seed)
+from prepare.runtime import EvalModel, eval_batch_size
 device = torch.device(sys.argv[2])
 started = time.perf_counter()
 compiled = seed.load_model(sys.argv[1], device)
 raw = getattr(compiled, "_orig_mod", compiled)
-batch = seed.eval_batch_size(seed.EVAL_BATCH_SIZE)
+batch = eval_batch_size(seed.EVAL_BATCH_SIZE)
 autocast = torch.amp.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 with torch.no_grad(), autocast:
-    value = evaluate_bpb(seed.EvalModel(compiled, raw, batch), Tokenizer.from_directory(), batch)
+    value = evaluate_bpb(EvalModel(compiled, raw, batch), Tokenizer.from_directory(), batch)
 print(json.dumps({"val_bpb": value, "seconds": time.perf_counter() - started}))
 '''
 

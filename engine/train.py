@@ -6,79 +6,44 @@ a GPT (RoPE, QK-norm, GQA, value embeddings, sliding windows, ReLU^2 MLP, logit 
 the MuonAdamW optimizer (Polar Express + NorMuon + cautious weight decay for matrices, AdamW for
 the rest), a loop that trains for TIME_BUDGET seconds (the first warm-up steps, which carry the
 compile, are not counted) and a summary block after `---` that the population driver parses.
+In this order: hyperparameters, model, optimizer, training loop; then the fast paths (attention
+back-ends, the MLP's Triton kernels, the loss's own backward). The plumbing (process set-up, FA3's
+download, environment parsing, device facts, the summary's format) is in prepare/runtime.py.
 
     python engine/train.py                      # on one GPU, data from `python -m prepare`
     AUTORESEARCH_SMOKE=1 python engine/train.py  # tiny model on the CPU, for tests
 
-Environment: AUTORESEARCH_SEED (42), AUTORESEARCH_DEVICE (cuda|cpu), AUTORESEARCH_SMOKE (1: tiny
-CPU configuration), AUTORESEARCH_ATTENTION (fa3|flex|sdpa: force a kernel), AUTORESEARCH_MLP (torch: the
-MLP without its Triton kernels), AUTORESEARCH_CHECKPOINT
-(path: save the model there and leave the scoring to the harness), AUTORESEARCH_FAULT (nan_at_step:N, tests).
+Environment: AUTORESEARCH_SEED (42), AUTORESEARCH_DEVICE (cuda|cpu), AUTORESEARCH_SMOKE (1: tiny CPU
+configuration), AUTORESEARCH_ATTENTION (fa3|flex|sdpa: force a kernel), AUTORESEARCH_MLP (torch: the MLP
+without its Triton kernels), AUTORESEARCH_CHECKPOINT (path: save the model there and leave the scoring to
+the harness), AUTORESEARCH_FAULT (nan_at_step:N, tests).
 """
 
 import time
 
 T_PROCESS_START = time.time()  # total_seconds counts the imports too
 
-import os
+from prepare.runtime import setup_environment
 
-# Set before torch is imported: the allocator reads its config once, and the compile caches
-# live in the shared data cache so the 2nd..Nth experiment of a population compiles from cache.
-_CACHE_ROOT = os.path.expanduser(os.environ.get("AUTORESEARCH_CACHE", "~/.cache/autoresearch"))
-os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(_CACHE_ROOT, "torch_compile"))
-os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(_CACHE_ROOT, "triton"))
-os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
-os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+setup_environment()  # before torch: allocator config, compile and bytecode caches in the data cache
 
 import copy
 import gc
-import inspect
 import math
-import socket
+import os
 import sys
-import threading
-import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Optional
-from urllib.parse import urlparse
-
-# Python bytecode, cached in the data cache too: where torch ships without it and writing it is off
-# (PYTHONDONTWRITEBYTECODE, common in images), every training and each of its compile workers would
-# recompile ~2,000 torch modules: ~6 s of every start on the lent H200s. The children inherit it.
-if os.access(_CACHE_ROOT, os.W_OK):  # not in the read-only cache of a sandboxed training
-    os.environ.setdefault("PYTHONPYCACHEPREFIX", os.path.join(_CACHE_ROOT, "pycache"))
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    sys.pycache_prefix, sys.dont_write_bytecode = os.environ["PYTHONPYCACHEPREFIX"], False
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-try:
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-except ImportError:  # torch < 2.5
-    create_block_mask = flex_attention = None
+from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, make_dataloader
+from prepare.runtime import (ConfigError, device_peak_flops, env_int, evaluate_standalone, fault_step,
+                             forced_attention, load_fa3, select_device, summary)
 
-# The model's two autograd.Functions (the MLP's kernels, the loss) would make AOTAutograd skip its
-# cache for the whole forward graph: 5 s more compile in every experiment (H100). Safe to cache:
-# their traced bodies are part of the key, and the Triton kernels' source is, through triton_op.
-import torch._functorch.config as _functorch_config
-
-if hasattr(_functorch_config, "autograd_cache_allow_custom_autograd_functions"):  # torch >= 2.8
-    _functorch_config.autograd_cache_allow_custom_autograd_functions = True
-
-triton = None
-if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":  # the CPU smoke run never needs it
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError:
-        pass
-
-from prepare import EVAL_TOKENS, MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, evaluate_bpb, make_dataloader
 
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these directly: one `NAME = literal` per line, no CLI flags)
@@ -129,295 +94,6 @@ if SMOKE:
 # Fixed experiment rules, not hyperparameters: the untimed warm-up steps (step 0 compiles).
 UNTIMED_STEPS = 11        # fixed: do not change, part of the budget's fairness
 FAIL_LOSS = 100.0         # fixed: a training loss above this (or NaN) stops the run
-
-
-class ConfigError(Exception):
-    """Bad input (configuration, environment, missing data): one clear line, exit code 1."""
-
-
-# ---------------------------------------------------------------------------
-# Attention kernels: FA3 (kernels hub), FlexAttention, SDPA
-# ---------------------------------------------------------------------------
-
-# Pinned kernel builds, tried in order: `v1` is the stable-API branch of each kernel repository.
-FA3_HOPPER = [("varunneal/flash-attention-3", "v1"), ("kernels-community/flash-attn3", "v1")]  # sm_90
-FA3_OTHER = [("kernels-community/flash-attn3", "v1")]  # Ampere / Ada
-
-
-def hub_reachable(timeout=2.0):
-    """True when the Hugging Face hub answers a TCP connect within `timeout` (DNS included)."""
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    result = []
-
-    def probe():
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)  # a hung DNS lookup must not block us
-    thread.start()
-    thread.join(timeout)
-    return bool(result)
-
-
-def load_fa3():
-    """(module, None) with `flash_attn_func`, or (None, reason). Never slow when offline."""
-    major, minor = torch.cuda.get_device_capability()
-    if major < 8 or major >= 10:
-        return None, f"no FA3 build for compute capability {major}.{minor}"
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes") and not hub_reachable():
-        os.environ["HF_HUB_OFFLINE"] = "1"  # resolve from the local cache only
-    try:
-        import huggingface_hub.constants
-        from kernels import get_kernel
-    except ImportError as exc:
-        return None, f"kernels is not installed ({exc})"
-    if os.environ.get("HF_HUB_OFFLINE") == "1":  # the hub may have been imported before we decided
-        huggingface_hub.constants.HF_HUB_OFFLINE = True
-    reasons = []
-    for repo, revision in FA3_HOPPER if (major, minor) == (9, 0) else FA3_OTHER:
-        kwargs = {"revision": revision}
-        if "trust_remote_code" in inspect.signature(get_kernel).parameters:
-            kwargs["trust_remote_code"] = True  # varunneal is not one of `kernels`' trusted orgs
-        try:
-            module = get_kernel(repo, **kwargs)
-        except Exception as exc:  # offline without a cached build, ABI mismatch, ...
-            reasons.append(f"{repo}@{revision}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}")
-            continue
-        module = getattr(module, "flash_attn_interface", module)
-        if hasattr(module, "flash_attn_func"):
-            return module, None
-        reasons.append(f"{repo}@{revision} has no flash_attn_func")
-    return None, "; ".join(reasons)
-
-
-class Attention:
-    """Causal attention where query i sees keys j with 0 <= i - j <= window (FA3's convention).
-
-    One object shared by all layers. FlexAttention block masks and SDPA masks are built once per
-    (sequence length, window) and cached, so the compiled model sees them as constants.
-    """
-
-    def __init__(self, backend, fa3=None):
-        assert backend in ("fa3", "flex", "sdpa")
-        self.backend, self.fa3, self._masks = backend, fa3, {}
-
-    def mask(self, seq_len, window, device):
-        key = (seq_len, window)
-        if key not in self._masks:
-            if self.backend == "flex":
-                def sliding_causal(b, h, q_idx, kv_idx):
-                    return (q_idx >= kv_idx) & (q_idx - kv_idx <= window)
-
-                self._masks[key] = create_block_mask(sliding_causal, None, None, seq_len, seq_len, device=device)
-            else:
-                i = torch.arange(seq_len, device=device)
-                distance = i[:, None] - i[None, :]
-                self._masks[key] = (distance >= 0) & (distance <= window)
-        return self._masks[key]
-
-    def __call__(self, q, k, v, window):
-        """q: (B, T, H, D); k, v: (B, T, H_kv, D) with H_kv dividing H. Returns (B, T, H, D)."""
-        T = q.size(1)
-        if self.backend == "fa3":
-            y = self.fa3.flash_attn_func(q, k, v, causal=True, window_size=(window, 0))
-            return y[0] if isinstance(y, tuple) else y
-        gqa = k.size(2) != q.size(2)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if self.needs_mask(T, window):
-            if self.backend == "flex":
-                y = flex_attention(q, k, v, block_mask=self.mask(T, window, q.device), enable_gqa=gqa)
-            else:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask(T, window, q.device), enable_gqa=gqa)
-        else:  # the window covers the whole sequence: plain causal, SDPA's flash kernel (faster than flex)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        return y.transpose(1, 2)
-
-    @staticmethod
-    def needs_mask(seq_len, window):
-        """Only a window shorter than the sequence needs a mask; a full one is plain causal."""
-        return window < seq_len - 1
-
-
-def forced_attention(device_type):
-    """The kernel named by AUTORESEARCH_ATTENTION ('' when unset), checked against the device."""
-    forced = os.environ.get("AUTORESEARCH_ATTENTION", "").strip().lower()
-    if forced not in ("", "fa3", "flex", "sdpa"):
-        raise ConfigError(f"AUTORESEARCH_ATTENTION={forced!r}: use fa3, flex or sdpa")
-    if device_type != "cuda" and forced in ("fa3", "flex"):  # FlexAttention has no backward on a CPU
-        raise ConfigError(f"AUTORESEARCH_ATTENTION={forced} needs a CUDA GPU; on a CPU use sdpa")
-    return forced
-
-
-def select_attention(device_type):
-    """The kernel named by AUTORESEARCH_ATTENTION, else the fastest that works: fa3, flex, sdpa."""
-    forced = forced_attention(device_type)
-    if device_type != "cuda":
-        return Attention("sdpa")
-    if forced in ("", "fa3"):
-        fa3, why_not = load_fa3()
-        if fa3 is not None:
-            return Attention("fa3", fa3)
-        if forced == "fa3":
-            raise ConfigError(f"AUTORESEARCH_ATTENTION=fa3 but FA3 is unavailable: {why_not}")
-        print(f"fa3 unavailable ({why_not}); trying flex")
-    if forced in ("", "flex"):
-        if flex_attention is not None:
-            return Attention("flex")
-        if forced == "flex":
-            raise ConfigError("AUTORESEARCH_ATTENTION=flex but this torch has no FlexAttention (needs >= 2.5)")
-    return Attention("sdpa")
-
-
-# ---------------------------------------------------------------------------
-# The ReLU² MLP's Triton kernels (CUDA): the activation inside the matmuls
-# ---------------------------------------------------------------------------
-# Compiled as plain torch, the MLP's hidden layer (4x the model width: 1 GiB of bf16 a layer at
-# 262,144 tokens) goes through GPU memory several times: the first matmul writes h, a pointwise
-# kernel reads it and writes relu(h)², the backward reads h again. Here the forward's matmul writes
-# relu(h)² directly, and the backward's first matmul multiplies by relu(h)'s derivative as it
-# stores, from relu(h) = sqrt(relu(h)²): h itself is never stored. The other matmuls stay on cuBLAS.
-# 1.11x on the MLP (H100, bench/mlp_kernels.py); with the loss's own backward below, 1.047x a step.
-
-if triton is not None:
-    @triton.jit
-    def _relu2_tile(tile, a_ptr, b_ptr, out_ptr, act_ptr, M, N, K: tl.constexpr,
-                    stride_am, stride_ak, stride_bk, stride_bn, stride_om, stride_on, BACKWARD: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-        """Output tile `tile` of relu(a @ b)² (forward) or (a @ b) · 2·sqrt(act) (backward)."""
-        # Tiles in groups of GROUP_M row blocks, so tiles running together share b's columns in L2.
-        tiles_n = tl.cdiv(N, BLOCK_N)
-        first_m = (tile // (GROUP_M * tiles_n)) * GROUP_M
-        group_rows = min(tl.cdiv(M, BLOCK_M) - first_m, GROUP_M)
-        pid_m = first_m + (tile % (GROUP_M * tiles_n)) % group_rows
-        pid_n = (tile % (GROUP_M * tiles_n)) // group_rows
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        ks = tl.arange(0, BLOCK_K)
-        # Rows and columns past the end wrap around instead of being masked: read, never stored.
-        a_ptrs = a_ptr + (rows % M)[:, None] * stride_am + ks[None, :] * stride_ak
-        b_ptrs = b_ptr + ks[:, None] * stride_bk + (cols % N)[None, :] * stride_bn
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for _ in range(0, K // BLOCK_K):
-            acc = tl.dot(tl.load(a_ptrs), tl.load(b_ptrs), acc)
-            a_ptrs += BLOCK_K * stride_ak
-            b_ptrs += BLOCK_K * stride_bk
-        offsets = rows[:, None] * stride_om + cols[None, :] * stride_on
-        inside = (rows[:, None] < M) & (cols[None, :] < N)
-        if BACKWARD:
-            result = acc * 2.0 * tl.sqrt(tl.load(act_ptr + offsets, mask=inside, other=0.0).to(tl.float32))
-        else:
-            result = tl.maximum(acc, 0.0) * tl.maximum(acc, 0.0)
-        tl.store(out_ptr + offsets, result.to(out_ptr.dtype.element_ty), mask=inside)
-
-    @triton.jit
-    def _relu2_matmul_kernel(a_ptr, b_ptr, out_ptr, act_ptr, M, N, K: tl.constexpr,
-                             stride_am, stride_ak, stride_bk, stride_bn, stride_om, stride_on,
-                             BACKWARD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                             BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PROGRAMS: tl.constexpr):
-        if PROGRAMS > 0:  # one program per SM, looping: the next tile's loads overlap this one's stores
-            for tile in tl.range(tl.program_id(0), tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N), PROGRAMS, flatten=True):
-                _relu2_tile(tile, a_ptr, b_ptr, out_ptr, act_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
-                            stride_om, stride_on, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
-        else:  # one program per tile (Triton's CPU interpreter, in tests, cannot loop over a runtime range)
-            _relu2_tile(tl.program_id(0), a_ptr, b_ptr, out_ptr, act_ptr, M, N, K, stride_am, stride_ak, stride_bk,
-                        stride_bn, stride_om, stride_on, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
-
-    # A custom op (not a bare kernel call) so that the compile caches key on the kernel's source.
-    @torch.library.triton_op("autoresearch::relu2_matmul", mutates_args=())
-    def _relu2_launch(a: torch.Tensor, b: torch.Tensor, act: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """relu(a @ b)², or with `act` the backward's (a @ b) · 2·sqrt(act); a (M, K), b (K, N)."""
-        M, K = a.shape
-        N = b.shape[1]
-        out = torch.empty((M, N), device=a.device, dtype=a.dtype)
-        if a.is_cuda:
-            # The fastest tiles on an H100 (bench/mlp_kernels.py); smaller where shared memory is smaller.
-            gpu = torch.cuda.get_device_properties(a.device)
-            big = getattr(gpu, "shared_memory_per_block_optin", 0) >= 200 * 1024
-            tiles = dict(BLOCK_M=128, BLOCK_N=256 if big else 128, BLOCK_K=64, GROUP_M=8,
-                         num_warps=8 if big else 4, num_stages=3 if big else 2)
-            programs = gpu.multi_processor_count
-        else:
-            tiles, programs = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64, GROUP_M=2), 0
-        count = triton.cdiv(M, tiles["BLOCK_M"]) * triton.cdiv(N, tiles["BLOCK_N"])
-        torch.library.wrap_triton(_relu2_matmul_kernel)[(min(programs, count) if programs else count,)](
-            a, b, out, a if act is None else act, M, N, K,  # (act is not read in the forward)
-            a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
-            BACKWARD=act is not None, PROGRAMS=programs, **tiles)
-        return out
-
-
-class ReLU2MLP(torch.autograd.Function):
-    """relu(x W1ᵀ)² W2ᵀ; keeps x and relu(x W1ᵀ)² for the backward, not the pre-activation."""
-
-    @staticmethod
-    def forward(ctx, x, w1, w2):
-        x2d = x.reshape(-1, x.shape[-1])
-        act = _relu2_launch(x2d, w1.t())
-        ctx.save_for_backward(x2d, w1, w2, act)
-        ctx.x_shape = x.shape
-        return (act @ w2.t()).view(*x.shape[:-1], w2.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x2d, w1, w2, act = ctx.saved_tensors
-        grad_y = grad_y.reshape(-1, grad_y.shape[-1])
-        grad_h = _relu2_launch(grad_y, w2, act)
-        return (grad_h @ w1).view(ctx.x_shape), grad_h.t() @ x2d, grad_y.t() @ act
-
-
-def relu2_mlp(x, w1, w2, dtype=torch.bfloat16):
-    """The MLP for x (..., C), nn.Linear weights w1 (H, C) and w2 (C, H), computed in `dtype` (bf16
-    as autocast would; tests use float32, which Triton's CPU interpreter can run)."""
-    return ReLU2MLP.apply(x.to(dtype), w1.to(dtype), w2.to(dtype))
-
-
-def fused_mlp_error(mlp):
-    """How far the Triton kernels are from MLP.forward's own formula: the largest difference
-    relative to the largest output, on a copy of `mlp` with random weights (bf16 on a GPU)."""
-    probe = copy.deepcopy(mlp)
-    device = probe.c_fc.weight.device
-    with torch.no_grad():
-        for p in probe.parameters():
-            p.normal_(0.0, p.shape[-1] ** -0.5)
-        x = torch.randn(256, probe.c_fc.in_features, device=device)
-        with torch.amp.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            probe.fused = False
-            expected = probe(x).float()
-            probe.fused = True
-            got = probe(x).float()
-    return ((got - expected).abs().max() / expected.abs().max().clamp(min=1e-6)).item()
-
-
-def enable_fused_mlp(model, device_type):
-    """Turn the Triton kernels on where they compute what MLP.forward's own formula does, and say
-    what was chosen. An agent that changes the MLP's formula (another activation, a gate) fails the
-    check and trains its own formula, never the kernels' ReLU²."""
-    forced = os.environ.get("AUTORESEARCH_MLP", "").strip().lower()
-    if forced not in ("", "torch", "triton"):
-        raise ConfigError(f"AUTORESEARCH_MLP={forced!r}: use torch or triton")
-    mlps = [m for m in model.modules() if isinstance(m, MLP)]
-    if forced == "torch" or not mlps:
-        return "torch (AUTORESEARCH_MLP=torch)" if forced else "torch"
-    width = mlps[0].c_fc.in_features
-    why = ("need a CUDA GPU" if device_type != "cuda" else "need triton" if triton is None
-           else f"need a model width that is a multiple of 64, not {width}" if width % 64 else "")
-    if not why:
-        try:
-            error = fused_mlp_error(mlps[0])
-        except Exception as exc:  # a Triton that cannot build for this GPU, say
-            error, why = math.inf, f"failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}"
-        if error > 0.05 and not why:  # bf16 rounding alone stays under 0.01
-            why = f"differ from MLP.forward's formula (relative error {error:.2f}): it is not ReLU²"
-    if why:
-        if forced:
-            raise ConfigError(f"AUTORESEARCH_MLP=triton: the Triton kernels {why}")
-        return f"torch (the Triton kernels {why})"
-    for mlp in mlps:
-        mlp.fused = True
-    return f"triton (ReLU² inside the matmuls; against MLP.forward's formula: relative error {error:.4f})"
 
 
 # ---------------------------------------------------------------------------
@@ -535,33 +211,6 @@ class Block(nn.Module):
         return x + self.mlp(norm(x))
 
 
-class SoftcapCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of cap·tanh(logits / cap), targets -1 ignored; the loss GPT.forward
-    computes, with its own backward. Inductor's graph keeps an fp32 copy of the softcapped logits for
-    the backward; this keeps the bf16 logits (half the bytes) and each row's log-sum-exp, and
-    recomputes the softcap in one pass (1.004x a step on an H100, BENCHMARKS.md)."""
-
-    @staticmethod
-    def forward(ctx, logits, targets, cap):
-        z = cap * torch.tanh(logits.float() / cap)
-        valid = targets != -1
-        safe = targets.clamp(min=0)
-        lse = torch.logsumexp(z, dim=-1)
-        count = valid.sum()
-        ctx.save_for_backward(logits, safe, valid, lse, count)
-        ctx.cap = cap
-        return torch.where(valid, lse - z.gather(1, safe[:, None]).squeeze(1), 0.0).sum() / count
-
-    @staticmethod
-    def backward(ctx, grad):
-        logits, safe, valid, lse, count = ctx.saved_tensors
-        t = torch.tanh(logits.float() / ctx.cap)
-        probs = torch.exp(ctx.cap * t - lse[:, None])
-        onehot = torch.arange(logits.size(1), device=logits.device)[None, :] == safe[:, None]
-        scale = torch.where(valid, grad / count, 0.0)[:, None]
-        return ((probs - onehot.float()) * (1 - t * t) * scale).to(logits.dtype), None, None
-
-
 class GPT(nn.Module):
     def __init__(self, config, attention):
         super().__init__()
@@ -666,20 +315,6 @@ class GPT(nn.Module):
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=-1, reduction=reduction)
-
-
-def load_model(checkpoint_path, device):
-    """The evaluator's way back to the trained model (keep it working when you change the model):
-    rebuild it from what main() saved; the model maps token ids (B, T) to logits (B, T, vocab)."""
-    saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
-    config = GPTConfig(**saved["config"])
-    with torch.device("meta"):
-        model = GPT(config, select_attention(device.type))
-    model.to_empty(device=device)
-    model.init_weights()  # buffers and dtypes as in training; the weights come next
-    model.load_state_dict(saved["model"])
-    model.eval()
-    return torch.compile(model, dynamic=False) if device.type == "cuda" else model
 
 
 # ---------------------------------------------------------------------------
@@ -838,133 +473,13 @@ def muon_weight_decay(progress):
 
 
 # ---------------------------------------------------------------------------
-# Device facts: peak bf16 FLOP/s for MFU
-# ---------------------------------------------------------------------------
-
-# Dense (no 2:4 sparsity) bf16 tensor-core peaks, matched in order against the lower-case device
-# name, more specific names first. GeForce cards: the FP32-accumulate rate.
-PEAK_BF16_FLOPS = [
-    ("gb200", 2.5e15), ("b200", 2.25e15), ("b100", 1.75e15),
-    ("h200 nvl", 835e12), ("h200", 989.5e12),
-    ("h100 nvl", 835e12), ("h100 pcie", 756e12), ("h100", 989.5e12),
-    ("h800 pcie", 756e12), ("h800", 989.5e12), ("h20", 148e12),
-    ("a100", 312e12), ("a800", 312e12),
-    ("l40s", 362.05e12), ("l40", 181.05e12), ("l4", 121e12),
-    ("a10g", 70e12), ("a10", 125e12), ("a40", 149.7e12), ("a30", 165e12),
-    ("rtx 6000 ada", 364.2e12), ("rtx a6000", 154.8e12),
-    ("rtx 5090", 209.5e12), ("rtx 4090", 165.2e12), ("rtx 3090", 71e12),
-]
-
-
-def peak_flops(device_name):
-    """Dense bf16 peak FLOP/s of the named device, NaN when unknown."""
-    name = device_name.lower()
-    for key, flops in PEAK_BF16_FLOPS:
-        if key in name:
-            return flops
-    return float("nan")
-
-
-# ---------------------------------------------------------------------------
-# Run helpers: environment, summary
-# ---------------------------------------------------------------------------
-
-def env_int(name, default):
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r}: must be an integer") from None
-
-
-def fault_step():
-    """AUTORESEARCH_FAULT=nan_at_step:N makes step N's loss NaN (tests the fast-fail path)."""
-    value = os.environ.get("AUTORESEARCH_FAULT", "").strip()
-    if not value:
-        return None
-    kind, _, arg = value.partition(":")
-    if kind != "nan_at_step" or not arg.isdigit():
-        raise ConfigError(f"AUTORESEARCH_FAULT={value!r}: the only fault is nan_at_step:N")
-    return int(arg)
-
-
-def select_device():
-    wanted = os.environ.get("AUTORESEARCH_DEVICE", "").strip().lower()
-    if wanted not in ("", "cuda", "cpu"):
-        raise ConfigError(f"AUTORESEARCH_DEVICE={wanted!r}: use cuda or cpu")
-    if wanted == "cuda" or (not wanted and not SMOKE):
-        if not torch.cuda.is_available():
-            raise ConfigError("no CUDA GPU found; set AUTORESEARCH_SMOKE=1 for the tiny CPU configuration")
-        return "cuda"
-    return "cpu"
-
-
-def eval_batch_size(wanted, eval_tokens=EVAL_TOKENS, seq_len=MAX_SEQ_LEN):
-    """The largest batch <= wanted that divides the eval rows, so the evaluated tokens never change."""
-    rows = max(1, eval_tokens // seq_len)
-    return max(b for b in range(1, min(wanted, rows) + 1) if rows % b == 0)
-
-
-class EvalModel:
-    """The model as evaluate_bpb sees it: the compiled model at the eval batch size, the plain one
-    for any other (the single-row causality check), so the evaluation compiles one graph, not two."""
-
-    def __init__(self, compiled, plain, batch_size):
-        self.compiled, self.plain, self.batch_size = compiled, plain, batch_size
-
-    def parameters(self):
-        return self.plain.parameters()
-
-    def __call__(self, idx, targets=None, reduction="mean"):
-        if idx.size(0) == self.batch_size:
-            return self.compiled(idx, targets, reduction=reduction)
-        with warnings.catch_warnings():  # uncompiled FlexAttention warns that it is slow: it is a 1-row check
-            warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-            return self.plain(idx, targets, reduction=reduction)
-
-
-def percentile(values, q):
-    """Nearest-rank percentile (q in [0, 100]); NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
-
-
-def format_summary(m):
-    """The block the driver parses (keys as in the reference), then extra keys the bench reads."""
-    lines = [
-        "---",
-        *([f"val_bpb:          {m['val_bpb']:.6f}"] if m["val_bpb"] is not None else []),
-        f"training_seconds: {m['training_seconds']:.1f}",
-        f"total_seconds:    {m['total_seconds']:.1f}",
-        f"peak_vram_mb:     {m['peak_vram_mb']:.1f}",
-        f"mfu_percent:      {m['mfu_percent']:.2f}",
-        f"total_tokens_M:   {m['total_tokens_M']:.1f}",
-        f"num_steps:        {m['num_steps']}",
-        f"num_params_M:     {m['num_params_M']:.1f}",
-        f"depth:            {m['depth']}",
-        f"attention:        {m['attention']}",
-        f"step_ms_p10:      {m['step_ms_p10']:.1f}",
-        f"step_ms_p50:      {m['step_ms_p50']:.1f}",
-        f"step_ms_p90:      {m['step_ms_p90']:.1f}",
-        f"startup_seconds:  {m['startup_seconds']:.1f}",
-        f"compile_seconds:  {m['compile_seconds']:.1f}",
-        f"eval_seconds:     {m['eval_seconds']:.1f}",
-    ]
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
 
 def main():
     seed = env_int("AUTORESEARCH_SEED", 42)
     fail_at = fault_step()
-    device_type = select_device()
+    device_type = select_device(SMOKE)
     forced_attention(device_type)  # bad input fails before any work
     device = torch.device(device_type)
     torch.manual_seed(seed)
@@ -992,10 +507,7 @@ def main():
 
     attention = select_attention(device_type)
     print(f"attention: {attention.backend}")
-    device_name = torch.cuda.get_device_name() if device_type == "cuda" else "cpu"
-    peak = peak_flops(device_name)
-    print(f"device: {device_name} (peak bf16 {peak / 1e12:.1f} TFLOP/s dense)" if math.isfinite(peak) else
-          f"device: {device_name} (peak bf16 FLOP/s unknown: mfu_percent will be nan)")
+    peak = device_peak_flops(device_type)  # and says which device it is
     print(f"model config: {asdict(config)}")
 
     with torch.device("meta"):
@@ -1077,34 +589,293 @@ def main():
         torch.save({"model": raw_model.state_dict(), "config": asdict(config), "step": step}, checkpoint)
         print(f"checkpoint: {checkpoint}")
     else:
-        t_eval = time.perf_counter()
-        model.eval()
-        batch_size = eval_batch_size(EVAL_BATCH_SIZE)
-        with torch.no_grad(), autocast:
-            val_bpb = evaluate_bpb(EvalModel(model, raw_model, batch_size), tokenizer, batch_size)
-        eval_seconds = time.perf_counter() - t_eval
+        val_bpb, eval_seconds = evaluate_standalone(model, raw_model, tokenizer, EVAL_BATCH_SIZE, autocast)
 
-    timed_steps = step - UNTIMED_STEPS
-    metrics = dict(
-        val_bpb=val_bpb,
-        training_seconds=total_training_time,
-        total_seconds=time.time() - T_PROCESS_START,
-        peak_vram_mb=torch.cuda.max_memory_allocated() / 1024 / 1024 if device_type == "cuda" else 0.0,
-        mfu_percent=(100 * flops_per_token * TOTAL_BATCH_SIZE * timed_steps / total_training_time / peak
-                     if total_training_time > 0 else float("nan")),
-        total_tokens_M=step * TOTAL_BATCH_SIZE / 1e6,
-        num_steps=step,
-        num_params_M=num_params / 1e6,
-        depth=DEPTH,
-        attention=attention.backend,
-        step_ms_p10=1000 * percentile(step_times, 10),
-        step_ms_p50=1000 * percentile(step_times, 50),
-        step_ms_p90=1000 * percentile(step_times, 90),
-        startup_seconds=t_loop_start - T_PROCESS_START,
-        compile_seconds=compile_seconds,
-        eval_seconds=eval_seconds,
-    )
-    print(format_summary(metrics), flush=True)
+    print(summary(val_bpb=val_bpb, training_seconds=total_training_time, step_times=step_times, num_steps=step,
+                  untimed_steps=UNTIMED_STEPS, tokens_per_step=TOTAL_BATCH_SIZE, flops_per_token=flops_per_token,
+                  peak_flops=peak, num_params=num_params, depth=DEPTH, attention=attention.backend,
+                  device_type=device_type, process_start=T_PROCESS_START, loop_start=t_loop_start,
+                  compile_seconds=compile_seconds, eval_seconds=eval_seconds), flush=True)
+
+
+def load_model(checkpoint_path, device):
+    """The evaluator's way back to the trained model (keep it working when you change the model):
+    rebuild it from what main() saved; the model maps token ids (B, T) to logits (B, T, vocab)."""
+    saved = torch.load(checkpoint_path, map_location=device, weights_only=True)
+    config = GPTConfig(**saved["config"])
+    with torch.device("meta"):
+        model = GPT(config, select_attention(device.type))
+    model.to_empty(device=device)
+    model.init_weights()  # buffers and dtypes as in training; the weights come next
+    model.load_state_dict(saved["model"])
+    model.eval()
+    return torch.compile(model, dynamic=False) if device.type == "cuda" else model
+
+
+# ---------------------------------------------------------------------------
+# Fast paths: attention back-ends (FA3, FlexAttention, SDPA)
+# ---------------------------------------------------------------------------
+
+try:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:  # torch < 2.5
+    create_block_mask = flex_attention = None
+
+
+class Attention:
+    """Causal attention where query i sees keys j with 0 <= i - j <= window (FA3's convention).
+
+    One object shared by all layers. FlexAttention block masks and SDPA masks are built once per
+    (sequence length, window) and cached, so the compiled model sees them as constants.
+    """
+
+    def __init__(self, backend, fa3=None):
+        assert backend in ("fa3", "flex", "sdpa")
+        self.backend, self.fa3, self._masks = backend, fa3, {}
+
+    def mask(self, seq_len, window, device):
+        key = (seq_len, window)
+        if key not in self._masks:
+            if self.backend == "flex":
+                def sliding_causal(b, h, q_idx, kv_idx):
+                    return (q_idx >= kv_idx) & (q_idx - kv_idx <= window)
+
+                self._masks[key] = create_block_mask(sliding_causal, None, None, seq_len, seq_len, device=device)
+            else:
+                i = torch.arange(seq_len, device=device)
+                distance = i[:, None] - i[None, :]
+                self._masks[key] = (distance >= 0) & (distance <= window)
+        return self._masks[key]
+
+    def __call__(self, q, k, v, window):
+        """q: (B, T, H, D); k, v: (B, T, H_kv, D) with H_kv dividing H. Returns (B, T, H, D)."""
+        T = q.size(1)
+        if self.backend == "fa3":
+            y = self.fa3.flash_attn_func(q, k, v, causal=True, window_size=(window, 0))
+            return y[0] if isinstance(y, tuple) else y
+        gqa = k.size(2) != q.size(2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.needs_mask(T, window):
+            if self.backend == "flex":
+                y = flex_attention(q, k, v, block_mask=self.mask(T, window, q.device), enable_gqa=gqa)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask(T, window, q.device), enable_gqa=gqa)
+        else:  # the window covers the whole sequence: plain causal, SDPA's flash kernel (faster than flex)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        return y.transpose(1, 2)
+
+    @staticmethod
+    def needs_mask(seq_len, window):
+        """Only a window shorter than the sequence needs a mask; a full one is plain causal."""
+        return window < seq_len - 1
+
+
+def select_attention(device_type):
+    """The kernel named by AUTORESEARCH_ATTENTION, else the fastest that works: fa3, flex, sdpa."""
+    forced = forced_attention(device_type)
+    if device_type != "cuda":
+        return Attention("sdpa")
+    if forced in ("", "fa3"):
+        fa3, why_not = load_fa3()
+        if fa3 is not None:
+            return Attention("fa3", fa3)
+        if forced == "fa3":
+            raise ConfigError(f"AUTORESEARCH_ATTENTION=fa3 but FA3 is unavailable: {why_not}")
+        print(f"fa3 unavailable ({why_not}); trying flex")
+    if forced in ("", "flex"):
+        if flex_attention is not None:
+            return Attention("flex")
+        if forced == "flex":
+            raise ConfigError("AUTORESEARCH_ATTENTION=flex but this torch has no FlexAttention (needs >= 2.5)")
+    return Attention("sdpa")
+
+
+# ---------------------------------------------------------------------------
+# Fast paths: the ReLU² MLP's Triton kernels (CUDA), the activation inside the matmuls
+# ---------------------------------------------------------------------------
+# Compiled as plain torch, the MLP's hidden layer (4x the model width: 1 GiB of bf16 a layer at
+# 262,144 tokens) goes through GPU memory several times: the first matmul writes h, a pointwise
+# kernel reads it and writes relu(h)², the backward reads h again. Here the forward's matmul writes
+# relu(h)² directly, and the backward's first matmul multiplies by relu(h)'s derivative as it
+# stores, from relu(h) = sqrt(relu(h)²): h itself is never stored. The other matmuls stay on cuBLAS.
+# 1.11x on the MLP (H100, bench/mlp_kernels.py); with the loss's own backward below, 1.047x a step.
+
+triton = None
+if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":  # the CPU smoke run never needs it
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        pass
+
+if triton is not None:
+    @triton.jit
+    def _relu2_tile(tile, a_ptr, b_ptr, out_ptr, act_ptr, M, N, K: tl.constexpr,
+                    stride_am, stride_ak, stride_bk, stride_bn, stride_om, stride_on, BACKWARD: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+        """Output tile `tile` of relu(a @ b)² (forward) or (a @ b) · 2·sqrt(act) (backward)."""
+        # Tiles in groups of GROUP_M row blocks, so tiles running together share b's columns in L2.
+        tiles_n = tl.cdiv(N, BLOCK_N)
+        first_m = (tile // (GROUP_M * tiles_n)) * GROUP_M
+        group_rows = min(tl.cdiv(M, BLOCK_M) - first_m, GROUP_M)
+        pid_m = first_m + (tile % (GROUP_M * tiles_n)) % group_rows
+        pid_n = (tile % (GROUP_M * tiles_n)) // group_rows
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        ks = tl.arange(0, BLOCK_K)
+        # Rows and columns past the end wrap around instead of being masked: read, never stored.
+        a_ptrs = a_ptr + (rows % M)[:, None] * stride_am + ks[None, :] * stride_ak
+        b_ptrs = b_ptr + ks[:, None] * stride_bk + (cols % N)[None, :] * stride_bn
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for _ in range(0, K // BLOCK_K):
+            acc = tl.dot(tl.load(a_ptrs), tl.load(b_ptrs), acc)
+            a_ptrs += BLOCK_K * stride_ak
+            b_ptrs += BLOCK_K * stride_bk
+        offsets = rows[:, None] * stride_om + cols[None, :] * stride_on
+        inside = (rows[:, None] < M) & (cols[None, :] < N)
+        if BACKWARD:
+            result = acc * 2.0 * tl.sqrt(tl.load(act_ptr + offsets, mask=inside, other=0.0).to(tl.float32))
+        else:
+            result = tl.maximum(acc, 0.0) * tl.maximum(acc, 0.0)
+        tl.store(out_ptr + offsets, result.to(out_ptr.dtype.element_ty), mask=inside)
+
+    @triton.jit
+    def _relu2_matmul_kernel(a_ptr, b_ptr, out_ptr, act_ptr, M, N, K: tl.constexpr,
+                             stride_am, stride_ak, stride_bk, stride_bn, stride_om, stride_on,
+                             BACKWARD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                             BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, PROGRAMS: tl.constexpr):
+        if PROGRAMS > 0:  # one program per SM, looping: the next tile's loads overlap this one's stores
+            for tile in tl.range(tl.program_id(0), tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N), PROGRAMS, flatten=True):
+                _relu2_tile(tile, a_ptr, b_ptr, out_ptr, act_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+                            stride_om, stride_on, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+        else:  # one program per tile (Triton's CPU interpreter, in tests, cannot loop over a runtime range)
+            _relu2_tile(tl.program_id(0), a_ptr, b_ptr, out_ptr, act_ptr, M, N, K, stride_am, stride_ak, stride_bk,
+                        stride_bn, stride_om, stride_on, BACKWARD, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
+
+    # A custom op (not a bare kernel call) so that the compile caches key on the kernel's source.
+    @torch.library.triton_op("autoresearch::relu2_matmul", mutates_args=())
+    def _relu2_launch(a: torch.Tensor, b: torch.Tensor, act: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """relu(a @ b)², or with `act` the backward's (a @ b) · 2·sqrt(act); a (M, K), b (K, N)."""
+        M, K = a.shape
+        N = b.shape[1]
+        out = torch.empty((M, N), device=a.device, dtype=a.dtype)
+        if a.is_cuda:
+            # The fastest tiles on an H100 (bench/mlp_kernels.py); smaller where shared memory is smaller.
+            gpu = torch.cuda.get_device_properties(a.device)
+            big = getattr(gpu, "shared_memory_per_block_optin", 0) >= 200 * 1024
+            tiles = dict(BLOCK_M=128, BLOCK_N=256 if big else 128, BLOCK_K=64, GROUP_M=8,
+                         num_warps=8 if big else 4, num_stages=3 if big else 2)
+            programs = gpu.multi_processor_count
+        else:
+            tiles, programs = dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=64, GROUP_M=2), 0
+        count = triton.cdiv(M, tiles["BLOCK_M"]) * triton.cdiv(N, tiles["BLOCK_N"])
+        torch.library.wrap_triton(_relu2_matmul_kernel)[(min(programs, count) if programs else count,)](
+            a, b, out, a if act is None else act, M, N, K,  # (act is not read in the forward)
+            a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
+            BACKWARD=act is not None, PROGRAMS=programs, **tiles)
+        return out
+
+
+class ReLU2MLP(torch.autograd.Function):
+    """relu(x W1ᵀ)² W2ᵀ; keeps x and relu(x W1ᵀ)² for the backward, not the pre-activation."""
+
+    @staticmethod
+    def forward(ctx, x, w1, w2):
+        x2d = x.reshape(-1, x.shape[-1])
+        act = _relu2_launch(x2d, w1.t())
+        ctx.save_for_backward(x2d, w1, w2, act)
+        ctx.x_shape = x.shape
+        return (act @ w2.t()).view(*x.shape[:-1], w2.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x2d, w1, w2, act = ctx.saved_tensors
+        grad_y = grad_y.reshape(-1, grad_y.shape[-1])
+        grad_h = _relu2_launch(grad_y, w2, act)
+        return (grad_h @ w1).view(ctx.x_shape), grad_h.t() @ x2d, grad_y.t() @ act
+
+
+def relu2_mlp(x, w1, w2, dtype=torch.bfloat16):
+    """The MLP for x (..., C), nn.Linear weights w1 (H, C) and w2 (C, H), computed in `dtype` (bf16
+    as autocast would; tests use float32, which Triton's CPU interpreter can run)."""
+    return ReLU2MLP.apply(x.to(dtype), w1.to(dtype), w2.to(dtype))
+
+
+def fused_mlp_error(mlp):
+    """How far the Triton kernels are from MLP.forward's own formula: the largest difference
+    relative to the largest output, on a copy of `mlp` with random weights (bf16 on a GPU)."""
+    probe = copy.deepcopy(mlp)
+    device = probe.c_fc.weight.device
+    with torch.no_grad():
+        for p in probe.parameters():
+            p.normal_(0.0, p.shape[-1] ** -0.5)
+        x = torch.randn(256, probe.c_fc.in_features, device=device)
+        with torch.amp.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            probe.fused = False
+            expected = probe(x).float()
+            probe.fused = True
+            got = probe(x).float()
+    return ((got - expected).abs().max() / expected.abs().max().clamp(min=1e-6)).item()
+
+
+def enable_fused_mlp(model, device_type):
+    """Turn the Triton kernels on where they compute what MLP.forward's own formula does, and say
+    what was chosen. An agent that changes the MLP's formula (another activation, a gate) fails the
+    check and trains its own formula, never the kernels' ReLU²."""
+    forced = os.environ.get("AUTORESEARCH_MLP", "").strip().lower()
+    if forced not in ("", "torch", "triton"):
+        raise ConfigError(f"AUTORESEARCH_MLP={forced!r}: use torch or triton")
+    mlps = [m for m in model.modules() if isinstance(m, MLP)]
+    if forced == "torch" or not mlps:
+        return "torch (AUTORESEARCH_MLP=torch)" if forced else "torch"
+    width = mlps[0].c_fc.in_features
+    why = ("need a CUDA GPU" if device_type != "cuda" else "need triton" if triton is None
+           else f"need a model width that is a multiple of 64, not {width}" if width % 64 else "")
+    if not why:
+        try:
+            error = fused_mlp_error(mlps[0])
+        except Exception as exc:  # a Triton that cannot build for this GPU, say
+            error, why = math.inf, f"failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}"
+        if error > 0.05 and not why:  # bf16 rounding alone stays under 0.01
+            why = f"differ from MLP.forward's formula (relative error {error:.2f}): it is not ReLU²"
+    if why:
+        if forced:
+            raise ConfigError(f"AUTORESEARCH_MLP=triton: the Triton kernels {why}")
+        return f"torch (the Triton kernels {why})"
+    for mlp in mlps:
+        mlp.fused = True
+    return f"triton (ReLU² inside the matmuls; against MLP.forward's formula: relative error {error:.4f})"
+
+
+# ---------------------------------------------------------------------------
+# Fast paths: the loss with its own backward
+# ---------------------------------------------------------------------------
+
+class SoftcapCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of cap·tanh(logits / cap), targets -1 ignored; the loss GPT.forward
+    computes, with its own backward. Inductor's graph keeps an fp32 copy of the softcapped logits for
+    the backward; this keeps the bf16 logits (half the bytes) and each row's log-sum-exp, and
+    recomputes the softcap in one pass (1.004x a step on an H100, BENCHMARKS.md)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, cap):
+        z = cap * torch.tanh(logits.float() / cap)
+        valid = targets != -1
+        safe = targets.clamp(min=0)
+        lse = torch.logsumexp(z, dim=-1)
+        count = valid.sum()
+        ctx.save_for_backward(logits, safe, valid, lse, count)
+        ctx.cap = cap
+        return torch.where(valid, lse - z.gather(1, safe[:, None]).squeeze(1), 0.0).sum() / count
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, safe, valid, lse, count = ctx.saved_tensors
+        t = torch.tanh(logits.float() / ctx.cap)
+        probs = torch.exp(ctx.cap * t - lse[:, None])
+        onehot = torch.arange(logits.size(1), device=logits.device)[None, :] == safe[:, None]
+        scale = torch.where(valid, grad / count, 0.0)[:, None]
+        return ((probs - onehot.float()) * (1 - t * t) * scale).to(logits.dtype), None, None
 
 
 if __name__ == "__main__":

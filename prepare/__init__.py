@@ -1,13 +1,14 @@
 """The fixed side of every experiment: constants, data, tokenizer, dataloader and the metric.
 
 Train files import from here; agents never edit it. `python -m prepare` does the one-time set-up.
-The torch-based parts load on first use, so the CLI and the constants stay quick to import.
+The tokenizer and the torch-based parts load on first use, so the CLI, the constants and
+`prepare.runtime` (which sets the process up before the train file imports torch) stay quick to import.
 """
 from .cache import cache_dir, data_dir, tokenizer_dir
 from .constants import EVAL_TOKENS, MAX_SEQ_LEN, TIME_BUDGET, VOCAB_SIZE
-from .tokenizer import Tokenizer, get_token_bytes
 
-_LAZY = {"make_dataloader": "dataloader", "evaluate_bpb": "evaluate", "CausalityError": "evaluate"}
+_LAZY = {"make_dataloader": "dataloader", "evaluate_bpb": "evaluate", "CausalityError": "evaluate",
+         "Tokenizer": "tokenizer", "get_token_bytes": "tokenizer"}
 
 __all__ = [
     "MAX_SEQ_LEN", "TIME_BUDGET", "EVAL_TOKENS", "VOCAB_SIZE", "Tokenizer", "get_token_bytes",

@@ -1,4 +1,6 @@
-"""engine/train.py in-process: model shape, attention windows, Polar Express, optimizer, helpers.
+"""engine/train.py in-process: model shape, attention windows, Polar Express, optimizer, schedules.
+
+Its plumbing (prepare/runtime.py) is tested in test_prepare_runtime.py.
 
 The train file is loaded from its path (as the driver runs it, never as a package), once.
 """
@@ -188,7 +190,7 @@ def test_every_parameter_is_in_exactly_one_group(train):
     assert all(len(s) == 2 for s in muon_shapes)
 
 
-# --- schedules and helpers -------------------------------------------------------------------
+# --- schedules -------------------------------------------------------------------------------
 
 def test_schedules(train):
     assert train.lr_multiplier(0.0) == 1.0 and train.lr_multiplier(0.49) == 1.0
@@ -198,44 +200,6 @@ def test_schedules(train):
     assert train.muon_momentum(150) == pytest.approx(0.90)
     assert train.muon_momentum(10_000) == pytest.approx(0.95)
     assert train.muon_weight_decay(0.25) == pytest.approx(0.75 * train.WEIGHT_DECAY)
-
-
-@pytest.mark.parametrize("name, flops", [
-    ("NVIDIA H100 80GB HBM3", 989.5e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989.5e12),
-    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L4", 121e12), ("NVIDIA L40S", 362.05e12),
-    ("NVIDIA GeForce RTX 4090", 165.2e12), ("NVIDIA A10G", 70e12),
-])
-def test_peak_flops_by_device_name(train, name, flops):
-    assert train.peak_flops(name) == flops
-
-
-def test_unknown_device_has_nan_peak(train):
-    assert math.isnan(train.peak_flops("Tesla T4")) and math.isnan(train.peak_flops("cpu"))
-
-
-def test_eval_batch_size_divides_the_rows(train):
-    assert train.eval_batch_size(256, eval_tokens=40 * 524288, seq_len=2048) == 256
-    assert train.eval_batch_size(256, eval_tokens=32768, seq_len=256) == 128
-    assert train.eval_batch_size(32, eval_tokens=100 * 256, seq_len=256) == 25
-
-
-def test_environment_parsing(train, monkeypatch):
-    monkeypatch.setenv("AUTORESEARCH_FAULT", "nan_at_step:7")
-    assert train.fault_step() == 7
-    monkeypatch.setenv("AUTORESEARCH_FAULT", "explode")
-    with pytest.raises(train.ConfigError, match="AUTORESEARCH_FAULT"):
-        train.fault_step()
-    monkeypatch.setenv("AUTORESEARCH_SEED", "forty-two")
-    with pytest.raises(train.ConfigError, match="AUTORESEARCH_SEED"):
-        train.env_int("AUTORESEARCH_SEED", 42)
-    monkeypatch.delenv("AUTORESEARCH_SEED")
-    assert train.env_int("AUTORESEARCH_SEED", 42) == 42
-
-
-def test_percentile_nearest_rank(train):
-    values = [float(v) for v in range(1, 11)]
-    assert (train.percentile(values, 10), train.percentile(values, 50), train.percentile(values, 90)) == (1, 5, 9)
-    assert math.isnan(train.percentile([], 50))
 
 
 # --- torch.compile (the GPU path, traced on the CPU) -----------------------------------------
