@@ -265,7 +265,8 @@ def describe(settings: Settings) -> str:
         confidence = settings.promotion_confidence or "1 - 0.1/workers"
         return (f"posterior selection, population size {s.population_size}, tournament {s.tournament_size}, cull by "
                 f"{s.cull}, promoted at {confidence} probability of being better than the champion "
-                f"with at least {s.confirm_runs} trainings of it and its descendants")
+                f"with at least {s.confirm_runs} trainings of it and its descendants"
+                + (f" and {s.promotion_runs} of its own (a confirming re-run first)" if s.promotion_runs > 1 else ""))
     optimism = "any gain" if s.rerun_optimism is None else \
         f"gains within {s.rerun_optimism:g} standard error of the margin"
     return (f"margin selection, population size {s.population_size}, tournament {s.tournament_size}, cull by "
