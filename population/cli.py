@@ -134,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "BENCHMARKS.md compares them)")
     pop.add_argument("--promotion-confidence", type=_number, default=None, metavar="P",
                      help="posterior: the best living member becomes champion when the posterior gives it "
-                          "probability P of being better than the champion (default: 1 - 0.1/workers, i.e. 0.9 "
-                          "with one worker and 0.9875 with 8: more challengers at once, a stricter test each)")
+                          "probability P of being better than the champion (default: 1 - 0.1/sqrt(workers), i.e. "
+                          "0.9 with one worker and 0.965 with 8: more challengers at once, a stricter test each)")
     pop.add_argument("--promotion-z", type=_number, default=C.DEFAULT_PROMOTION_Z, metavar="Z",
                      help="margin: a child becomes champion when its mean beats the champion's by Z standard errors "
                           "of the difference, measured from the baseline's run-to-run noise (default: %(default)s)")

@@ -63,7 +63,7 @@ class Settings:
     population_size: int = DEFAULT_POPULATION_SIZE
     tournament_size: int | None = None            # None: the whole population
     cull: str = "age"
-    promotion_confidence: float | None = None     # posterior; None: 1 - 0.1/workers
+    promotion_confidence: float | None = None     # posterior; None: 1 - 0.1/sqrt(workers)
     promotion_z: float = DEFAULT_PROMOTION_Z      # margin
     confirm_runs: int = DEFAULT_CONFIRM_RUNS
     promotion_runs: int = DEFAULT_PROMOTION_RUNS  # posterior: own runs before a promotion (fewer: re-run first)

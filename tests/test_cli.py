@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from population import cli
-from population.config import (ConfigError, RunConfig, changed_settings, default_tag, resolve, validate,
-                               with_run_settings)
+from population.config import (ConfigError, RunConfig, changed_settings, default_promotion_confidence, default_tag,
+                               resolve, validate, with_run_settings)
 from test_driver_support import make_seed_repo
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -104,7 +104,8 @@ def test_set_values_are_parsed_as_their_flags_and_only_given_flags_count_on_resu
                               "accelerator": "H100"}
     assert cfg.explicit == {"tag", "resume", "workers", "set_values"}
     meta = {"task": "climbmix", "budget_s": 300.0, "device": "cuda",
-            "args": {"workers": 2, "population_size": 16, "tournament_size": 16, "promotion_confidence": 0.95,
+            "args": {"workers": 2, "population_size": 16, "tournament_size": 16,
+                     "promotion_confidence": default_promotion_confidence(2),
                      "selection": "margin", "agents": ["mutate"], "seed": 42, "promotion_z": 1.0}}
     kept = with_run_settings(cfg, meta)
     assert (kept.workers, kept.population_size, kept.selection, kept.agents) == (2, 16, "margin", ["mutate"])
@@ -112,10 +113,11 @@ def test_set_values_are_parsed_as_their_flags_and_only_given_flags_count_on_resu
     changed, changes = changed_settings(kept)
     assert changes == {"population_size": [16, 4], "promotion_z": [1.0, 1.5], "agents": [["mutate"], ["claude", "mutate"]],
                        "accelerator": [None, "H100"], "tournament_size": [16, 4]}
-    assert changed.tournament_size == 4 and changed.promotion_confidence == 0.95 and not changed.set_values
+    assert changed.tournament_size == 4 and changed.promotion_confidence == default_promotion_confidence(2) \
+        and not changed.set_values
     # the workers change: a default promotion confidence follows them, a chosen one stays
     _, changes = changed_settings(kept.replace(set_values={"workers": 4}))
-    assert changes == {"workers": [2, 4], "promotion_confidence": [0.95, 0.975]}
+    assert changes == {"workers": [2, 4], "promotion_confidence": [pytest.approx(1 - 0.1 / 2 ** 0.5), 0.95]}
     _, changes = changed_settings(kept.replace(promotion_confidence=0.99, set_values={"workers": 4}))
     assert changes == {"workers": [2, 4]}
     with pytest.raises(ConfigError, match="--tournament-size \\(16\\) must be <= --population-size \\(4\\)"):
