@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --resume: change one of the run's settings from now on (journaled, printed, "
                           "shown in run.json), repeatable; KEY is a flag's name: workers, population-size, "
                           "tournament-size, cull, selection, promotion-confidence, promotion-z, confirm-runs, "
-                          "promotion-runs, max-runs, noise-runs, seed, agent, agent-base-url, train-timeout, overhead-allowance, "
-                          "accelerator. A smaller population shrinks by one member per result")
+                          "promotion-runs, max-runs, noise-runs, seed, agent, agent-base-url, train-timeout, "
+                          "overhead-allowance, accelerator. A smaller population shrinks by one member per result")
     run.add_argument("--task", choices=sorted(TASKS), default=None,
                      help=f"what to search over (default: {DEFAULT_TASK}; a resumed run keeps its task)")
     run.add_argument("--repo", default=None,
