@@ -262,10 +262,11 @@ def run_greedy_parallel(trainings: int, rng: random.Random, workers: int, noise_
 def describe(settings: Settings) -> str:
     s = settings.resolved()
     if s.posterior:
-        confidence = settings.promotion_confidence or "1 - 0.1/workers"
+        confidence = settings.promotion_confidence or "1 - 0.1/sqrt(workers)"
         return (f"posterior selection, population size {s.population_size}, tournament {s.tournament_size}, cull by "
                 f"{s.cull}, promoted at {confidence} probability of being better than the champion "
-                f"with at least {s.confirm_runs} trainings of it and its descendants")
+                f"with at least {s.confirm_runs} trainings of it and its descendants"
+                + (f" and {s.promotion_runs} of its own (a confirming re-run first)" if s.promotion_runs > 1 else ""))
     optimism = "any gain" if s.rerun_optimism is None else \
         f"gains within {s.rerun_optimism:g} standard error of the margin"
     return (f"margin selection, population size {s.population_size}, tournament {s.tournament_size}, cull by "
@@ -282,6 +283,12 @@ PREVIOUS_RULES = Settings(population_size=8, selection="margin", promotion_z=2.0
                           rerun_optimism=1.0)
 # The margin rule "confirm once" (sessions 7-8's defaults): z 1 on the mean of two runs.
 MARGIN_RULES = Settings(selection="margin")
+
+
+def posterior_before_confirmation(workers: int) -> Settings:
+    """Posterior selection as issue 21's first figures had it: promoted on the posterior alone, no
+    confirming re-run, at the Bonferroni confidence 1 - 0.1/workers."""
+    return Settings(workers=workers, promotion_runs=1, promotion_confidence=1 - 0.1 / workers)
 
 
 class _Simulation:
@@ -485,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="posterior (the driver's default) or margin (the rule before it)")
     parser.add_argument("--confidence", type=float, default=None,
                         help="posterior: probability of being better that promotes (default: the driver's, "
-                             "1 - 0.1/workers)")
+                             "1 - 0.1/sqrt(workers))")
     parser.add_argument("--z", type=float, default=defaults.promotion_z,
                         help="margin: promotion margin in standard errors")
     parser.add_argument("--max-runs", type=int, default=defaults.max_runs, help="runs of one member at most")

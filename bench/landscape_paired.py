@@ -15,6 +15,7 @@ spreads the seeds over processes.
 
     python bench/landscape_paired.py --seeds 200 --seed-offset 9100 --noise 0.003
     python bench/landscape_paired.py --seeds 200 --seed-offset 4000 --candidate promotion_z=0.5
+    python bench/landscape_paired.py --seeds 200 --seed-offset 9400 --noise 0.003 --against before
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import math
 import random
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -30,7 +32,20 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.landscape import (LANDSCAPES, MARGIN_RULES, NOISE_STD, Landscape, Noise, Settings,  # noqa: E402
-                             describe, run_greedy, run_population)
+                             describe, posterior_before_confirmation, run_greedy, run_population)
+
+Rule = Settings | Callable[[int], Settings]     # a rule's settings, or its settings by number of workers
+
+
+def with_workers(rule: Rule, workers: int) -> Settings:
+    return rule(workers) if callable(rule) else replace(rule, workers=workers)
+
+
+def described(rule: Rule, workers: int) -> str:
+    if callable(rule):
+        return f"{(rule.__doc__ or rule.__name__).split(chr(10))[0]} ... ({describe(rule(1))}; with {workers} " \
+               f"workers: {describe(rule(workers))})"
+    return describe(rule)
 
 
 @dataclass
@@ -80,15 +95,15 @@ def _one_seed(job: tuple) -> tuple:
     one, equal, wall = regimes(workers)
     outcomes = {}
     for name, settings in rules.items():
-        outcomes[name, one] = run_population(trainings, rng(), replace(settings, workers=1), noise, landscape)
-        outcomes[name, equal] = run_population(trainings, rng(), replace(settings, workers=workers), noise, landscape)
-        outcomes[name, wall] = run_population(workers * trainings, rng(), replace(settings, workers=workers), noise,
+        outcomes[name, one] = run_population(trainings, rng(), with_workers(settings, 1), noise, landscape)
+        outcomes[name, equal] = run_population(trainings, rng(), with_workers(settings, workers), noise, landscape)
+        outcomes[name, wall] = run_population(workers * trainings, rng(), with_workers(settings, workers), noise,
                                               landscape)
     return greedy, outcomes
 
 
 def run(seeds: int, seed_offset: int, trainings: int, workers: int, landscape: Landscape,
-        rules: dict[str, Settings], noise: Noise | float = NOISE_STD, progress: bool = False, jobs: int = 1
+        rules: dict[str, Rule], noise: Noise | float = NOISE_STD, progress: bool = False, jobs: int = 1
         ) -> tuple[Results, dict[tuple[str, str], Results]]:
     """Greedy (T trainings), and each rule set in each regime, keyed (rule, regime); seed s gives
     every method the same random stream."""
@@ -181,13 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidate", nargs="+", metavar="NAME=VALUE", default=None,
                         help="also run the defaults with these settings changed (e.g. promotion_z=0.5 "
                              "population_size=8), compared against the defaults")
+    parser.add_argument("--against", choices=("margin", "before"), default="margin",
+                        help="the rule the defaults are compared with: the margin rule (default), or posterior "
+                             "selection before its confirming re-runs (issue 21's first figures: no re-run, "
+                             "confidence 1 - 0.1/workers)")
     parser.add_argument("--jobs", type=int, default=1, help="processes (default 1)")
     args = parser.parse_args(argv)
     if min(args.seeds, args.trainings, args.workers) < 2 or args.seed_offset < 0 or args.jobs < 1 or args.noise < 0:
         parser.exit(2, "error: --seeds, --trainings and --workers must be >= 2, --seed-offset and --noise >= 0, "
                        "--jobs >= 1\n")
-    rules = {"defaults": Settings(), "margin": MARGIN_RULES}
+    rules: dict[str, Rule] = {"defaults": Settings(), "margin": MARGIN_RULES}
     baseline_rule = "margin"
+    if args.against == "before":
+        rules = {"defaults": Settings(), "before": posterior_before_confirmation}
+        baseline_rule = "before"
     if args.candidate:
         try:
             rules = {"candidate": candidate_settings(args.candidate), "defaults": Settings()}
@@ -201,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         greedy, results = run(args.seeds, args.seed_offset, args.trainings, args.workers, LANDSCAPES[name], rules,
                               noise, progress=True, jobs=args.jobs)
         tables.append(markdown(greedy, results, LANDSCAPES[name], args.seeds, args.seed_offset, baseline_rule, noise))
-    print("\n".join(f"{name}: {describe(settings)}" for name, settings in rules.items()) + "\n")
+    print("\n".join(f"{name}: {described(settings, args.workers)}" for name, settings in rules.items()) + "\n")
     print("\n\n".join(tables))
     return 0
 

@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --resume: change one of the run's settings from now on (journaled, printed, "
                           "shown in run.json), repeatable; KEY is a flag's name: workers, population-size, "
                           "tournament-size, cull, selection, promotion-confidence, promotion-z, confirm-runs, "
-                          "max-runs, noise-runs, seed, agent, agent-base-url, train-timeout, overhead-allowance, "
-                          "accelerator. A smaller population shrinks by one member per result")
+                          "promotion-runs, max-runs, noise-runs, seed, agent, agent-base-url, train-timeout, "
+                          "overhead-allowance, accelerator. A smaller population shrinks by one member per result")
     run.add_argument("--task", choices=sorted(TASKS), default=None,
                      help=f"what to search over (default: {DEFAULT_TASK}; a resumed run keeps its task)")
     run.add_argument("--repo", default=None,
@@ -134,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "BENCHMARKS.md compares them)")
     pop.add_argument("--promotion-confidence", type=_number, default=None, metavar="P",
                      help="posterior: the best living member becomes champion when the posterior gives it "
-                          "probability P of being better than the champion (default: 1 - 0.1/workers, i.e. 0.9 "
-                          "with one worker and 0.9875 with 8: more challengers at once, a stricter test each)")
+                          "probability P of being better than the champion (default: 1 - 0.1/sqrt(workers), i.e. "
+                          "0.9 with one worker and 0.965 with 8: more challengers at once, a stricter test each)")
     pop.add_argument("--promotion-z", type=_number, default=C.DEFAULT_PROMOTION_Z, metavar="Z",
                      help="margin: a child becomes champion when its mean beats the champion's by Z standard errors "
                           "of the difference, measured from the baseline's run-to-run noise (default: %(default)s)")
@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="trainings behind a child before it can be promoted: its own and its descendants' "
                           "(posterior), or its own, a first run past the margin being trained again on another "
                           "seed (margin); 1 promotes on one run (default: %(default)s)")
+    pop.add_argument("--promotion-runs", type=_integer, default=C.DEFAULT_PROMOTION_RUNS, metavar="N",
+                     help="posterior: runs of its own a member needs to be promoted; one the posterior would "
+                          "promote on fewer is first trained again on another seed, and promoted only if it is "
+                          "still probably better with that run counted (a lucky run of a noisy code rarely "
+                          "repeats); 1 promotes without re-runs (default: %(default)s)")
     pop.add_argument("--max-runs", type=_integer, default=C.DEFAULT_MAX_RUNS, metavar="N",
                      help="margin: trainings of one commit at most: a gain inside the margin is re-run while its "
                           "mean could still clear it (default: %(default)s)")
@@ -239,7 +244,7 @@ def config_from_args(args: argparse.Namespace, given: frozenset[str] | None = No
         agent_timeout_s=args.agent_timeout, task=args.task, tag=args.tag,
         runs_dir=args.runs_dir, population_size=args.population_size, tournament_size=args.tournament_size,
         cull=args.cull, selection=args.selection, promotion_confidence=args.promotion_confidence,
-        promotion_z=args.promotion_z, confirm_runs=args.confirm_runs,
+        promotion_z=args.promotion_z, confirm_runs=args.confirm_runs, promotion_runs=args.promotion_runs,
         max_runs_per_member=args.max_runs, max_experiments=args.max_experiments, noise_runs=args.noise_runs,
         max_cost_usd=args.max_cost_usd, max_gpu_hours=args.max_gpu_hours, stall_minutes=args.stall_minutes,
         train_timeout_s=args.train_timeout, overhead_allowance_s=args.overhead_allowance, device=args.device,

@@ -16,7 +16,9 @@ that each one sees those before it (the cull protects the champion just promoted
                 commit trained more than once, refined whenever one is trained again; the seed is
                 the first champion; children that finished meanwhile are judged in id order
              -> afterwards: judge (posterior: the best backed member, when probably better than the
-                champion; margin: promote, queue a re-run, or keep the member of the result), then
+                champion, once it has --promotion-runs runs of its own: with fewer, its confirming
+                re-run is queued first, unless no training is left to hand out; margin: promote,
+                queue a re-run, or keep the member of the result), then
                 cull past the population size, protecting the champion, members awaiting a re-run
                 and (posterior) promising members whose child is in flight
              -> `Decided`: the marker that closes the decisions of a result
@@ -34,7 +36,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 
-from population.config import (DEFAULT_CONFIRM_RUNS, DEFAULT_MAX_RUNS, DEFAULT_POPULATION_SIZE, DEFAULT_PROMOTION_Z,
+from population.config import (DEFAULT_CONFIRM_RUNS, DEFAULT_MAX_RUNS, DEFAULT_POPULATION_SIZE, DEFAULT_PROMOTION_RUNS,
+                               DEFAULT_PROMOTION_Z,
                                DEFAULT_SEED, DEFAULT_SELECTION, RERUN_OPTIMISM, RunConfig,
                                default_noise_runs, default_promotion_confidence)
 from population import ledger
@@ -60,9 +63,10 @@ class Settings:
     population_size: int = DEFAULT_POPULATION_SIZE
     tournament_size: int | None = None            # None: the whole population
     cull: str = "age"
-    promotion_confidence: float | None = None     # posterior; None: 1 - 0.1/workers
+    promotion_confidence: float | None = None     # posterior; None: 1 - 0.1/sqrt(workers)
     promotion_z: float = DEFAULT_PROMOTION_Z      # margin
     confirm_runs: int = DEFAULT_CONFIRM_RUNS
+    promotion_runs: int = DEFAULT_PROMOTION_RUNS  # posterior: own runs before a promotion (fewer: re-run first)
     max_runs: int = DEFAULT_MAX_RUNS              # margin
     rerun_optimism: float | None = RERUN_OPTIMISM  # margin; None: re-run every gain (the first rule)
     noise_runs: int | None = None                 # None: default_noise_runs(workers)
@@ -77,7 +81,8 @@ class Settings:
         return cls(workers=config.workers or 1, selection=config.selection, population_size=config.population_size,
                    tournament_size=config.tournament_size, cull=config.cull,
                    promotion_confidence=config.promotion_confidence, promotion_z=config.promotion_z,
-                   confirm_runs=config.confirm_runs, max_runs=config.max_runs_per_member,
+                   confirm_runs=config.confirm_runs, promotion_runs=config.promotion_runs,
+                   max_runs=config.max_runs_per_member,
                    noise_runs=config.noise_runs, seed=config.seed, max_experiments=config.max_experiments,
                    max_cost_usd=config.max_cost_usd, max_gpu_hours=config.max_gpu_hours,
                    lower_is_better=lower_is_better).resolved()
@@ -389,8 +394,16 @@ class Policy:
         if s.posterior:
             best = posterior_choice(self._candidates(state), champion, state.posterior,
                                     confidence=s.promotion_confidence, min_evidence=s.confirm_runs)
-            if best is not None:
+            if best is None:
+                return
+            runs = len(state.members[best].runs)
+            if champion is None or runs >= s.promotion_runs or not self.can_hand_out(state):
                 yield Promote(best, champion)
+                return
+            if best not in self._rerunning(state):
+                yield Queue(state.next_work_id(), Work("rerun", best, seed=s.seed + runs),
+                            reason=f"the posterior would promote it on {runs} run{'s' * (runs != 1)} of its own: "
+                                   "re-run to confirm")
             return
         member = state.members[name]
         champion_runs = state.members[champion].runs if champion else []

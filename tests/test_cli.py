@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from population import cli
-from population.config import (ConfigError, RunConfig, changed_settings, default_tag, resolve, validate,
-                               with_run_settings)
+from population.config import (ConfigError, RunConfig, changed_settings, default_promotion_confidence, default_tag,
+                               resolve, validate, with_run_settings)
 from test_driver_support import make_seed_repo
 
 PROJECT = Path(__file__).resolve().parent.parent
 FLAGS = ["--workers", "--budget", "--agent", "--agent-base-url", "--agent-timeout", "--task", "--run",
          "--runs-dir", "--population-size", "--tournament-size", "--cull", "--max-experiments", "--noise-runs",
          "--train-timeout", "--device", "--resume", "--address", "--accelerator", "--repo", "--seed",
-         "--selection", "--promotion-confidence", "--promotion-z", "--confirm-runs", "--max-runs"]
+         "--selection", "--promotion-confidence", "--promotion-z", "--confirm-runs", "--promotion-runs", "--max-runs"]
 
 
 def test_help_explains_every_flag_with_its_default(capsys):
@@ -42,6 +42,7 @@ def test_help_explains_every_flag_with_its_default(capsys):
     (["--population-size", "0"], "--population-size must be >= 1"),
     (["--promotion-z", "-0.5"], "--promotion-z must be >= 0"),
     (["--confirm-runs", "0"], "--confirm-runs must be >= 1"),
+    (["--promotion-runs", "0"], "--promotion-runs must be >= 1"),
     (["--max-runs", "0"], "--max-runs must be >= 1"),
     (["--confirm-runs", "3", "--selection", "margin"], "--confirm-runs (3) must be <= --max-runs (2) with"),
     (["--promotion-confidence", "1"], "--promotion-confidence must be >= 0.5 and < 1, got 1"),
@@ -103,17 +104,20 @@ def test_set_values_are_parsed_as_their_flags_and_only_given_flags_count_on_resu
                               "accelerator": "H100"}
     assert cfg.explicit == {"tag", "resume", "workers", "set_values"}
     meta = {"task": "climbmix", "budget_s": 300.0, "device": "cuda",
-            "args": {"workers": 2, "population_size": 16, "tournament_size": 16, "promotion_confidence": 0.95,
+            "args": {"workers": 2, "population_size": 16, "tournament_size": 16,
+                     "promotion_confidence": default_promotion_confidence(2),
                      "selection": "margin", "agents": ["mutate"], "seed": 42, "promotion_z": 1.0}}
     kept = with_run_settings(cfg, meta)
     assert (kept.workers, kept.population_size, kept.selection, kept.agents) == (2, 16, "margin", ["mutate"])
+    assert kept.promotion_runs == 1          # a run from before --promotion-runs keeps promoting without re-runs
     changed, changes = changed_settings(kept)
     assert changes == {"population_size": [16, 4], "promotion_z": [1.0, 1.5], "agents": [["mutate"], ["claude", "mutate"]],
                        "accelerator": [None, "H100"], "tournament_size": [16, 4]}
-    assert changed.tournament_size == 4 and changed.promotion_confidence == 0.95 and not changed.set_values
+    assert changed.tournament_size == 4 and changed.promotion_confidence == default_promotion_confidence(2) \
+        and not changed.set_values
     # the workers change: a default promotion confidence follows them, a chosen one stays
     _, changes = changed_settings(kept.replace(set_values={"workers": 4}))
-    assert changes == {"workers": [2, 4], "promotion_confidence": [0.95, 0.975]}
+    assert changes == {"workers": [2, 4], "promotion_confidence": [pytest.approx(1 - 0.1 / 2 ** 0.5), 0.95]}
     _, changes = changed_settings(kept.replace(promotion_confidence=0.99, set_values={"workers": 4}))
     assert changes == {"workers": [2, 4]}
     with pytest.raises(ConfigError, match="--tournament-size \\(16\\) must be <= --population-size \\(4\\)"):

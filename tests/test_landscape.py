@@ -117,7 +117,8 @@ def test_population_uses_exactly_its_training_budget_and_returns_its_champion(mo
     outcome = landscape.run_population(30, random.Random(1), landscape.Settings(workers=4))
     assert outcome.trainings == len(calls) == 30
     assert landscape.FLOOR <= outcome.held_true <= outcome.final_true <= landscape.true_value(landscape.SEED_SOURCE)
-    assert outcome.confirming == 2 and outcome.reruns == 0   # three baseline runs: two extra, no re-run
+    # three baseline runs (two extra), and the confirming re-runs of members about to be promoted
+    assert outcome.confirming == 2 + outcome.reruns
 
 
 def test_parallel_greedy_uses_exactly_its_training_budget(monkeypatch):
@@ -171,17 +172,39 @@ def test_population_wins_at_equal_wall_time():
 
 
 def test_equal_trainings_beats_greedy(equal_trainings):
-    # the champion we hand back, with one worker: better than greedy's tip by a quarter of the noise
+    # the champion we hand back, with one worker: better than greedy's tip. On this Gaussian noise of
+    # one size (the seed's spread is every code's) the confirming re-runs cost trainings: by a quarter
+    # of the noise before them, by about half that since on 200 development seeds (BENCHMARKS.md,
+    # issue 21); the ranged noise below is where they pay
     greedy, ours = mean(equal_trainings["greedy"]), equal_trainings["ours, 1 worker"]
-    assert mean(ours) < greedy - NOISE / 4
+    assert mean(ours) < greedy - NOISE / 8
     assert mean(ours, "held_true") <= mean(ours)
 
 
 def test_posterior_beats_the_margin_rule_at_equal_trainings(equal_trainings):
     assert mean(equal_trainings["ours, 1 worker"]) < mean(equal_trainings["margin, 1 worker"])
-    # and it spends no training on re-runs (the margin rule does), only the two extra baseline runs
-    assert all(o.confirming == 2 and o.reruns == 0 for o in equal_trainings["ours, 1 worker"])
-    assert sum(o.reruns for o in equal_trainings["margin, 1 worker"]) > 0
+    # its re-runs confirm only the member it is about to promote: fewer than the margin rule's
+    ours = sum(o.reruns for o in equal_trainings["ours, 1 worker"])
+    assert 0 < ours < sum(o.reruns for o in equal_trainings["margin, 1 worker"])
+    assert all(o.confirming == 2 + o.reruns for o in equal_trainings["ours, 1 worker"])
+
+
+@pytest.mark.parametrize("name", ["bowl", "plateau"])
+def test_confirming_reruns_halve_greedys_lucky_share_on_noise_that_depends_on_the_code(name):
+    # issue 21: with noise levels from a third of 0.003 to 0.003 by code (heavy tails), a code noisier
+    # than the seed won on a lucky run; its confirming re-run rarely repeats the luck
+    chosen, noise = landscape.LANDSCAPES[name], landscape.Noise.ranged(0.003)
+    greedy = outcomes(lambda rng, ls: landscape.run_greedy(TRAININGS, rng, noise, ls), chosen, 48)
+    ours = outcomes(lambda rng, ls: landscape.run_population(TRAININGS, rng, landscape.Settings(workers=1), noise, ls),
+                    chosen, 48)
+    before = outcomes(lambda rng, ls: landscape.run_population(
+        TRAININGS, rng, landscape.posterior_before_confirmation(1), noise, ls), chosen, 48)
+
+    def lucky_fraction(results):
+        return sum(o.lucky for o in results) / sum(o.promotions for o in results)
+
+    assert lucky_fraction(ours) < 0.5 * lucky_fraction(greedy) < lucky_fraction(before)
+    assert mean(ours) < mean(before) < mean(greedy)
 
 
 def test_new_rules_beat_the_first_rules_at_equal_trainings(equal_trainings):
@@ -278,6 +301,11 @@ def test_paired_cli_compares_defaults_the_margin_rule_and_a_candidate(capsys):
     out = capsys.readouterr().out
     assert "candidate: margin selection, population size 16" in out and "z 0.5" in out and "re-runs for any gain" in out
     assert "minus defaults" in out and "| candidate, 1 worker, equal trainings |" in out and "Gaussian noise" in out
+    assert landscape_paired.main(["--seeds", "2", "--trainings", "8", "--workers", "2", "--landscape", "bowl",
+                                  "--against", "before"]) == 0
+    out = capsys.readouterr().out
+    assert "minus before" in out and "| before, 2 workers, equal wall time |" in out
+    assert "promoted at 0.9 probability" in out and "promoted at 0.95 probability" in out   # 1 - 0.1/workers
     for bad in (["--seeds", "1"], ["--candidate", "workers=3"], ["--candidate", "zz=1"], ["--candidate", "z"],
                 ["--jobs", "0"]):
         with pytest.raises(SystemExit) as exit_info:

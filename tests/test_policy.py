@@ -165,7 +165,7 @@ def test_the_noise_is_refined_from_every_commit_trained_more_than_once():
 # ---------------------------------------------------------------- promotion and confirmation
 
 def test_posterior_promotes_a_better_child_once_its_own_child_backs_it():
-    run = Run(noise_runs=3, workers=1)               # confirm_runs 2, confidence 0.9
+    run = Run(noise_runs=3, workers=1, promotion_runs=1)     # confirm_runs 2, confidence 0.9, no re-run
     noise_done(run)
     child = run.hand_out()
     assert kinds(run.finish(child, 0.990)) == ["Decided"]          # one training behind it: it waits
@@ -174,6 +174,53 @@ def test_posterior_promotes_a_better_child_once_its_own_child_backs_it():
     decisions = run.finish(grandchild, 0.9905)
     assert kinds(decisions) == ["Promote", "Decided"]
     assert decisions[0].member == run.state.experiments[child].member and decisions[0].previous == SEED_MEMBER
+
+
+def test_posterior_confirms_a_member_with_one_run_of_its_own_by_a_rerun_before_promoting_it():
+    run = Run(noise_runs=3, workers=1)               # the defaults: promotion_runs 2
+    noise_done(run)
+    child = run.hand_out()
+    member = run.state.experiments[child].member
+    assert kinds(run.finish(child, 0.990)) == ["Decided"]
+    grandchild = run.hand_out()
+    decisions = run.finish(grandchild, 0.9905)      # the posterior would promote it: re-run first
+    assert kinds(decisions) == ["Queue", "Decided"]
+    assert decisions[0].work == Work("rerun", member, seed=43) and "1 run of its own" in decisions[0].reason
+    rerun = run.hand_out()                           # the queue first: the re-run, on another seed
+    assert run.state.experiments[rerun].kind == "rerun" and run.state.experiments[rerun].member == member
+    decisions = run.finish(rerun, 0.9902)
+    assert kinds(decisions) == ["NoiseMeasured", "Promote", "Decided"]   # its own two runs refine the noise
+    assert decisions[1].member == member and decisions[1].previous == SEED_MEMBER
+
+
+def test_posterior_keeps_the_champion_when_the_confirming_rerun_falls_back_and_queues_each_rerun_once():
+    run = Run(noise_runs=3, workers=1, population_size=3)
+    noise_done(run)
+    child = run.hand_out()
+    member = run.state.experiments[child].member
+    run.finish(child, 0.998)
+    grandchild = run.hand_out()
+    assert kinds(run.finish(grandchild, 0.998)) == ["Queue", "Decided"]
+    assert list(run.policy._judge(run.state, member)) == []        # its re-run is queued already
+    rerun = run.hand_out()
+    other = run.hand_out()                          # a child trains beside the re-run's turn
+    decisions = run.finish(other, 1.02)             # over the size: the member awaiting its re-run is kept
+    culled = [d.member for d in decisions if isinstance(d, Cull)]
+    assert len(culled) == 1 and member not in culled and run.state.members[member].alive
+    decisions = run.finish(rerun, 1.0004)           # the lucky first run does not repeat
+    assert not any(isinstance(d, Promote) and d.member == member for d in decisions)
+    assert run.state.champion == SEED_MEMBER
+
+
+def test_posterior_promotes_without_a_rerun_once_no_training_is_left():
+    run = Run(noise_runs=3, workers=1, max_experiments=5)
+    noise_done(run)
+    child = run.hand_out()
+    run.finish(child, 0.990)
+    grandchild = run.hand_out()                     # the fifth and last training
+    decisions = run.finish(grandchild, 0.9905)      # a re-run could not be trained: decided as it stands
+    assert kinds(decisions) == ["Promote", "Decided"] and decisions[0].member == run.state.experiments[child].member
+    assert run.policy.next_work(run.state) is None
 
 
 def test_margin_confirms_a_first_run_past_the_margin_with_a_rerun_on_another_seed():
