@@ -402,8 +402,7 @@ class Policy:
                 return
             if best not in self._rerunning(state):
                 yield Queue(state.next_work_id(), Work("rerun", best, seed=s.seed + runs),
-                            reason=f"the posterior would promote it on {runs} run{'s' * (runs != 1)} of its own: "
-                                   "re-run to confirm")
+                            reason=f"would be promoted on {runs} run{'s' * (runs != 1)} of its own, so it is confirmed first")
             return
         member = state.members[name]
         champion_runs = state.members[champion].runs if champion else []
