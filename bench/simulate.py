@@ -196,7 +196,7 @@ class SimWorkload:
             seconds *= rng.random()
         else:
             value = sim.landscape.observe(code, rng)
-            log = (f"---\ntraining_seconds: {sim.budget_s:.1f}\n"
+            log = (progress_lines(value) + f"\n---\ntraining_seconds: {sim.budget_s:.1f}\n"
                    f"total_seconds:    {seconds:.1f}\npeak_vram_mb:     45060.2\nmfu_percent:      39.80\n"
                    f"total_tokens_M:   499.6\nnum_steps:        953\nnum_params_M:     50.3\ndepth:            8\n")
             code_rc = 0
@@ -206,6 +206,13 @@ class SimWorkload:
                              f"sim-{worker}", "0", started_at=EPOCH + start, finished_at=EPOCH + start + seconds,
                              evaluation=evaluation, busy_seconds=sim.budget_s + 4.0)
         return result, seconds
+
+
+def progress_lines(value: float, steps: int = 20) -> str:
+    """engine/train.py's `\\r` progress lines for a curve that falls to `value` (the driver keeps
+    it as curve.json: population/curves.py)."""
+    return "".join(f"\rstep {i:05d} ({100 * i / steps:.1f}%) | loss: {value + 2 * (1 - i / steps) ** 2:.6f} | "
+                   f"lrm: 1.00    " for i in range(steps + 1))
 
 
 def sim_fleet(sim: "Simulation", config):

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from population.curves import curve_json
 from population.policy import Work
 from population.usage import TIMELINE_EVERY_S
 from population.worker import Prepared
@@ -53,9 +54,13 @@ class Flight:
 
     def files(self, log: str | None, diff: Callable[[], str], busy_timeline: list | None = None) -> dict:
         """experiments/<id>/: run.log (when it trained), device_busy.json (its device's busy share
-        every few seconds, sampled from outside: population/usage.py), diff.patch against the
+        every few seconds, sampled from outside: population/usage.py), curve.json (its loss
+        curve from the log's progress lines: population/curves.py), diff.patch against the
         parent (`diff()`, else the worker's own), a child's prompt and transcript."""
         files = {} if log is None else {"run.log": log}
+        curve = None if log is None else curve_json(log)
+        if curve:
+            files["curve.json"] = curve
         if busy_timeline:
             files["device_busy.json"] = json.dumps({"every_s": TIMELINE_EVERY_S,
                                                     "samples": [[t, share] for t, share in busy_timeline]})

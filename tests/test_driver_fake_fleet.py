@@ -51,6 +51,16 @@ def test_every_result_gets_its_decisions_closed_by_one_marker(tmp_path):
     baselines = [e["seed"] for e in events if e["type"] == "experiment_started" and e["kind"] == "baseline"]
     assert baselines[:3] == [0, 1, 2]                 # handed out from --seed on (the simulation's seed is 0)
     assert [e["type"] for e in events].count("noise") >= 1 and driver.state.noise_std > 0
+    # every training's loss curve is kept beside its run.log (population/curves.py), none for a crash
+    rows = {e["id"]: e["row"] for e in events if e["type"] == "experiment_finished"}
+    for exp_id, row in rows.items():
+        curve = tmp_path / "runs" / "sim" / "experiments" / str(exp_id) / "curve.json"
+        if row["status"] == "ok":
+            points = json.loads(curve.read_text())["points"]
+            assert len(points) == 21 and points[0][0] == 0.0 and points[-1][0] == 1.0
+            assert points[-1][1] == pytest.approx(row["val_bpb"], abs=1e-6)
+        else:
+            assert not curve.exists()
 
 
 def test_a_node_lost_mid_run_loses_its_work_queues_it_again_and_a_spare_worker_takes_its_place(tmp_path):
