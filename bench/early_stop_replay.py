@@ -117,10 +117,10 @@ def replay(stores: list[dict], fractions: list[float], margin_noise: float) -> d
                                     "noise": noise})
     most = max((r["judged"] for r in result["fractions"]), default=0)
     result["enough_pairs"] = most >= MIN_PAIRS
+    safe = all(r["stopped_but_better"] == 0 for r in result["fractions"])
     result["verdict"] = (
         f"too few pairs to validate anything: at most {most} judged pairs (at least {MIN_PAIRS} needed)"
-        if most < MIN_PAIRS else
-        "on these stores the rule stopped no child that beat its parent" if all(r["stopped_but_better"] == 0 for r in result["fractions"])
+        if most < MIN_PAIRS else "on these stores the rule stopped no child that beat its parent" if safe
         else "the rule stopped children that beat their parent: not safe at this margin")
     return result
 
@@ -128,8 +128,10 @@ def replay(stores: list[dict], fractions: list[float], margin_noise: float) -> d
 def render(result: dict) -> str:
     lines = [f"{s['path']}: {s['ok_runs']} ok runs, {s['curves']} with a curve, {s['pairs']} parent/child pairs"
              for s in result["stores"]]
-    lines.append(f"rule: stop a child whose loss exceeds its parent's by more than {result['margin_noise']:g} x noise sd")
-    lines.append(f"{'fraction':>8}  {'judged':>6}  {'stopped':>7}  {'stopped but better':>18}  noise sd (runs) per store")
+    lines.append("rule: stop a child whose loss exceeds its parent's by more than "
+                 f"{result['margin_noise']:g} x noise sd")
+    lines.append(f"{'fraction':>8}  {'judged':>6}  {'stopped':>7}  {'stopped but better':>18}"
+                 "  noise sd (runs) per store")
     for r in result["fractions"]:
         noise = ", ".join("none" if n["noise_sd"] is None else f"{n['noise_sd']:.4f}" for n in r["noise"])
         runs = ", ".join(str(n["noise_runs"]) for n in r["noise"])
