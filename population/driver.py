@@ -167,7 +167,7 @@ class Driver:
             self.state.lineage_rows, self.task.metric, min_interval_s=TABLES_EVERY_S, force=force,
             max_share=TABLES_MAX_SHARE)
         self.tables_stale = not written
-        champion = self.state.members.get(self.state.champion) if self.state.champion else None
+        champion = self.state.champion_member()
         counted = {"journal_events": self.store.event_count} if written else {}
         self.store.update_meta(noise_std=self.state.noise_std, champion_id=champion.first_id if champion else None,
                                workers=self.config.workers, **counted)
@@ -544,8 +544,8 @@ class Driver:
     def _note_agent(self, flight: Flight, row: dict) -> None:
         if flight.work.kind == "child" and not flight.work.commit:      # an agent ran
             line = self.agents.note(flight.worker, flight.agent, row["status"], row.get("reason", ""))
-            left = len(self.agents.usable(self.fleet.slots))
-            if line and flight.worker in self.agents.stopped and left:
+            left = len(self.agents.usable(self.fleet.slots)) if flight.worker in self.agents.stopped else 0
+            if line and left:
                 line += f"; the run goes on with {left} worker{'s' if left != 1 else ''}"
             if line:
                 self.console.line(line)
@@ -553,7 +553,7 @@ class Driver:
     # ---------------------------------------------------------------- status
 
     def _status(self) -> str:
-        champion = self.state.members.get(self.state.champion) if self.state.champion else None
+        champion = self.state.champion_member()
         return status_line(
             finished=self.state.finished_count(), ok=self.state.ok_count(),
             in_flight=len(self.flights),

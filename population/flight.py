@@ -77,7 +77,7 @@ class Flight:
     def lost_event(self, reason: str) -> dict:
         """The experiment_lost event; a child's commit and description when its commit had arrived."""
         event = {"type": "experiment_lost", "id": self.exp_id, "reason": reason}
-        if self.kind == "child" and self.commit and self.commit != self.parent_commit:
+        if self.kind == "child" and self.has_own_commit:
             event["commit"] = self.commit
             description = self.prepared.description if self.prepared else ""
             if description:

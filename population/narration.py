@@ -48,7 +48,7 @@ def promotion_lines(decision: Promote, event: dict, state: PopulationState, metr
 def result_line(flight: Flight, row: dict, state: PopulationState, metric: str) -> str:
     """An experiment's line once its result is recorded: its value against the champion's mean."""
     member = state.members.get(flight.member)
-    champion = state.members.get(state.champion) if state.champion else None
+    champion = state.champion_member()
     description = ""
     if flight.kind == "child":
         retrained = f" (e{flight.work.retrains:04d}'s commit, trained again)" if flight.work.commit else ""

@@ -491,6 +491,10 @@ class PopulationState:
         score = self.estimate if estimated else self.score
         return [Candidate(m.name, score(m.name), m.born) for m in self.living()]
 
+    def champion_member(self) -> Member | None:
+        """The champion's Member record, None before the first promotion."""
+        return self.members.get(self.champion) if self.champion else None
+
     def best_member(self) -> str | None:
         """The living member with the best mean (ties: the older), None when there is none."""
         living = self.candidates()
