@@ -401,8 +401,8 @@ class Policy:
                 yield Promote(best, champion)
                 return
             if best not in self._rerunning(state):
-                yield Queue(state.next_work_id(), Work("rerun", best, seed=s.seed + runs),
-                            reason=f"would be promoted on {runs} run{'s' * (runs != 1)} of its own, so it is confirmed first")
+                yield self._rerun(state, best, f"would be promoted on {runs} run{'s' * (runs != 1)} of its own, "
+                                               "so it is confirmed first")
             return
         member = state.members[name]
         champion_runs = state.members[champion].runs if champion else []
@@ -418,7 +418,12 @@ class Policy:
                 why = f"beats the champion past the noise margin on {runs} of {s.confirm_runs} runs"
             else:
                 why = "beats the champion by less than the noise margin"
-            yield Queue(state.next_work_id(), Work("rerun", name, seed=s.seed + runs), reason=why)
+            yield self._rerun(state, name, why)
+
+    def _rerun(self, state: PopulationState, member: str, reason: str) -> Queue:
+        """Train `member` once more, on the next seed after those of its runs so far."""
+        seed = self.settings.seed + len(state.members[member].runs)
+        return Queue(state.next_work_id(), Work("rerun", member, seed=seed), reason=reason)
 
     @staticmethod
     def _rerunning(state: PopulationState) -> set[str]:
