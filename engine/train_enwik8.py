@@ -24,6 +24,7 @@ from x_transformers import AutoregressiveWrapper, Decoder, TransformerWrapper
 
 from prepare.enwik8 import (EVAL_SEQ_LEN, SMOKE, TIME_BUDGET, VOCAB_SIZE, CausalityError,
                             evaluate_bpc, random_windows)
+from prepare.runtime import peak_flops as device_name_peak_flops
 
 # ---------------------------------------------------------------------------------------------
 # Device and precision (bf16 autocast by default; USE_FP8=1 -> torchao float8 for the body)
@@ -191,21 +192,15 @@ def autocast():
 # ---------------------------------------------------------------------------------------------
 # FLOPs and MFU
 
-# Dense bf16 tensor-core peaks (no sparsity); the first name found in the GPU's name wins.
-PEAK_BF16_FLOPS = (("H100 PCIe", 756e12), ("H100", 989.5e12), ("H200", 989.5e12), ("B200", 2250e12),
-                   ("A100", 312e12), ("L40S", 362e12), ("RTX 4090", 165.2e12), ("L4", 121e12),
-                   ("A10", 125e12))
-
-
 def peak_flops() -> float:
+    """The GPU's dense bf16 peak (the fixed side's table, prepare/runtime.py), NaN on the CPU."""
     if DEVICE != "cuda":
         return float("nan")
     name = torch.cuda.get_device_name()
-    for key, flops in PEAK_BF16_FLOPS:
-        if key in name:
-            return flops
-    print(f"no bf16 peak known for {name}; mfu_percent is NaN")
-    return float("nan")
+    peak = device_name_peak_flops(name)
+    if math.isnan(peak):
+        print(f"no bf16 peak known for {name}; mfu_percent is NaN")
+    return peak
 
 
 def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
