@@ -34,18 +34,16 @@ from population.training import TrainJob, run_training  # noqa: E402
 
 OLD_PATH = '''
 import contextlib, importlib.util, json, sys, time, torch
-from prepare import Tokenizer, evaluate_bpb
+from prepare import Tokenizer
+from prepare.runtime import evaluate_standalone
 spec = importlib.util.spec_from_file_location("seed", "engine/train.py")
 seed = importlib.util.module_from_spec(spec); spec.loader.exec_module(seed)
-from prepare.runtime import EvalModel, eval_batch_size
 device = torch.device(sys.argv[2])
 started = time.perf_counter()
 compiled = seed.load_model(sys.argv[1], device)
-raw = getattr(compiled, "_orig_mod", compiled)
-batch = eval_batch_size(seed.EVAL_BATCH_SIZE)
 autocast = torch.amp.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-with torch.no_grad(), autocast:
-    value = evaluate_bpb(EvalModel(compiled, raw, batch), Tokenizer.from_directory(), batch)
+value, _ = evaluate_standalone(compiled, getattr(compiled, "_orig_mod", compiled), Tokenizer.from_directory(),
+                               seed.EVAL_BATCH_SIZE, autocast)
 print(json.dumps({"val_bpb": value, "seconds": time.perf_counter() - started}))
 '''
 
