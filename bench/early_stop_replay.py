@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from population.curves import loss_at  # noqa: E402
-from population.store import RunStore  # noqa: E402
+from population.store import RunStore, StoreError  # noqa: E402
 
 MIN_NOISE_RUNS = 2      # same-code runs a store needs for its noise figure
 MIN_PAIRS = 30          # judged parent/child pairs before a rule can be called validated
@@ -141,15 +141,29 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+def fractions_arg(text: str) -> list[float]:
+    try:
+        fractions = [float(f) for f in text.split(",") if f.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of fractions: {text!r}") from None
+    if not fractions or not all(0 <= f <= 1 for f in fractions):
+        raise argparse.ArgumentTypeError(f"fractions of the budget are between 0 and 1: {text!r}")
+    return fractions
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("stores", nargs="+", type=Path, help="run directories (runs/<tag>)")
     parser.add_argument("--margin-noise", type=float, default=3.0, help="K: the margin in noise sds (default 3)")
-    parser.add_argument("--at", default="0.25,0.5,0.75", help="fractions of the budget (default 0.25,0.5,0.75)")
+    parser.add_argument("--at", default=[0.25, 0.5, 0.75], type=fractions_arg,
+                        help="fractions of the budget, comma-separated (default 0.25,0.5,0.75)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-    fractions = [float(f) for f in args.at.split(",") if f.strip()]
-    result = replay([load_store(p) for p in args.stores], fractions, args.margin_noise)
+    try:
+        stores = [load_store(p) for p in args.stores]
+    except StoreError as e:
+        parser.exit(2, f"early_stop_replay: {e}\n")
+    result = replay(stores, args.at, args.margin_noise)
     print(json.dumps(result, indent=1) if args.json else render(result))
     return 0
 

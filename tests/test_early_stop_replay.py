@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import early_stop_replay  # noqa: E402
@@ -70,3 +72,14 @@ def test_a_store_without_same_code_runs_has_no_noise_and_judges_nothing(tmp_path
     result = early_stop_replay.replay([early_stop_replay.load_store(run_dir)], [0.5], 3.0)
     assert result["fractions"][0]["judged"] == 0 and result["fractions"][0]["noise"][0]["noise_sd"] is None
     assert "too few pairs" in result["verdict"]
+
+
+def test_a_missing_store_or_bad_fractions_end_in_one_line_and_exit_2(tmp_path, capsys):
+    for argv, said in (([str(tmp_path / "nowhere")], "no run at"),
+                       ([str(make_store(tmp_path / "run")), "--at", "0.5,x"], "not a list of fractions"),
+                       ([str(tmp_path / "run"), "--at", "1.5"], "between 0 and 1")):
+        with pytest.raises(SystemExit) as end:
+            early_stop_replay.main(argv)
+        assert end.value.code == 2
+        error = capsys.readouterr().err
+        assert said in error and "Traceback" not in error
