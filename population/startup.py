@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import logging
 import shutil
-
 import signal
 import threading
 import time
-
 from pathlib import Path
 
 from population import gitops, readiness
