@@ -22,7 +22,8 @@ from population.agent_pauses import AgentPauses
 from population.config import ConfigError, RunConfig, default_tag, resolve, settings_of, validate, with_run_settings
 from population.console import Console, drop_leak_report, duration, run_line, status_line
 from population.fleet import DriverError
-from population.flight import Flight
+from population.context import IN_FLIGHT_SHOWN, build_prompt
+from population.flight import Flight, in_flight_records
 from population.narration import decision_lines, result_line, settings_lines
 from population.outcome import duplicate_reason, gains_over_seed, judged, last_baseline_error, train_env
 from population.policy import SEED_MEMBER, Cull, Policy, Promote, Queue, Settings, Stop, Train
@@ -145,7 +146,7 @@ class Driver:
         return {"seed": self.config.seed + 1000 * (index + 1), "train_file": self.task.train_file,
                 "base_url": self.config.agent_base_url, "key_env": list(self.config.agent_env)}
 
-    def _seed_fingerprint(self) -> str:
+    def _seed_fingerprint(self) -> str:       # bench/simulate.py and tests stand in for these two
         return startup.seed_fingerprint(self.git, self.repo, self.store.dir, self.seed_commit)
 
     def _cache_fingerprint(self) -> str | None:
@@ -378,34 +379,29 @@ class Driver:
             self._start(slot, train)
 
     def _start(self, slot, train: Train) -> None:
-        work, exp_id, state = train.work, self.state.next_id(), self.state
-        if work.kind == "child":
-            member = gitops.member_name(self.member_counter)
-            self.member_counter += 1
-            parent, parent_id = work.parent, state.first_id(work.parent)
-            parent_commit = commit = self._member_commit(work.parent)
-            agent = slot.agent
-            if work.commit:             # a lost child's own change, trained again: no agent
-                commit, agent = work.commit, str(state.experiments[work.retrains].started.get("agent") or "none")
-        else:
-            member, agent = work.member, "none"
-            commit = self._member_commit(member)
-            parent, parent_id, parent_commit = state.origin(member) if work.kind == "rerun" else (None, None, None)
-            parent_commit = parent_commit if parent_commit is not None else commit
-        self.record(train.started(exp_id, member, parent_id, parent_commit=parent_commit, worker=slot.name,
-                                  agent=agent, budget_s=self.config.budget_s, node_id=slot.node_id))
-        flight = self.flights[exp_id] = Flight(exp_id, work, slot.name, member, parent, parent_commit, commit, agent)
+        flight = Flight.start(train, self.state, self.state.next_id(), slot.name, slot.agent, self._new_member,
+                              self._member_commit)
+        work, exp_id, commit = train.work, flight.exp_id, flight.commit
+        self.record(train.started(exp_id, flight.member, flight.parent_id, parent_commit=flight.parent_commit,
+                                  worker=slot.name, agent=flight.agent, budget_s=self.config.budget_s,
+                                  node_id=slot.node_id))
+        self.flights[exp_id] = flight
         if work.commit:                 # its branch, once the journal knows the member (as a fetched child's)
-            self.git.set_ref(self.repo, gitops.member_branch(self.tag, member), commit)
+            self.git.set_ref(self.repo, gitops.member_branch(self.tag, flight.member), commit)
         job = PrepareJob(exp_id=exp_id, commit=commit, bundle_ref="", prepare_fingerprint=self.fingerprint,
-                         train_file=self.task.train_file, member=member, agent_timeout_s=self.config.agent_timeout_s)
+                         train_file=self.task.train_file, member=flight.member,
+                         agent_timeout_s=self.config.agent_timeout_s)
         if work.kind == "child" and not work.commit:
-            job.prompt = flight.prompt = self._prompt(parent_id)
-            job.branch = gitops.member_branch(self.tag, member)
+            job.prompt = flight.prompt = self._prompt(flight.parent_id)
+            job.branch = gitops.member_branch(self.tag, flight.member)
         elif work.commit:
             flight.prompt = (f"(no prompt, no agent: the commit {commit} of e{work.retrains:04d}, lost after it "
                              "reached the driver, trains again)\n")
         self.fleet.prepare(slot, job, commit)
+
+    def _new_member(self) -> str:
+        self.member_counter += 1
+        return gitops.member_name(self.member_counter - 1)
 
     def _member_commit(self, member: str) -> str:
         if member in self.state.members:
@@ -418,17 +414,10 @@ class Driver:
         return commit
 
     def _prompt(self, parent_id: int | None) -> str:
-        from population.context import IN_FLIGHT_SHOWN, build_prompt
         parent_id = parent_id if parent_id is not None else 0
-        in_flight = []
-        for exp in self.state.in_flight(newest=IN_FLIGHT_SHOWN):   # not all 1,000 of a large run
-            record = dict(exp.started)
-            flight = self.flights.get(exp.id)
-            if flight and flight.prepared and flight.prepared.description:
-                record["description"] = flight.prepared.description
-            in_flight.append(record)
         # the rows the prompt draws on, not every experiment of the run (bench/simulate.py)
-        return build_prompt(self.program_md, self.task, self.state.context_rows(parent_id), parent_id, in_flight)
+        return build_prompt(self.program_md, self.task, self.state.context_rows(parent_id), parent_id,
+                            in_flight_records(self.state, self.flights, IN_FLIGHT_SHOWN))
 
     # ================================================================ completions
 

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from population.curves import curve_json
-from population.policy import Work
+from population.policy import Train, Work
+from population.state import PopulationState
 from population.usage import TIMELINE_EVERY_S
 from population.worker import Prepared
 
@@ -25,6 +26,25 @@ class Flight:
     prompt: str = ""
     prepared: Prepared | None = None
     train_blob: str | None = None
+    parent_id: int | None = None
+
+    @classmethod
+    def start(cls, train: Train, state: PopulationState, exp_id: int, worker: str, agent: str,
+              new_member: Callable[[], str], commit_of: Callable[[str], str]) -> Flight:
+        """Who trains what. A child: a new member, proposed by the worker's agent from its parent's
+        commit, or a lost child's commit trained again without an agent. A baseline or a re-run:
+        the member's own commit, with no agent."""
+        work = train.work
+        if work.kind == "child":
+            parent_commit = commit_of(work.parent)
+            if work.commit:
+                agent = str(state.experiments[work.retrains].started.get("agent") or "none")
+            return cls(exp_id, work, worker, new_member(), work.parent, parent_commit, work.commit or parent_commit,
+                       agent, parent_id=state.first_id(work.parent))
+        commit = commit_of(work.member)
+        parent, parent_id, parent_commit = state.origin(work.member) if work.kind == "rerun" else (None, None, None)
+        return cls(exp_id, work, worker, work.member, parent, commit if parent_commit is None else parent_commit,
+                   commit, "none", parent_id=parent_id)
 
     @property
     def kind(self) -> str:
@@ -83,3 +103,16 @@ class Flight:
             if description:
                 event["description"] = description
         return event
+
+
+def in_flight_records(state: PopulationState, flights: dict[int, Flight], newest: int) -> list[dict]:
+    """What a prompt shows of the work in flight: the newest `newest` started events (not all
+    1,000 of a large run), each with its agent's description once the agent has given one."""
+    records = []
+    for exp in state.in_flight(newest=newest):
+        record = dict(exp.started)
+        flight = flights.get(exp.id)
+        if flight and flight.prepared and flight.prepared.description:
+            record["description"] = flight.prepared.description
+        records.append(record)
+    return records
