@@ -141,7 +141,8 @@ def download_shards(indices: list[int], data_dir: Path, *, workers: int = 8, rep
         raise ValueError(f"--download-workers must be at least 1, got {workers}")
     if retries < 1:
         raise ValueError(f"--retries must be at least 1, got {retries}")
-    check_reachable(endpoint)
+    if force or not all((data_dir / shard_name(i)).exists() for i in indices):
+        check_reachable(endpoint)     # shards already here need no hub: an offline machine may prepare
     data_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(data_dir / STAGING, ignore_errors=True)   # leftovers of an interrupted run
     downloaded = 0

@@ -242,3 +242,16 @@ def test_an_offline_machine_fails_at_once_pointing_at_from_files(tmp_path):
     assert len(lines) == 1 and "cannot resolve no-such-hub.invalid" in lines[0], result.stderr
     assert "this machine looks offline" in lines[0] and "python -m prepare --from-files" in lines[0]
     assert time.monotonic() - start < 30 and not (tmp_path / "data").exists()
+
+
+def test_shards_already_here_prepare_on_an_offline_machine(tmp_path):
+    """With every shard it asks for already on disk, prepare needs no hub: an offline machine
+    (a name that does not resolve) trains the tokenizer from them instead of refusing."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in (0, VAL):
+        docs = [f"document {index}-{i}: the quick brown fox {i * 7} jumps over the lazy dog\n" * 3 for i in range(200)]
+        (data / f"shard_{index:05d}.parquet").write_bytes(parquet_bytes(docs))
+    result = run_cli(["--num-shards", "1", "--vocab-size", "300"], tmp_path, "https://no-such-hub.invalid")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "tokenizer" / "tokenizer.json").is_file()
