@@ -105,7 +105,10 @@ def main() -> int:
                "busy_seconds": result.busy_seconds, "evaluation": result.evaluation,
                "training_seconds": summary.get("training_seconds"), "total_seconds": summary.get("total_seconds"),
                "startup_seconds": summary.get("startup_seconds"), "compile_seconds": summary.get("compile_seconds"),
-               "gpu": result.gpu, "busy_timeline": result.extra.get("busy_timeline")}
+               "gpu": result.gpu, "busy_timeline": result.extra.get("busy_timeline"),
+               # where the evaluation's seconds go (prepare/model_server.py), and why a kernel was not used
+               "server_times": [line for line in result.eval_log.splitlines() if line.startswith("model server,")],
+               "fallbacks": [line for line in result.log.splitlines() if "unavailable" in line][:4]}
         if result.evaluation is None or "error" in result.evaluation:
             run["log_tail"] = result.log[-3000:] + "\n" + result.eval_log[-3000:]
         runs.append(run)

@@ -1,10 +1,11 @@
 """The model server: the only place where the child's code meets the evaluation's inputs.
 
 Run by the trusted evaluator (`prepare/trusted_eval.py`) as a process of its own, sandboxed like a
-training, with no access to the evaluation data. It starts while the training still runs and
-imports only torch; on LOAD it imports the child's committed train file as a module (its `main()`
-does not run), asks the file's `load_model(checkpoint, device)` for the trained model, and then
-answers each request of token ids with the model's logits. It never sees a target, a loss or a
+training, with no access to the evaluation data. It starts while the training still runs: it
+imports torch, makes its CUDA context and imports the child's committed train file as a module
+(its `main()` does not run), so that none of this costs time after the training. On LOAD it asks
+the file's `load_model(checkpoint, device)` for the trained model, and then answers each request
+of token ids with the model's logits. It never sees a target, a loss or a
 metric: what it computes is only ever an input to the evaluator's own scoring.
 
     python -m prepare.model_server TRAIN_FILE CHECKPOINT DEVICE [--share-socket FD]
@@ -21,6 +22,7 @@ import os
 import socket
 import struct
 import sys
+import time
 import traceback
 from contextlib import nullcontext
 
@@ -57,19 +59,34 @@ def serve(train_file: str, checkpoint: str, device_name: str, requests, replies,
     import numpy as np
     import torch
 
+    # Everything that needs no checkpoint happens while the training still runs: the CUDA context
+    # and the import of the child's file (an import error waits for LOAD, where it is the crash's reason).
+    clock = time.perf_counter()
+    device = torch.device(device_name)
+    if device.type == "cuda":
+        torch.zeros(1, device=device)            # a current CUDA context for the driver calls
+    early = {"CUDA context": time.perf_counter() - clock}
+    try:
+        child, import_error = load_child(train_file), None
+    except Exception as exc:
+        child, import_error = None, exc
+    early["train file import"] = time.perf_counter() - clock - early["CUDA context"]
+    _say_times("before LOAD", early)
     if not wire.read_load(requests):
         return                                   # called off: the training did not produce a model
-    device = torch.device(device_name)
-    shared = None
-    if share_socket is not None:
-        torch.zeros(1, device=device)            # a current CUDA context for the driver calls
-        shared = receive_buffer(share_socket)
-    model = load_child(train_file).load_model(checkpoint, device)
+    if import_error is not None:
+        raise import_error
+    clock = time.perf_counter()
+    shared = receive_buffer(share_socket) if share_socket is not None else None
+    model = child.load_model(checkpoint, device)
     if hasattr(model, "eval"):
         model.eval()
     wire.write_magic(replies, wire.READY)
+    _say_times("after LOAD", {"load_model": time.perf_counter() - clock})
     autocast = torch.amp.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    first = True
     while (x := wire.read_rows(requests)) is not None:
+        clock = time.perf_counter()
         with torch.no_grad(), autocast:
             logits = model(torch.from_numpy(x.copy()).to(device))
         if not isinstance(logits, torch.Tensor):
@@ -84,6 +101,15 @@ def serve(train_file: str, checkpoint: str, device_name: str, requests, replies,
             wire.write_done(replies, shape)
         else:
             wire.write_logits(replies, logits.detach().float().cpu().numpy().astype(np.float32, copy=False))
+        if first:
+            _say_times("first batch", {"forward (compiles)": time.perf_counter() - clock})
+            first = False
+
+
+def _say_times(when: str, seconds: dict[str, float]) -> None:
+    """Where the evaluation's seconds go, in the experiment's run.log (stderr)."""
+    parts = ", ".join(f"{name} {value:.2f} s" for name, value in seconds.items())
+    print(f"model server, {when}: {parts}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

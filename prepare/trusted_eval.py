@@ -20,8 +20,8 @@ deterministic). A stateful model cannot tell a probe from a scored row.
     python -m prepare.trusted_eval --task climbmix --train-file F --checkpoint C --device cpu \
         [--server-argv-json '[...]'] [--holdout-tokens N] [--wait-for-go]
 
-With `--wait-for-go` it loads the data and starts the server at once, then waits for a line on
-stdin before the model is loaded: the worker starts it beside the training, so the imports and
+With `--wait-for-go` it loads the data, makes its CUDA context and starts the server at once (which
+imports the train file), then waits for a line on stdin before the model is loaded: the worker starts it beside the training, so the imports and
 the data cost no time after the training ends (EOF instead of a line: called off, exit 0).
 The last line of stdout is one JSON object: {"metric": ..., "holdout": ..., ...} or {"error": ...}.
 """
@@ -265,10 +265,8 @@ def wait_for_go() -> bool:
 
 def share_buffer(sock: socket.socket, batch_size: int, T: int, V: int):
     """A GPU buffer for one batch of logits, its descriptor sent to the server."""
-    import torch
     from prepare import cuda_share
 
-    torch.zeros(1, device="cuda")
     buffer = cuda_share.allocate(4 * batch_size * T * V)
     socket.send_fds(sock, [struct.pack("<Q", buffer.size)], [buffer.fd])
     os.close(buffer.fd)
@@ -289,6 +287,8 @@ def run(args) -> dict:
     if theirs is not None:
         theirs.close()
     buffer = None
+    if args.device == "cuda":
+        torch.zeros(1, device="cuda")    # the CUDA context, made before "go" like the server's
     try:
         if args.wait_for_go and not wait_for_go():
             return {}
