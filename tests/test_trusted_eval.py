@@ -111,6 +111,15 @@ def test_a_train_file_without_load_model_is_a_clear_error(prepared_cache, tmp_pa
     assert code == 1 and "load_model" in result["error"]
 
 
+def test_a_train_file_that_fails_on_import_is_that_error_after_load(prepared_cache, tmp_path):
+    """The server imports the file before LOAD (while the training runs); its error is kept for
+    LOAD and comes back as the evaluation's error, not as a broken pipe."""
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise ValueError('broken at import')\n")
+    code, result = trusted_eval(broken, tmp_path / "none", prepared_cache)
+    assert code == 1 and "ValueError: broken at import" in result["error"], result
+
+
 def test_the_seed_scores_as_the_in_process_metric_did(prepared_cache, tmp_path):
     """engine/train.py trains, saves, and the trusted score of its checkpoint equals the old
     in-process evaluate_bpb of the same weights."""
