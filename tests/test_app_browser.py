@@ -236,10 +236,19 @@ def test_ten_thousand_experiments_stay_a_tree(page, stores):
     gap = {i: min(math.dist(screen[i], screen[j]) for j in inside if j != i) for i in living}
     target = max(gap, key=gap.get)
     assert gap[target] > 8, "no living member stands apart enough to click"
-    page.mouse.move(*screen[target])
-    page.wait_for_timeout(200)
-    page.mouse.click(*screen[target])
     clicked = nodes.iloc[target]
+    # Plotly clicks the point it hovers: on a loaded machine the zoom's redraw can come late, so
+    # point at the member again until its hover label shows, then click
+    hovered = page.locator(".hoverlayer .hovertext").filter(has_text=f"{clicked['member']} #{clicked['first_id']}")
+    deadline = time.time() + 60
+    while True:
+        page.mouse.move(screen[target][0] + 2, screen[target][1])
+        page.mouse.move(*screen[target])
+        page.wait_for_timeout(300)
+        if hovered.count():
+            break
+        assert time.time() < deadline, f"hovering {clicked['member']} shows no label"
+    page.mouse.click(*screen[target])
     page.locator(".st-key-details h3").filter(has_text=f"#{clicked['first_id']} · {clicked['member']}").wait_for(
         timeout=60_000)
     ring = tree.locator(".scatterlayer .trace").last.locator(".point")     # SVG over the WebGL canvas
