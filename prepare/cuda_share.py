@@ -90,19 +90,19 @@ class SharedBuffer:
     handle: int
     fd: int = -1
 
-    def tensor(self, dtype, shape):
-        """A torch tensor over the buffer (no copy)."""
+    def tensor(self, dtype, shape, offset: int = 0):
+        """A torch tensor over the buffer from byte `offset` (no copy)."""
         import numpy as np
         import torch
 
         count = int(np.prod(shape))
         itemsize = torch.empty(0, dtype=dtype).element_size()
-        if count * itemsize > self.size:
-            raise CudaShareError(f"a tensor of {count * itemsize} bytes does not fit a buffer of {self.size}")
+        if offset < 0 or offset + count * itemsize > self.size:
+            raise CudaShareError(f"a tensor of {count * itemsize} bytes at {offset} does not fit a buffer of {self.size}")
         typestr = {torch.float32: "<f4", torch.int64: "<i8", torch.bfloat16: "<f2"}[dtype]
 
         class _View:        # __cuda_array_interface__: torch wraps the pointer without a copy
-            __cuda_array_interface__ = {"shape": tuple(shape), "typestr": typestr, "data": (self.ptr, False),
+            __cuda_array_interface__ = {"shape": tuple(shape), "typestr": typestr, "data": (self.ptr + offset, False),
                                         "version": 3, "strides": None}
         view = torch.as_tensor(_View(), device=f"cuda:{self.device}")
         return view.view(dtype) if dtype is torch.bfloat16 else view

@@ -13,7 +13,8 @@ metric: what it computes is only ever an input to the evaluator's own scoring.
 The protocol (`prepare/wire.py`) runs on the stdin/stdout that the evaluator gave it; everything
 the child's code prints goes to stderr (into the experiment's run.log). With `--share-socket`
 (GPU), the evaluator sends the file descriptor of a GPU buffer over that Unix socket after LOAD,
-and the logits are written there instead of through the pipe (`prepare/cuda_share.py`).
+and the logits are written there, in its two halves by turns, instead of through the pipe
+(`prepare/cuda_share.py`).
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def serve(train_file: str, checkpoint: str, device_name: str, requests, replies,
     wire.write_magic(replies, wire.READY)
     _say_times("after LOAD", {"load_model": time.perf_counter() - clock})
     autocast = torch.amp.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    first = True
+    n = 0
     while (x := wire.read_rows(requests)) is not None:
         clock = time.perf_counter()
         with torch.no_grad(), autocast:
@@ -95,15 +96,15 @@ def serve(train_file: str, checkpoint: str, device_name: str, requests, replies,
             raise ValueError(f"the model returned a tensor of shape {tuple(logits.shape)} for token ids of shape "
                              f"{x.shape}: load_model's model must return logits (B, T, vocab)")
         shape = tuple(logits.shape)
-        if shared is not None:
-            shared.tensor(torch.float32, shape).copy_(logits)
+        if shared is not None:       # two halves: the evaluator scores one while this writes the other
+            shared.tensor(torch.float32, shape, offset=(n % 2) * (shared.size // 2)).copy_(logits)
             torch.cuda.synchronize()
             wire.write_done(replies, shape)
         else:
             wire.write_logits(replies, logits.detach().float().cpu().numpy().astype(np.float32, copy=False))
-        if first:
+        if n == 0:
             _say_times("first batch", {"forward (compiles)": time.perf_counter() - clock})
-            first = False
+        n += 1
 
 
 def _say_times(when: str, seconds: dict[str, float]) -> None:

@@ -162,36 +162,52 @@ def request_input(request: Request, sets: list[EvalSet], rng: random.Random) -> 
 
 
 class PipeLogits:
-    """Logits back through the pipe (the CPU path)."""
+    """Logits back through the pipe (the CPU path). `submit` sends a batch, `result` waits for its
+    logits; one batch is in flight at a time."""
 
     def __init__(self, server: subprocess.Popen):
         self.server = server
+        self.shape = None
 
-    def __call__(self, x: np.ndarray, V: int):
-        import torch
+    def submit(self, x: np.ndarray) -> None:
         wire.write_rows(self.server.stdin, x)
-        B, T = x.shape
+        self.shape = x.shape
+
+    def result(self, V: int):
+        import torch
+        B, T = self.shape
         return torch.from_numpy(wire.read_logits(self.server.stdout, B, T, V).copy())
 
 
-class SharedLogits:
-    """Logits written by the server into a GPU buffer this process owns (the GPU path); each
-    batch is copied out before it is scored, so what is scored is what the server said DONE to."""
+class SharedLogits(PipeLogits):
+    """Logits written by the server into a GPU buffer this process owns (the GPU path), in its two
+    halves by turns. Each batch is copied out before it is scored, so what is scored is what the
+    server said DONE to; the server writes that half again only for the batch after next, which
+    is sent once this one is scored (the scoring waits for the copy)."""
 
     def __init__(self, server: subprocess.Popen, buffer):
-        self.server, self.buffer = server, buffer
+        super().__init__(server)
+        self.buffer, self.replies = buffer, 0
 
-    def __call__(self, x: np.ndarray, V: int):
+    def result(self, V: int):
         import torch
-        wire.write_rows(self.server.stdin, x)
-        B, T = x.shape
+        B, T = self.shape
         wire.read_done(self.server.stdout, B, T, V)
-        return self.buffer.tensor(torch.float32, (B, T, V)).clone()
+        half = (self.replies % 2) * (self.buffer.size // 2)
+        self.replies += 1
+        return self.buffer.tensor(torch.float32, (B, T, V), offset=half).clone()
+
+
+def batch_input(batch: list[Request], sets: list[EvalSet], batch_size: int, rng: random.Random) -> np.ndarray:
+    """The token ids of a batch of requests, padded to `batch_size` rows with copies of its first."""
+    x = np.stack([request_input(r, sets, rng) for r in batch])
+    return np.concatenate([x, np.repeat(x[:1], batch_size - len(batch), axis=0)]) if len(batch) < batch_size else x
 
 
 def evaluate(logits_of, sets: list[EvalSet], batch_size: int, tolerance: float, device: str = "cpu",
              rng: random.Random | None = None) -> dict:
-    """Score every set through `logits_of(x, V)`; raise EvaluationError if a probe fails.
+    """Score every set through `logits_of` (PipeLogits or SharedLogits); raise EvaluationError if a
+    probe fails.
 
     Every request, probe or not, is scored against its row's real targets: a scored row adds its
     masked sum, and a probed row keeps its per-position values for the probes. Those values are
@@ -207,11 +223,12 @@ def evaluate(logits_of, sets: list[EvalSet], batch_size: int, tolerance: float, 
     V = sets[0].vocab_size
     targets = [torch.from_numpy(s.rows[:, 1:]).to(device) for s in sets]
     masks = [torch.from_numpy(s.mask).to(device) for s in sets]
-    for start in range(0, len(requests), batch_size):
-        batch = requests[start:start + batch_size]
-        x = np.stack([request_input(r, sets, rng) for r in batch])
-        padded = np.concatenate([x, np.repeat(x[:1], batch_size - len(batch), axis=0)]) if len(batch) < batch_size else x
-        logits = logits_of(padded, V)[:len(batch)]
+    batches = [requests[start:start + batch_size] for start in range(0, len(requests), batch_size)]
+    logits_of.submit(batch_input(batches[0], sets, batch_size, rng))
+    for index, batch in enumerate(batches):
+        logits = logits_of.result(V)[:len(batch)]
+        if index + 1 < len(batches):      # the server computes the next batch while this one is scored
+            logits_of.submit(batch_input(batches[index + 1], sets, batch_size, rng))
         if not torch.isfinite(logits).all():
             raise EvaluationError("the model returned non-finite logits")
         batch_targets = torch.stack([targets[r.set_index][r.row] for r in batch])
@@ -264,10 +281,10 @@ def wait_for_go() -> bool:
 
 
 def share_buffer(sock: socket.socket, batch_size: int, T: int, V: int):
-    """A GPU buffer for one batch of logits, its descriptor sent to the server."""
+    """A GPU buffer for two batches of logits, its descriptor sent to the server."""
     from prepare import cuda_share
 
-    buffer = cuda_share.allocate(4 * batch_size * T * V)
+    buffer = cuda_share.allocate(2 * 4 * batch_size * T * V)      # two halves: one scored, one written
     socket.send_fds(sock, [struct.pack("<Q", buffer.size)], [buffer.fd])
     os.close(buffer.fd)
     buffer.fd = -1

@@ -4,12 +4,16 @@ Token ids go one way, logits come back; nothing is ever unpickled on the trusted
 server that sends garbage can only produce a clear error, never run code in the evaluator.
 
     request:  b"LOAD"                          load the child's model now (the server starts early,
-                                               while the training runs, and imports only torch)
+                                               while the training runs)
               b"ROWS" <u32 B> <u32 T>          then B*T little-endian int64 token ids
     reply:    b"REDY"                          the model is loaded
               b"LOGT" <u32 B> <u32 T> <u32 V>  then B*T*V little-endian float32 logits
-              b"DONE" <u32 B> <u32 T> <u32 V>  the logits are in the shared GPU buffer (cuda_share.py)
+              b"DONE" <u32 B> <u32 T> <u32 V>  the logits are in the shared GPU buffer (cuda_share.py),
+                                               in its half n % 2 for the n-th request (from 0)
               b"FAIL" <u32 n>                  then n bytes of UTF-8: why the model could not answer
+
+The evaluator sends the next ROWS as soon as it has a reply, then scores that reply while the server
+computes the next one (it never writes while the server may be blocked writing a reply to it).
 """
 from __future__ import annotations
 
