@@ -112,7 +112,8 @@ def main() -> int:
         if result.evaluation is None or "error" in result.evaluation:
             run["log_tail"] = result.log[-3000:] + "\n" + result.eval_log[-3000:]
         runs.append(run)
-        print(f"trusted run {index}:", json.dumps(run, default=str)[:600], flush=True)
+        shown = {key: value for key, value in run.items() if key != "busy_timeline"}
+        print(f"trusted run {index}:", json.dumps(shown, default=str)[:1500], flush=True)
     report["trusted"] = runs
     checkpoint = work / "out" / str(args.repeat - 1) / "model.pt"
     if checkpoint.is_file():
