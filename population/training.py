@@ -158,6 +158,27 @@ def evaluation_files(task: str, data_cache: Path) -> list[Path]:
     return [data_cache / "data" / f"shard_{constants.VAL_SHARD:05d}.parquet"]
 
 
+# what a training imports besides torch, compiled into the cache's bytecode with it
+WARM_IMPORTS = "import numpy, pyarrow.parquet, triton, torch._inductor.compile_fx, prepare.dataloader, prepare.tokenizer"
+
+
+def warm_bytecode(data_cache: Path) -> None:
+    """Fill the data cache's Python bytecode (prepare/runtime.py) from this trusted process before a
+    sandboxed GPU training needs it: in the sandbox the cache is read-only, and where torch ships
+    without bytecode every training compiled its ~2,000 modules again (start-up 15.5 s sandboxed
+    against 5.5 s plain on an H100). Once per cache; best effort."""
+    from prepare.runtime import torch_bytecode
+
+    if os.path.exists(torch_bytecode(str(data_cache / "pycache"))):
+        return
+    fixed_side = Path(__file__).resolve().parents[1]     # this project's own prepare/, not an export's
+    env = {**os.environ, "AUTORESEARCH_CACHE": str(data_cache), "PYTHONPATH": str(fixed_side)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    code = f"from prepare.runtime import setup_environment; setup_environment()\ntry:\n    {WARM_IMPORTS}\nexcept ImportError:\n    pass"
+    subprocess.run([sys.executable, "-c", code], cwd=fixed_side, env=env, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=300, check=False)
+
+
 def _confined(job: TrainJob, argv: list[str], env: dict[str, str], writable: str, readonly: list) -> tuple[list[str], dict[str, str]]:
     """`argv` in the sandbox (when the job asks for it): `writable` the only place it may write
     besides its private /tmp, the export read-only, the evaluation's data hidden."""
@@ -165,6 +186,8 @@ def _confined(job: TrainJob, argv: list[str], env: dict[str, str], writable: str
         return argv, env
     data_cache = training_cache_dir(env)
     data_cache.mkdir(parents=True, exist_ok=True)     # bwrap cannot bind a path that does not exist
+    if job.device == "cuda":
+        warm_bytecode(data_cache)
     wrapped = sandbox.sandboxed(argv, worktree=writable, data_cache=data_cache, env=env, mode=sandbox.TRAINING,
                                 readonly=readonly, hidden=evaluation_files(job.task, data_cache), chdir=job.worktree)
     return wrapped.argv, wrapped.env

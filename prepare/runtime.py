@@ -45,10 +45,16 @@ def setup_environment():
     # Python bytecode, cached in the data cache too: where torch ships without it and writing it is off
     # (PYTHONDONTWRITEBYTECODE, common in images), every training and each of its compile workers would
     # recompile ~2,000 torch modules: ~6 s of every start on the lent H200s. The children inherit it.
-    if os.access(cache_root, os.W_OK):  # not in the read-only cache of a sandboxed training
-        os.environ.setdefault("PYTHONPYCACHEPREFIX", os.path.join(cache_root, "pycache"))
+    pycache = os.path.join(cache_root, "pycache")
+    if os.access(cache_root, os.W_OK):
+        os.environ.setdefault("PYTHONPYCACHEPREFIX", pycache)
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
         sys.pycache_prefix, sys.dont_write_bytecode = os.environ["PYTHONPYCACHEPREFIX"], False
+    elif os.path.exists(torch_bytecode(pycache)):   # a sandboxed training's read-only cache, which a
+        # trusted process filled (population/training.py, warm_bytecode): read it, write nothing
+        os.environ.setdefault("PYTHONPYCACHEPREFIX", pycache)
+        os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+        sys.pycache_prefix, sys.dont_write_bytecode = os.environ["PYTHONPYCACHEPREFIX"], True
 
     # The model's autograd.Functions (the MLP's kernels, the loss) would make AOTAutograd skip its
     # cache for the whole forward graph: 5 s more compile in every experiment (H100). Safe to cache:
@@ -57,6 +63,18 @@ def setup_environment():
 
     if hasattr(functorch_config, "autograd_cache_allow_custom_autograd_functions"):  # torch >= 2.8
         functorch_config.autograd_cache_allow_custom_autograd_functions = True
+
+
+def torch_bytecode(pycache: str) -> str:
+    """Where torch's own package bytecode lies under the bytecode prefix `pycache` (without importing
+    torch): there once torch was imported with that prefix."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        return os.path.join(pycache, "no-torch")
+    directory, name = os.path.split(spec.origin)
+    return os.path.join(pycache, directory.lstrip(os.sep), f"{os.path.splitext(name)[0]}.{sys.implementation.cache_tag}.pyc")
 
 
 # ---------------------------------------------------------------------------

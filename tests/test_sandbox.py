@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -123,6 +124,8 @@ def test_refused_namespaces_report_bwraps_own_words(fresh_probe, monkeypatch, tm
 
 
 # ---------------------------------------------------------------- real sandboxes
+
+PROJECT = Path(__file__).resolve().parent.parent
 
 needs_bwrap = pytest.mark.skipif(not sandbox.available(), reason=f"bwrap cannot run here: {sandbox.probe()}")
 
@@ -266,3 +269,35 @@ print(json.dumps([attempt({str(worktree / 'prepare' / 'x.py')!r}), attempt({str(
     result = subprocess.run(boxed.argv, env=boxed.env, capture_output=True, text=True, timeout=60)
     assert json.loads(result.stdout) == ["OSError", "ok"]
     assert not (worktree / "prepare" / "x.py").exists() and (worktree / "train.py").exists()
+
+
+_BYTECODE = """
+import json, sys
+from prepare.runtime import setup_environment
+setup_environment()
+import torch
+print(json.dumps({"prefix": sys.pycache_prefix, "dont_write": sys.dont_write_bytecode,
+                  "torch_cached": torch.__spec__.cached}))
+"""
+
+
+@needs_bwrap
+def test_a_sandboxed_training_reads_the_bytecode_a_trusted_process_wrote(layout):
+    """In the sandbox the data cache is read-only: before a trusted process fills its bytecode,
+    a training keeps Python's default (no prefix); after warm_bytecode it reads torch's bytecode
+    from the cache and writes nothing there."""
+    from population.training import warm_bytecode
+    from prepare.runtime import torch_bytecode
+
+    worktree, cache = layout
+    shutil.copytree(PROJECT / "prepare", worktree / "prepare", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {"PYTHONPATH": str(worktree)}
+    assert _run_inside(_BYTECODE, worktree, cache, extra=env)["prefix"] is None
+    warm_bytecode(cache)
+    pyc = Path(torch_bytecode(str(cache / "pycache")))
+    assert pyc.is_file()
+    before = sorted(p for p in (cache / "pycache").rglob("*") if p.is_file())
+    got = _run_inside(_BYTECODE, worktree, cache, extra=env)
+    assert got["prefix"] == str(cache / "pycache") and got["dont_write"] is True
+    assert Path(got["torch_cached"]) == pyc
+    assert sorted(p for p in (cache / "pycache").rglob("*") if p.is_file()) == before
