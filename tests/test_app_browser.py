@@ -168,9 +168,7 @@ def test_a_real_driver_run_reads_as_the_selection_tells_it(page, stores):
     index, point = isolated_point(trace_points(tree, living), tree.locator(".scatterlayer .point"))
     clicked = click_map[living][index]
     member = run.frame.loc[run.frame["id"] == clicked, "member"].iloc[0]
-    page.mouse.move(*point)
-    page.wait_for_timeout(200)
-    page.mouse.click(*point)
+    click_when_hovered(page, point, f"{member} #{clicked}")
     heading = page.locator(".st-key-details h3").filter(has_text=f"#{clicked} · {member}")
     heading.wait_for(timeout=30_000)
     box, tree_box = heading.bounding_box(), tree.bounding_box()
@@ -195,6 +193,21 @@ def test_a_real_driver_run_reads_as_the_selection_tells_it(page, stores):
     line = next(text for text in whole.splitlines() if text.startswith(("LEARNING_RATE", "DEPTH", "WIDTH")))
     sync_api.expect(page.locator(".st-key-details [data-testid='stCode']").first).to_contain_text(line, timeout=30_000)
     shoot(page, stores, "cpu-run-clicked")
+
+
+def click_when_hovered(page, point, label: str) -> None:
+    """Click the tree's node at `point` once Plotly hovers it (its label shows `label`): Plotly
+    clicks what it hovers, and on a loaded machine a redraw can come after any fixed wait."""
+    hovered = page.locator(".hoverlayer .hovertext").filter(has_text=label)
+    deadline = time.time() + 60
+    while True:
+        page.mouse.move(point[0] + 2, point[1])
+        page.mouse.move(*point)
+        page.wait_for_timeout(300)
+        if hovered.count():
+            break
+        assert time.time() < deadline, f"hovering the node of {label} shows no label"
+    page.mouse.click(*point)
 
 
 def test_ten_thousand_experiments_stay_a_tree(page, stores):
@@ -237,18 +250,7 @@ def test_ten_thousand_experiments_stay_a_tree(page, stores):
     target = max(gap, key=gap.get)
     assert gap[target] > 8, "no living member stands apart enough to click"
     clicked = nodes.iloc[target]
-    # Plotly clicks the point it hovers: on a loaded machine the zoom's redraw can come late, so
-    # point at the member again until its hover label shows, then click
-    hovered = page.locator(".hoverlayer .hovertext").filter(has_text=f"{clicked['member']} #{clicked['first_id']}")
-    deadline = time.time() + 60
-    while True:
-        page.mouse.move(screen[target][0] + 2, screen[target][1])
-        page.mouse.move(*screen[target])
-        page.wait_for_timeout(300)
-        if hovered.count():
-            break
-        assert time.time() < deadline, f"hovering {clicked['member']} shows no label"
-    page.mouse.click(*screen[target])
+    click_when_hovered(page, screen[target], f"{clicked['member']} #{clicked['first_id']}")
     page.locator(".st-key-details h3").filter(has_text=f"#{clicked['first_id']} · {clicked['member']}").wait_for(
         timeout=60_000)
     ring = tree.locator(".scatterlayer .trace").last.locator(".point")     # SVG over the WebGL canvas
