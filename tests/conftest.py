@@ -69,6 +69,18 @@ def enwik8_cache(tmp_path_factory) -> Path:
 _exit_status: int | None = None
 
 
+# The longest files first (about a minute or more each on 2 cores): with two test processes taking a
+# file at a time (pyproject.toml), the run then ends on short files instead of waiting on one long one.
+LONGEST_FIRST = ("test_adversarial.py", "test_ray_up.py", "test_faults.py", "test_app_browser.py",
+                 "test_real_agents.py", "test_driver.py", "test_enwik8_population.py", "test_trusted_eval.py",
+                 "test_cluster_nodes.py", "test_enwik8_train.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))   # stable: a file keeps its order
+
+
 def pytest_sessionfinish(session, exitstatus):
     global _exit_status
     _exit_status = int(exitstatus)
