@@ -21,8 +21,9 @@ deterministic). A stateful model cannot tell a probe from a scored row.
         [--server-argv-json '[...]'] [--holdout-tokens N] [--wait-for-go]
 
 With `--wait-for-go` it loads the data, makes its CUDA context and starts the server at once (which
-imports the train file), then waits for a line on stdin before the model is loaded: the worker starts it beside the training, so the imports and
-the data cost no time after the training ends (EOF instead of a line: called off, exit 0).
+imports the train file), then waits for a line on stdin before the model is loaded: the worker
+starts it beside the training, so the imports and the data cost no time after the training ends
+(EOF instead of a line: called off, exit 0).
 The last line of stdout is one JSON object: {"metric": ..., "holdout": ..., ...} or {"error": ...}.
 """
 from __future__ import annotations
