@@ -73,10 +73,14 @@ def test_selection_made_progress_on_the_landscape(outcome):
 def test_driver_time_per_experiment_does_not_grow_with_the_store(outcome):
     cpu = outcome.driver.cpu
 
-    def median_ms(low, high):
-        return 1e3 * statistics.median(cpu[i] for i in range(low, high) if i in cpu)
+    def quietest_ms(low, high, width=100):
+        """The lowest median CPU ms of the windows of `width` experiments in [low, high): the
+        other test process slows some windows (SMT siblings share a core), growth with the store
+        slows them all."""
+        return min(1e3 * statistics.median(cpu[i] for i in range(start, start + width) if i in cpu)
+                   for start in range(low, high, width))
 
-    early, late = median_ms(200, 400), median_ms(EXPERIMENTS - 200, EXPERIMENTS)
+    early, late = quietest_ms(200, 600), quietest_ms(EXPERIMENTS - 500, EXPERIMENTS)
     assert late <= GROWTH_BOUND * early + 0.5, f"driver CPU per experiment grew from {early:.2f} to {late:.2f} ms"
 
 
