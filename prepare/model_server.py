@@ -98,7 +98,8 @@ def serve(train_file: str, checkpoint: str, device_name: str, requests, replies,
         shape = tuple(logits.shape)
         if shared is not None:       # two halves: the evaluator scores one while this writes the other
             shared.tensor(torch.float32, shape, offset=(n % 2) * (shared.size // 2)).copy_(logits)
-            torch.cuda.synchronize()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             wire.write_done(replies, shape)
         else:
             wire.write_logits(replies, logits.detach().float().cpu().numpy().astype(np.float32, copy=False))

@@ -146,3 +146,58 @@ def test_the_seed_scores_as_the_in_process_metric_did(prepared_cache, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert old.returncode == 0, old.stderr[-2000:]
     assert result["metric"] == pytest.approx(float(old.stdout.split()[-1]), abs=1e-5)
+
+
+class HostBuffer:
+    """A stand-in for cuda_share.SharedBuffer in host memory: the GPU path's protocol on the CPU."""
+
+    def __init__(self, nbytes: int):
+        self.memory, self.size = torch.zeros(nbytes, dtype=torch.uint8), nbytes
+
+    def tensor(self, dtype, shape, offset: int = 0):
+        count = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
+        return self.memory[offset:offset + count].view(dtype).view(shape)
+
+
+def score_through_the_server(train_file: Path, sets, batch_size: int, buffer=None) -> dict:
+    """The real server loop (a thread) and the real evaluator over pipes, with a shared buffer or without."""
+    import random
+    import threading
+
+    from prepare import model_server, trusted_eval, wire
+
+    to_server, from_evaluator = os.pipe()
+    to_evaluator, from_server = os.pipe()
+    requests, replies = os.fdopen(to_server, "rb"), os.fdopen(from_server, "wb")
+    server = type("Server", (), {"stdin": os.fdopen(from_evaluator, "wb"), "stdout": os.fdopen(to_evaluator, "rb")})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model_server, "receive_buffer", lambda fd: buffer)
+        thread = threading.Thread(target=model_server.serve, args=(str(train_file), "none", "cpu", requests, replies,
+                                                                   0 if buffer is not None else None))
+        thread.start()
+        try:
+            wire.write_magic(server.stdin, wire.LOAD)
+            wire.read_ready(server.stdout)
+            logits = trusted_eval.SharedLogits(server, buffer) if buffer is not None else trusted_eval.PipeLogits(server)
+            return trusted_eval.evaluate(logits, sets, batch_size, trusted_eval.TOLERANCE["cpu"], rng=random.Random(0))
+        finally:
+            server.stdin.close()
+            thread.join(timeout=30)
+            replies.close()
+
+
+def test_the_shared_buffer_path_scores_what_the_pipe_path_scores(tmp_path):
+    """The GPU path's alternation (the server writes batch n into half n % 2 of the shared buffer
+    while the evaluator scores batch n - 1 from the other half), run on the CPU: every batch read
+    from the right half gives the pipe path's metric exactly; a wrong half would fail the probes
+    or move the metric."""
+    from prepare.trusted_eval import EvalSet
+
+    vocab, T, batch = 64, 16, 4
+    rows = np.random.default_rng(0).integers(0, vocab, size=(40, T + 1))
+    sets = [EvalSet("val", rows[:32], np.ones((32, T)), 32.0 * T, vocab),
+            EvalSet("holdout", rows[32:], np.ones((8, T)), 8.0 * T, vocab)]
+    train_file = fake_train_file(tmp_path, "honest", vocab)
+    piped = score_through_the_server(train_file, sets, batch)
+    shared = score_through_the_server(train_file, sets, batch, HostBuffer(2 * 4 * batch * T * vocab))
+    assert shared == piped and piped["probes"] > 0
