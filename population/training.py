@@ -159,7 +159,18 @@ def evaluation_files(task: str, data_cache: Path) -> list[Path]:
 
 
 # what a training imports besides torch, compiled into the cache's bytecode with it
-WARM_IMPORTS = "import numpy, pyarrow.parquet, triton, torch._inductor.compile_fx, prepare.dataloader, prepare.tokenizer"
+WARM_MODULES = ("numpy", "pyarrow.parquet", "triton", "torch._inductor.compile_fx", "prepare.dataloader",
+                "prepare.tokenizer")
+_WARM = f"""
+import importlib
+from prepare.runtime import setup_environment
+setup_environment()
+for name in {WARM_MODULES!r}:
+    try:
+        importlib.import_module(name)
+    except Exception:      # best effort: what fails to import is compiled in each training, as before
+        pass
+"""
 
 
 def warm_bytecode(data_cache: Path) -> None:
@@ -171,11 +182,11 @@ def warm_bytecode(data_cache: Path) -> None:
 
     if os.path.exists(torch_bytecode(str(data_cache / "pycache"))):
         return
-    fixed_side = Path(__file__).resolve().parents[1]     # this project's own prepare/, not an export's
-    env = {**os.environ, "AUTORESEARCH_CACHE": str(data_cache), "PYTHONPATH": str(fixed_side)}
+    fixed_side = str(Path(__file__).resolve().parents[1])    # this project's own prepare/, not an export's
+    env = {**os.environ, "AUTORESEARCH_CACHE": str(data_cache),
+           "PYTHONPATH": os.pathsep.join(filter(None, [fixed_side, os.environ.get("PYTHONPATH")]))}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    code = f"from prepare.runtime import setup_environment; setup_environment()\ntry:\n    {WARM_IMPORTS}\nexcept ImportError:\n    pass"
-    subprocess.run([sys.executable, "-c", code], cwd=fixed_side, env=env, stdout=subprocess.DEVNULL,
+    subprocess.run([sys.executable, "-c", _WARM], cwd=fixed_side, env=env, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, timeout=300, check=False)
 
 
@@ -186,8 +197,6 @@ def _confined(job: TrainJob, argv: list[str], env: dict[str, str], writable: str
         return argv, env
     data_cache = training_cache_dir(env)
     data_cache.mkdir(parents=True, exist_ok=True)     # bwrap cannot bind a path that does not exist
-    if job.device == "cuda":
-        warm_bytecode(data_cache)
     wrapped = sandbox.sandboxed(argv, worktree=writable, data_cache=data_cache, env=env, mode=sandbox.TRAINING,
                                 readonly=readonly, hidden=evaluation_files(job.task, data_cache), chdir=job.worktree)
     return wrapped.argv, wrapped.env
@@ -321,6 +330,8 @@ def run_training(job: TrainJob) -> TrainResult:
     it trained and saved its model, the trusted evaluation of that checkpoint (see the module doc)."""
     node_env = dict(os.environ)
     env = training_env(job, node_env)
+    if job.sandbox and job.device == "cuda":
+        warm_bytecode(training_cache_dir(env))
     argv, popen_env = training_command(job, env)
     log_path = Path(job.log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
