@@ -21,8 +21,8 @@ from population import gitops, sandbox, startup
 from population.agent_pauses import AgentPauses
 from population.config import ConfigError, RunConfig, default_tag, resolve, settings_of, validate, with_run_settings
 from population.console import Console, drop_leak_report, duration, run_line, status_line
-from population.fleet import DriverError
 from population.context import IN_FLIGHT_SHOWN, build_prompt
+from population.fleet import DriverError
 from population.flight import Flight, in_flight_records
 from population.narration import decision_lines, result_line, settings_lines
 from population.outcome import duplicate_reason, gains_over_seed, judged, last_baseline_error, train_env
@@ -400,8 +400,9 @@ class Driver:
         self.fleet.prepare(slot, job, commit)
 
     def _new_member(self) -> str:
+        name = gitops.member_name(self.member_counter)
         self.member_counter += 1
-        return gitops.member_name(self.member_counter - 1)
+        return name
 
     def _member_commit(self, member: str) -> str:
         if member in self.state.members:

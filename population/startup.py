@@ -12,6 +12,7 @@ from pathlib import Path
 from population import gitops, readiness
 from population.config import RunConfig, changed_settings, settings_of, with_run_settings
 from population.fleet import DriverError
+from population.policy import SEED_MEMBER
 from population.state import PopulationState
 from population.training import EVALUATOR_FILE
 from prepare.tasks import Task, get_task
@@ -191,7 +192,7 @@ def undo_start(git, repo, tag: str, made: dict[str, bool], run_dir: Path | None,
     """A start that failed before the run began leaves nothing behind: what it made (`made`: a new
     run's folders, its m0000 branch) goes; the seed check's worktree is gone already."""
     if made.get("m0000"):
-        git.delete_branch(repo, gitops.member_branch(tag, "m0000"))
+        git.delete_branch(repo, gitops.member_branch(tag, SEED_MEMBER))
     if made.get("run_dir") and run_dir is not None:
         shutil.rmtree(run_dir, ignore_errors=True)
     if made.get("runs_dir") and runs_dir is not None:
