@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +170,7 @@ def score_through_the_server(train_file: Path, sets, batch_size: int, buffer=Non
     to_server, from_evaluator = os.pipe()
     to_evaluator, from_server = os.pipe()
     requests, replies = os.fdopen(to_server, "rb"), os.fdopen(from_server, "wb")
-    server = type("Server", (), {"stdin": os.fdopen(from_evaluator, "wb"), "stdout": os.fdopen(to_evaluator, "rb")})
+    server = types.SimpleNamespace(stdin=os.fdopen(from_evaluator, "wb"), stdout=os.fdopen(to_evaluator, "rb"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(model_server, "receive_buffer", lambda fd: buffer)
         thread = threading.Thread(target=model_server.serve, args=(str(train_file), "none", "cpu", requests, replies,
@@ -183,7 +184,8 @@ def score_through_the_server(train_file: Path, sets, batch_size: int, buffer=Non
         finally:
             server.stdin.close()
             thread.join(timeout=30)
-            replies.close()
+            for stream in (requests, replies, server.stdout):
+                stream.close()
 
 
 def test_the_shared_buffer_path_scores_what_the_pipe_path_scores(tmp_path):
