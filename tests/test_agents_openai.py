@@ -117,6 +117,15 @@ def test_slow_server_is_cut_at_the_limit(serve, worktree):
     assert (worktree / "engine" / "train.py").read_text() == TRAIN
 
 
+def test_a_read_cut_by_the_deadline_reads_as_the_agent_timing_out(serve):
+    """The request's own read timeout is what is left of the deadline, so it may fire before the
+    join gives up: that must read as the same timeout, not as a failed request."""
+    server = serve((200, completion(block("LR = 0.04\n", "LR = 1.0\n")), 5.0))
+    outcome: dict = {}
+    make_agent("openai:m", base_url=server.url)._post_with_retries([], 0.5, outcome)
+    assert outcome == {"error": "agent timed out after 0.5 s"}
+
+
 def test_edits_match_whole_lines_only():
     with pytest.raises(EditError, match="not found"):
         apply_edits("XLR = 1\n", parse_edits(block("LR = 1\n", "LR = 2\n")), "t.py")

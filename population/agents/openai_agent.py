@@ -168,6 +168,11 @@ class OpenAIAgent(Agent):
             try:
                 reply = requests.post(url, json=payload, headers=headers,
                                       timeout=max(deadline - time.monotonic(), 0.1))
+            except requests.Timeout:
+                # Each request may take only what is left of the deadline, so its timeout is the
+                # agent's: the same message whichever of this thread and the join sees it first.
+                outcome["error"] = f"agent timed out after {timeout:g} s"
+                return
             except requests.RequestException as exc:
                 outcome["error"] = f"request to {url} failed: {type(exc).__name__}: {exc}"
             else:
