@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from population import gitops  # noqa: E402
 from population.config import DEFAULT_SELECTION, SELECTIONS  # noqa: E402
+from population.state import member_name  # noqa: E402
 from population.training import EVALUATOR_FILE, TrainResult  # noqa: E402
 from population.worker import Prepared  # noqa: E402
 
@@ -254,7 +255,6 @@ class SimGit:
     git = gitops.git
     member_branch = staticmethod(gitops.member_branch)
     best_branch = staticmethod(gitops.best_branch)
-    member_name = staticmethod(gitops.member_name)
 
     def __init__(self, sim: "Simulation"):
         self.sim = sim
@@ -664,7 +664,7 @@ def measure_git(work: Path, samples: int, refs: int) -> dict:
     base = g.head_commit(repo)
     if refs:   # the run repository after `refs` experiments: one branch per member
         _git(seed, "update-ref", "--stdin", stdin="".join(
-            f"create refs/heads/{g.member_branch('sim', g.member_name(i))} {base}\n" for i in range(refs)))
+            f"create refs/heads/{g.member_branch('sim', member_name(i))} {base}\n" for i in range(refs)))
         _git(seed, "pack-refs", "--all")
     clone = g.init_clone(work / "clone")
     driver: dict[str, list[float]] = defaultdict(list)
@@ -677,7 +677,7 @@ def measure_git(work: Path, samples: int, refs: int) -> dict:
         return value
 
     for i in range(samples):
-        member = g.member_name(refs + i)
+        member = member_name(refs + i)
         branch = g.member_branch("sim", member)
         data, ref = timed("bundle_bytes", g.bundle_bytes, repo, parent)
         start = time.perf_counter()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from population.console import duration, elided, reason_headline
+from population.fleet import DriverError
 from population.policy import AgentStreaks
 
 
@@ -19,8 +20,9 @@ class AgentPauses:
         self.paused_until: dict[str, float] = {}      # worker -> when it proposes again
         self.stopped: dict[str, str] = {}             # worker -> why its agent stopped it
 
-    def note(self, worker: str, agent: str, status: str, reason: str) -> str | None:
-        """A proposal's outcome on `worker`; the line to print when it pauses or stops the worker."""
+    def note(self, worker: str, agent: str, status: str, reason: str, slots: Sequence) -> str | None:
+        """A proposal's outcome on `worker`; the line to print when it pauses or stops the worker
+        (and how many of `slots` the run goes on with when it stops one)."""
         verdict = self.streaks.note(worker, status, reason)
         self.paused_until.pop(worker, None)
         if verdict is None:
@@ -29,7 +31,9 @@ class AgentPauses:
         cause = elided(reason_headline(reason), 160)
         if pause is None:
             self.stopped[worker] = f"{worker}'s agent ({agent}) failed {count} times in a row: {cause}"
-            return f"{worker} stopped: its agent ({agent}) failed the same way {count} times in a row: {cause}"
+            left = len(self.usable(slots))
+            goes_on = f"; the run goes on with {left} worker{'s' if left != 1 else ''}" if left else ""
+            return f"{worker} stopped: its agent ({agent}) failed the same way {count} times in a row: {cause}{goes_on}"
         if pause > 0:
             self.paused_until[worker] = self.clock() + pause
             return (f"{worker}'s agent failed the same way {count} times in a row ({cause}): "
@@ -50,5 +54,19 @@ class AgentPauses:
         waits = [self.paused_until[slot.name] - self.clock() for slot in usable if slot.name in self.paused_until]
         return max(0.0, min(waits)) if usable and len(waits) == len(usable) else None
 
-    def why_none_left(self) -> str:
-        return "; ".join(sorted(set(self.stopped.values())))
+    def when_idle(self, slots: Sequence, work_left: bool) -> tuple[str, float]:
+        """Nothing is in flight: what the run does next. ("end", 0): nothing is left to hand out, or
+        live workers idle; ("back off", s): every usable worker waits s seconds for its agent;
+        ("replace", 0): every worker died, the run waits for replacements. Every live worker
+        stopped by its agent is a DriverError."""
+        if not work_left:
+            return "end", 0.0
+        live = any(not slot.dead for slot in slots)
+        usable = self.usable(slots)
+        if live and not usable:
+            raise DriverError(f"no worker is left: {'; '.join(sorted(set(self.stopped.values())))}; "
+                              "fix the agent, then --resume")
+        wait = self.all_paused_for(usable)
+        if wait is not None:
+            return "back off", wait
+        return ("end", 0.0) if live else ("replace", 0.0)

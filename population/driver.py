@@ -17,24 +17,25 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from population import gitops, sandbox, startup
+from population import gitops, startup
 from population.agent_pauses import AgentPauses
 from population.config import ConfigError, RunConfig, default_tag, resolve, settings_of, validate, with_run_settings
-from population.console import Console, drop_leak_report, duration, run_line, status_line
+from population.console import Console, drop_leak_report, run_line, status_line
 from population.context import IN_FLIGHT_SHOWN, build_prompt
 from population.fleet import DriverError
 from population.flight import Flight, in_flight_records
 from population.narration import decision_lines, result_line, settings_lines
-from population.outcome import duplicate_reason, gains_over_seed, judged, last_baseline_error, train_env
+from population.outcome import (duplicate_reason, experiment_log, gains_over_seed, judged, last_baseline_error,
+                                train_env, where_it_trained)
 from population.policy import SEED_MEMBER, Cull, Policy, Promote, Queue, Settings, Stop, Train
 from population.ray_fleet import RayFleet, first_sentence
 from population.state import PopulationState
 from population.store import RunStore, StoreError
-from population.training import EVAL_HEADER, TrainJob, TrainResult
+from population.training import TrainJob, TrainResult
+from population.watchdog import Watchdog
 from population.worker import PrepareJob, Prepared
 from prepare.tasks import Task, get_task
 
-WATCH_EVERY_S = 60.0           # how often the watchdog asks the workers what they last wrote
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 TABLES_EVERY_S = 5.0
 TABLES_MAX_SHARE = 0.02        # full rewrites grow with the run: at most this share of the driver's time
@@ -55,8 +56,7 @@ class Driver:
         self.policy: Policy | None = None
         self.stop_reason: str | None = None
         self.cap_said: str | None = None          # the spending cap already announced
-        self.stalled: dict[int, tuple[str, float]] = {}   # experiment id -> (stage, silent seconds)
-        self.last_watch = 0.0
+        self.watchdog = Watchdog()
         self.flights: dict[int, Flight] = {}
         self.blobs: dict[str, str] = {}      # train file blob -> member that has it
         self.store: RunStore | None = None
@@ -66,7 +66,6 @@ class Driver:
         self.tables_stale = False
         self._old_handlers: dict = {}
         self.started_at = self.last_status = clock()
-        self.member_counter = 0
         self.runs_dir: Path | None = None
         self.made: dict[str, bool] = {}      # what this start made (a new run's folders, its m0000 branch)
         self.started = False                 # the run began (its first event): a failed start leaves nothing
@@ -91,16 +90,11 @@ class Driver:
             self.config = cfg = with_run_settings(cfg)
             self.task = get_task(cfg.task)
             self.seed_commit = self.git.check_seed(self.repo, self.task.train_file)
-            if (run_dir / "run.json").exists():
-                raise DriverError(f"run {cfg.tag!r} already exists in {self.runs_dir}; "
-                                  "pass --resume to continue it or pick another --run")
-            startup.check_new_tag(self.git, self.repo, self.tag)
+            startup.check_new_run(self.git, self.repo, run_dir, self.tag)
         self.program_md = startup.program_md(self.git, self.repo, self.seed_commit)
         startup.check_evaluator(self.git, self.repo, self.seed_commit)
         startup.check_agents(cfg.agents, self._agent_options)
-        if cfg.sandbox and not sandbox.available():
-            raise DriverError(f"{sandbox.probe()}; or pass --no-sandbox to run trainings and agents unconfined "
-                              "(README, 'Security')")
+        startup.check_sandbox(cfg.sandbox)
         if self.fleet is None:
             self.fleet = RayFleet(cfg, self.tag, self._agent_options, lambda commit: self.git.bundle_bytes(
                 self.repo, commit), self.console.line, self.ray_init_kwargs)
@@ -123,8 +117,6 @@ class Driver:
         self.state = replayed if replayed is not None else PopulationState.replay(
             self.store.events(), self.task.metric, self.task.lower_is_better)
         self.policy = Policy(Settings.from_config(cfg, self.task.lower_is_better))
-        self.member_counter = 1 + max((int(e.member[1:]) for e in self.state.experiments.values()
-                                       if e.member[1:].isdigit()), default=0)
         self.fleet.start(slots, cfg.workers)
         fingerprint = self._cache_fingerprint()
         if fingerprint is None:
@@ -209,17 +201,12 @@ class Driver:
             self._dispatch()
             self.fleet.maintain(self._can_hand_out())
             if not self.fleet.busy():
-                if not self._can_hand_out():
-                    break   # nothing in flight and nothing left to hand out
-                usable = self.agents.usable(self.fleet.slots)
-                if self.fleet.live() and not usable:
-                    raise DriverError(f"no worker is left: {self.agents.why_none_left()}; fix the agent, then --resume")
-                wait = self.agents.all_paused_for(usable)
-                if wait is not None and self._can_hand_out():
-                    self.fleet.pause(min(wait, 1.0))   # every worker backs off: wait
+                step, wait = self.agents.when_idle(self.fleet.slots, self._can_hand_out())
+                if step == "end":
+                    break
+                if step == "back off":
+                    self.fleet.pause(min(wait, 1.0))
                     continue
-                if self.fleet.live():
-                    break   # live workers idle: nothing left to hand out
                 if not self.fleet.maintain(True, force=True):
                     raise DriverError("every worker died and no node has a free slot; see the Ray logs")
                 self.fleet.pause(0.5)    # the run waits for its replacement workers
@@ -228,27 +215,18 @@ class Driver:
                 self._complete(done)
             if self.tables_stale:
                 self.refresh_tables()
-            if self.clock() - self.last_watch >= min(WATCH_EVERY_S, self.config.stall_minutes * 30):
-                self.last_watch = self.clock()
+            if self.watchdog.due(self.clock(), self.config.stall_minutes):
                 self._watch()
             if self.clock() - self.last_status >= self.config.status_every_s:
                 self.last_status = self.clock()
                 self.console.line(self._status())
 
     def _watch(self) -> None:
-        """The watchdog: an agent or a training silent for --stall-minutes shows as stalled (the
-        console, the status line, run.json for the app) before any timeout fires."""
-        limit = self.config.stall_minutes * 60
-        stalled = {exp_id: (stage, idle) for exp_id, (stage, idle) in self.fleet.activity().items()
-                   if idle >= limit and exp_id in self.flights}
-        for exp_id, (stage, idle) in sorted(stalled.items()):
-            if exp_id not in self.stalled:
-                what = "its agent" if stage == "agent" else "its training"
-                self.console.line(f"e{exp_id:04d} stalled: {what} has printed nothing for {duration(idle)}")
-        if stalled or self.stalled:
-            self.store.update_meta(stalled=[{"id": exp_id, "stage": stage, "silent_s": round(idle)}
-                                            for exp_id, (stage, idle) in sorted(stalled.items())])
-        self.stalled = stalled
+        lines, report = self.watchdog.look(self.fleet.activity(), self.flights, self.config.stall_minutes)
+        for line in lines:
+            self.console.line(line)
+        if report is not None:
+            self.store.update_meta(stalled=report)
 
     def _can_hand_out(self) -> bool:
         if self.stop_reason is not None:
@@ -319,17 +297,8 @@ class Driver:
     def _recover(self) -> None:
         """Refs and worktrees match the journal; then the policy's decisions for a new run, or for
         a resumed one (in-flight work lost and queued again, results without decisions judged)."""
-        for exp in self.state.experiments.values():
-            commit = exp.row.get("commit") if exp.phase == "finished" else None
-            blob = self.git.file_blob(self.repo, commit, self.task.train_file) if commit else None
-            if blob:
-                self.blobs.setdefault(blob, exp.member)
-        for member in self.state.members.values():
-            path = self.store.members_dir / member.name
-            if member.alive:
-                self.git.add_worktree(self.repo, path, gitops.member_branch(self.tag, member.name))
-            else:
-                self.git.remove_worktree(self.repo, path)
+        self.blobs = startup.trained_blobs(self.git, self.repo, self.state, self.task.train_file)
+        startup.sync_worktrees(self.git, self.repo, self.tag, self.state, self.store.members_dir)
         resumed = self.state.experiments or self.state.pending
         arrived = startup.arrived_commits(self.git, self.repo, self.tag, self.state) if resumed else {}
         made = self._decide(self.policy.on_resume(self.state, commits=arrived) if resumed
@@ -379,8 +348,7 @@ class Driver:
             self._start(slot, train)
 
     def _start(self, slot, train: Train) -> None:
-        flight = Flight.start(train, self.state, self.state.next_id(), slot.name, slot.agent, self._new_member,
-                              self._member_commit)
+        flight = Flight.start(train, self.state, self.state.next_id(), slot.name, slot.agent, self._member_commit)
         work, exp_id, commit = train.work, flight.exp_id, flight.commit
         self.record(train.started(exp_id, flight.member, flight.parent_id, parent_commit=flight.parent_commit,
                                   worker=slot.name, agent=flight.agent, budget_s=self.config.budget_s,
@@ -394,15 +362,7 @@ class Driver:
         if work.kind == "child" and not work.commit:
             job.prompt = flight.prompt = self._prompt(flight.parent_id)
             job.branch = gitops.member_branch(self.tag, flight.member)
-        elif work.commit:
-            flight.prompt = (f"(no prompt, no agent: the commit {commit} of e{work.retrains:04d}, lost after it "
-                             "reached the driver, trains again)\n")
         self.fleet.prepare(slot, job, commit)
-
-    def _new_member(self) -> str:
-        name = gitops.member_name(self.member_counter)
-        self.member_counter += 1
-        return name
 
     def _member_commit(self, member: str) -> str:
         if member in self.state.members:
@@ -509,13 +469,9 @@ class Driver:
     def _trained(self, flight: Flight, result: TrainResult) -> None:
         status, reason, figures = judged(result, self.task, self.config, self.state, flight.member)
         row = self._row(flight, status, drop_leak_report(reason))        # judged on the log as it came
-        row.update(figures)
-        row.update(gpu=result.gpu, node=result.node, train_seconds=result.seconds,
-                   finished_at=self.clock(), cuda_visible_devices=result.cuda_visible_devices,
-                   node_id=result.extra.get("node_id", ""), train_started_at=result.started_at)
-        log = drop_leak_report(result.log)
-        log = f"{log}\n{EVAL_HEADER}\n{drop_leak_report(result.eval_log)}" if result.evaluation is not None else log
-        self.store.write_experiment_files(flight.exp_id, self._files(flight, log, result.extra.get("busy_timeline")))
+        row.update(figures, **where_it_trained(result), finished_at=self.clock())
+        self.store.write_experiment_files(flight.exp_id, self._files(flight, experiment_log(result),
+                                                                     result.extra.get("busy_timeline")))
         self._record_finished(flight, row)
         self.fleet.cleanup(flight.worker, flight.exp_id)
 
@@ -533,10 +489,8 @@ class Driver:
 
     def _note_agent(self, flight: Flight, row: dict) -> None:
         if flight.work.kind == "child" and not flight.work.commit:      # an agent ran
-            line = self.agents.note(flight.worker, flight.agent, row["status"], row.get("reason", ""))
-            left = len(self.agents.usable(self.fleet.slots)) if flight.worker in self.agents.stopped else 0
-            if line and left:
-                line += f"; the run goes on with {left} worker{'s' if left != 1 else ''}"
+            line = self.agents.note(flight.worker, flight.agent, row["status"], row.get("reason", ""),
+                                    self.fleet.slots)
             if line:
                 self.console.line(line)
 
@@ -553,7 +507,7 @@ class Driver:
             champion=self.state.champion,
             metric=self.task.metric, best=champion.mean if champion else None,
             elapsed_s=self.clock() - self.started_at, max_experiments=self.config.max_experiments,
-            stalled=len(self.stalled))
+            stalled=len(self.watchdog.stalled))
 
 
 def run_population(config: RunConfig, ray_init_kwargs: dict | None = None, out: TextIO | None = None) -> int:

@@ -30,17 +30,20 @@ class Flight:
 
     @classmethod
     def start(cls, train: Train, state: PopulationState, exp_id: int, worker: str, agent: str,
-              new_member: Callable[[], str], commit_of: Callable[[str], str]) -> Flight:
+              commit_of: Callable[[str], str]) -> Flight:
         """Who trains what. A child: a new member, proposed by the worker's agent from its parent's
         commit, or a lost child's commit trained again without an agent. A baseline or a re-run:
         the member's own commit, with no agent."""
         work = train.work
         if work.kind == "child":
             parent_commit = commit_of(work.parent)
+            flight = cls(exp_id, work, worker, state.next_member(), work.parent, parent_commit,
+                         work.commit or parent_commit, agent, parent_id=state.first_id(work.parent))
             if work.commit:
-                agent = str(state.experiments[work.retrains].started.get("agent") or "none")
-            return cls(exp_id, work, worker, new_member(), work.parent, parent_commit, work.commit or parent_commit,
-                       agent, parent_id=state.first_id(work.parent))
+                flight.agent = str(state.experiments[work.retrains].started.get("agent") or "none")
+                flight.prompt = (f"(no prompt, no agent: the commit {work.commit} of e{work.retrains:04d}, lost "
+                                 "after it reached the driver, trains again)\n")
+            return flight
         commit = commit_of(work.member)
         parent, parent_id, parent_commit = state.origin(work.member) if work.kind == "rerun" else (None, None, None)
         return cls(exp_id, work, worker, work.member, parent, commit if parent_commit is None else parent_commit,

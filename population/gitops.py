@@ -169,10 +169,6 @@ def best_branch(tag: str) -> str:
     return f"population/{tag}/best"
 
 
-def member_name(number: int) -> str:
-    return f"m{number:04d}"
-
-
 def commit_message(description: str, *, exp_id: int, parent_commit: str, member: str, agent: str) -> str:
     """The agent's description as the subject; the experiment's identity in trailers."""
     subject = " ".join((description or "").split()) or "(no description)"

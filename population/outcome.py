@@ -11,11 +11,11 @@ from pathlib import Path
 
 from population import budget
 from population.config import RunConfig
-from population.console import reason_headline
+from population.console import drop_leak_report, reason_headline
 from population.policy import SEED_MEMBER
 from population.state import PopulationState, holdout_column
 from population.summary import parse_summary, tail
-from population.training import TrainResult, evaluation_files
+from population.training import EVAL_HEADER, TrainResult, evaluation_files
 from prepare.tasks import Task
 
 LOG_TAIL_LINES = 40
@@ -77,6 +77,19 @@ def judged(result: TrainResult, task: Task, config: RunConfig, state: Population
     if status != "ok":
         figures[task.metric] = figures[holdout_column(task.metric)] = None
     return status, reason, figures
+
+
+def where_it_trained(result: TrainResult) -> dict:
+    """The lineage row's columns of where and when the training ran."""
+    return {"gpu": result.gpu, "node": result.node, "train_seconds": result.seconds,
+            "cuda_visible_devices": result.cuda_visible_devices, "node_id": result.extra.get("node_id", ""),
+            "train_started_at": result.started_at}
+
+
+def experiment_log(result: TrainResult) -> str:
+    """run.log: the training's log, then the trusted evaluation's, each without its leak report."""
+    log = drop_leak_report(result.log)
+    return f"{log}\n{EVAL_HEADER}\n{drop_leak_report(result.eval_log)}" if result.evaluation is not None else log
 
 
 def budget_violation(result: TrainResult, figures: dict, config: RunConfig, state: PopulationState) -> str | None:

@@ -35,6 +35,13 @@ def check_evaluator(git, repo, seed_commit: str) -> None:
                           "computed on the fixed side (see docs/ARCHITECTURE.md, 'The trusted evaluation')")
 
 
+def check_sandbox(wanted: bool) -> None:
+    from population import sandbox
+    if wanted and not sandbox.available():
+        raise DriverError(f"{sandbox.probe()}; or pass --no-sandbox to run trainings and agents unconfined "
+                          "(README, 'Security')")
+
+
 def check_agents(specs: list[str], options) -> None:
     from population.agents import make_agent   # raises AgentSpecError (one line) for a bad spec
     for index, spec in enumerate(specs):
@@ -102,10 +109,13 @@ def runs_dir(given: str | None, repo) -> Path:
     return path
 
 
-def check_new_tag(git, repo, tag: str) -> None:
-    """A new run's branches start empty: an earlier run under this tag whose store is gone (deleted
-    by hand) left its own, which the new run's would mix with."""
-    found = [name for name in (gitops.member_branch(tag, "m0000"), gitops.best_branch(tag))
+def check_new_run(git, repo, run_dir: Path, tag: str) -> None:
+    """A new run starts from nothing: no store under its tag, and no branches of an earlier run under
+    this tag whose store is gone (deleted by hand), which the new run's would mix with."""
+    if (run_dir / "run.json").exists():
+        raise DriverError(f"run {tag!r} already exists in {run_dir.parent}; "
+                          "pass --resume to continue it or pick another --run")
+    found = [name for name in (gitops.member_branch(tag, SEED_MEMBER), gitops.best_branch(tag))
              if git.ref_commit(repo, name)]
     if found:
         raise DriverError(f"branch {found[0]} already exists (an earlier run under the tag {tag!r}, whose store is "
@@ -186,6 +196,28 @@ def arrived_commits(git, repo, tag: str, state: PopulationState) -> dict[int, st
         if commit and commit != exp.started.get("parent_commit"):
             arrived[exp.id] = commit
     return arrived
+
+
+def trained_blobs(git, repo, state: PopulationState, train_file: str) -> dict[str, str]:
+    """The train file's blob of every finished experiment's commit -> the first member that had it
+    (a child whose file equals one of these is a duplicate)."""
+    blobs: dict[str, str] = {}
+    for exp in state.experiments.values():
+        commit = exp.row.get("commit") if exp.phase == "finished" else None
+        blob = git.file_blob(repo, commit, train_file) if commit else None
+        if blob:
+            blobs.setdefault(blob, exp.member)
+    return blobs
+
+
+def sync_worktrees(git, repo, tag: str, state: PopulationState, members_dir: Path) -> None:
+    """A worktree for each living member, none for a culled one."""
+    for member in state.members.values():
+        path = members_dir / member.name
+        if member.alive:
+            git.add_worktree(repo, path, gitops.member_branch(tag, member.name))
+        else:
+            git.remove_worktree(repo, path)
 
 
 def undo_start(git, repo, tag: str, made: dict[str, bool], run_dir: Path | None, runs_dir: Path | None) -> None:

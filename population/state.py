@@ -119,6 +119,10 @@ class Member:
         return statistics.fmean(self.runs)
 
 
+def member_name(number: int) -> str:
+    return f"m{number:04d}"
+
+
 class PopulationState:
     def __init__(self, metric: str, lower_is_better: bool = True):
         self.metric = metric
@@ -138,6 +142,7 @@ class PopulationState:
         self._ids_by_member: dict[str, list[int]] = {}
         self._failures: list[int] = []                 # the newest failed ids, sorted
         self._max_id = -1
+        self._max_member = 0                           # the highest mNNNN number started (0: the seed's)
         self._lost = 0
         self._finished = 0
         self._ok = 0
@@ -198,6 +203,8 @@ class PopulationState:
         self._in_flight[exp_id] = exp
         self._ids_by_member.setdefault(exp.member, []).append(exp_id)
         self._max_id = max(self._max_id, exp_id)
+        if exp.member[1:].isdigit():
+            self._max_member = max(self._max_member, int(exp.member[1:]))
         if exp.kind in ("baseline", "child"):
             self._add_to_lineage(exp)
 
@@ -397,6 +404,10 @@ class PopulationState:
     def next_id(self) -> int:
         """The id of the next experiment (ids are never reused, not even those of lost ones)."""
         return self._max_id + 1
+
+    def next_member(self) -> str:
+        """The name of the next new member (names are never reused, not even a crashed child's)."""
+        return member_name(self._max_member + 1)
 
     def next_work_id(self) -> int:
         """The id of the next queued piece of work."""

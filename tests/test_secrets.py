@@ -13,7 +13,7 @@ import pytest
 
 from population import gitops
 from population.secrets import leaked_names
-from population.state import PopulationState
+from population.state import PopulationState, member_name
 from population.store import RunStore
 from population.training import TrainJob, run_training
 from population.worker import PrepareJob, WorkerCore
@@ -139,7 +139,7 @@ def fake_agent(tmp_path) -> Path:
 
 def _record(store: RunStore, seed_repo_obj, worker: WorkerCore, exp_id: int, seed_commit: str, agent: str) -> str:
     """One child experiment the way the driver records it: journal, files, tables, the child's branch."""
-    member = gitops.member_name(exp_id)
+    member = member_name(exp_id)
     store.append({"type": "experiment_started", "id": exp_id, "kind": "child", "member": member, "parent_id": 0,
                   "parent_commit": seed_commit, "worker": worker.name, "agent": agent, "seed": 42, "budget_s": 1.0})
     prompt = "Make val_bpb lower.\nThe one file you may edit: `engine/train.py`\n"

@@ -79,6 +79,16 @@ def test_in_flight_and_next_id():
     assert state.next_id() == 7  # a lost id is never reused
 
 
+def test_member_names_are_never_reused():
+    assert PopulationState(METRIC).next_member() == "m0001"       # the seed is m0000
+    state = PopulationState.replay(history(), METRIC)
+    assert state.next_member() == "m0005"      # after m0004, in flight
+    state.apply(lost(6))
+    assert state.next_member() == "m0005"      # nor a lost one's, nor a crashed one's (m0002)
+    state.apply(started(7, "rerun", "m0001", parent_id=2, parent_commit="c1"))
+    assert state.next_member() == "m0005"
+
+
 def test_duplicate_finished_event_is_ignored_with_a_warning():
     events = history() + [finished(2, 0.5, "c1")]
     state = PopulationState.replay(events, METRIC)
