@@ -163,10 +163,12 @@ ATTACKS: dict[str, tuple[dict, str]] = {
     "trains-on-the-validation-shard": ({"train": attack_file(before=_READ_VAL)}, "data rule"),
     # the budget
     "raises-its-budget": ({"train": attack_file(before="    budget = 10 * TIME_BUDGET")}, "budget rule"),
-    "hides-a-longer-training": ({"train": attack_file(before="    budget = 10 * TIME_BUDGET").replace(
+    # 20 budgets: clear of the wall rule's allowance (twice the seed's start-up, which a loaded
+    # 2-core machine stretches to several seconds, plus 10 s) whatever else the machine runs
+    "hides-a-longer-training": ({"train": attack_file(before="    budget = 20 * TIME_BUDGET").replace(
         "REPORT_BUDGET = False", "REPORT_BUDGET = True")}, "budget rule"),
     "trains-in-untimed-warm-up": ({"train": attack_file(
-        before="    train_for(model, optimizer, batches, 10 * TIME_BUDGET)   # 'warm-up', untimed")}, "budget rule"),
+        before="    train_for(model, optimizer, batches, 20 * TIME_BUDGET)   # 'warm-up', untimed")}, "budget rule"),
     # what a training may write
     "writes-the-journal": ({"train": attack_file(before=_WRITE_STORE)}, "Errno"),
     "moves-the-best-branch": ({"train": attack_file(before=_MOVE_BEST)}, "exit code"),
