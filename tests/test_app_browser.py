@@ -128,6 +128,23 @@ def centre(box) -> tuple[float, float]:
     return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
 
 
+def centre_of(locator) -> tuple[float, float] | None:
+    """Its centre on the screen; None while Plotly redraws it (detached for a moment, no box)."""
+    box = locator.bounding_box()
+    return None if box is None else centre(box)
+
+
+def wait_until_near(page, ring, where, tolerance: float, failure: str, seconds: float = 30) -> None:
+    """Until the selection ring is drawn within `tolerance` pixels of `where()` (a point or None)."""
+    deadline = time.time() + seconds
+    while True:
+        here, there = centre_of(ring), where()
+        if here is not None and there is not None and math.dist(here, there) <= tolerance:
+            return
+        assert time.time() < deadline, failure
+        page.wait_for_timeout(200)
+
+
 def isolated_point(points, others) -> tuple[int, tuple[float, float]]:
     """The index and centre of the point in `points` farthest from any other drawn point, so a click
     at its centre cannot hit a neighbour."""
@@ -176,10 +193,8 @@ def test_a_real_driver_run_reads_as_the_selection_tells_it(page, stores):
     ring = tree.locator(".scatterlayer .trace").last.locator(".point")
     sync_api.expect(ring).to_have_count(1)
     node = trace_points(tree, living).nth(index)
-    deadline = time.time() + 30
-    while math.dist(centre(ring.bounding_box()), centre(node.bounding_box())) > 3:   # the ring moved there
-        assert time.time() < deadline, "the selection ring did not move to the clicked member"
-        page.wait_for_timeout(200)
+    wait_until_near(page, ring, lambda: centre_of(node), 3,
+                    "the selection ring did not move to the clicked member")
 
     # Its diff side by side (the driver's diff.patch) and its whole file, read from the run's repository.
     patch = (runs / "cpu" / "experiments" / str(clicked) / "diff.patch").read_text()
@@ -255,10 +270,7 @@ def test_ten_thousand_experiments_stay_a_tree(page, stores):
         timeout=60_000)
     ring = tree.locator(".scatterlayer .trace").last.locator(".point")     # SVG over the WebGL canvas
     sync_api.expect(ring).to_have_count(1, timeout=60_000)
-    deadline = time.time() + 30
-    while math.dist(centre(ring.bounding_box()), screen[target]) > 4:
-        assert time.time() < deadline, "the selection ring is not on the clicked WebGL point"
-        page.wait_for_timeout(200)
+    wait_until_near(page, ring, lambda: screen[target], 4, "the selection ring is not on the clicked WebGL point")
     shoot(page, stores, "big-tree-every-member")
 
     # Progress: the promotion staircase, one marker per promotion.
@@ -276,7 +288,7 @@ def test_a_page_opened_before_the_run_shows_it_and_keeps_the_zoom(page, stores):
     box = page.get_by_placeholder("runs/mar5 or /data/runs")
     box.fill(str(later))
     box.press("Enter")
-    page.get_by_text(f"Waiting for a run under").wait_for(timeout=30_000)
+    page.get_by_text("Waiting for a run under").wait_for(timeout=30_000)
     make_run(later / "live", n=30, state="running", seed=5)              # the run starts after the page
     page.locator("h1").filter(has_text=re.compile(r"^\s*live\s")).wait_for(timeout=30_000)
     tree = page.locator(".js-plotly-plot").first
