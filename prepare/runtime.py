@@ -45,16 +45,17 @@ def setup_environment():
     # Python bytecode, cached in the data cache too: where torch ships without it and writing it is off
     # (PYTHONDONTWRITEBYTECODE, common in images), every training and each of its compile workers would
     # recompile ~2,000 torch modules: ~6 s of every start on the lent H200s. The children inherit it.
+    # A sandboxed training's cache is read-only: it reads the bytecode a trusted process wrote there
+    # (population/training.py, warm_bytecode) and writes nothing; before that, Python's default.
     pycache = os.path.join(cache_root, "pycache")
-    if os.access(cache_root, os.W_OK):
+    writable = os.access(cache_root, os.W_OK)
+    if writable or os.path.exists(torch_bytecode(pycache)):
         os.environ.setdefault("PYTHONPYCACHEPREFIX", pycache)
-        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-        sys.pycache_prefix, sys.dont_write_bytecode = os.environ["PYTHONPYCACHEPREFIX"], False
-    elif os.path.exists(torch_bytecode(pycache)):   # a sandboxed training's read-only cache, which a
-        # trusted process filled (population/training.py, warm_bytecode): read it, write nothing
-        os.environ.setdefault("PYTHONPYCACHEPREFIX", pycache)
-        os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
-        sys.pycache_prefix, sys.dont_write_bytecode = os.environ["PYTHONPYCACHEPREFIX"], True
+        if writable:
+            os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        else:
+            os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+        sys.pycache_prefix, sys.dont_write_bytecode = os.environ["PYTHONPYCACHEPREFIX"], not writable
 
     # The model's autograd.Functions (the MLP's kernels, the loss) would make AOTAutograd skip its
     # cache for the whole forward graph: 5 s more compile in every experiment (H100). Safe to cache:
