@@ -438,9 +438,9 @@ def sim_driver_class():
             with self._timed(done.exp_id):
                 super()._complete(done)
 
-        def _record_finished(self, flight, row):
+        def _record_finished(self, flight, row, *args, **kwargs):
             self.finished_count += 1
-            super()._record_finished(flight, row)
+            super()._record_finished(flight, row, *args, **kwargs)
 
         def refresh_tables(self, force: bool = False):
             written = self.store._tables_written_at

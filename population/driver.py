@@ -408,74 +408,63 @@ class Driver:
 
     def _prepared(self, flight: Flight, prepared: Prepared) -> None:
         flight.prepared = prepared
-        if prepared.status != "ready":
-            self._finish_untrained(flight, prepared.status, prepared.reason)
+        refused = (prepared.status, prepared.reason) if prepared.status != "ready" else self._take_in(flight)
+        if refused:
+            self._finish_untrained(flight, *refused)
             return
-        if flight.work.commit:
-            self._retraining(flight, prepared)
-        elif flight.work.kind == "child":
-            branch = gitops.member_branch(self.tag, flight.member)
-            try:
-                flight.commit = self.git.fetch_bundle(self.repo, prepared.bundle, prepared.bundle_ref,
-                                                      f"refs/heads/{branch}")
-            except gitops.GitOpsError as e:  # the worker's bundle is broken, not the driver's repository
-                self._finish_untrained(flight, "crash", f"the child's bundle could not be imported: {e}")
-                return
-            finally:
-                prepared.bundle = None
-            train_file = self.task.train_file
-            flight.train_blob = self.git.file_blob(self.repo, flight.commit, train_file)
-            duplicate = duplicate_reason(train_file, flight.train_blob, self.git.file_blob(
-                self.repo, flight.parent_commit, train_file), flight.parent, self.blobs.get(flight.train_blob))
-            if duplicate:
-                self._finish_untrained(flight, "duplicate", duplicate)
-                return
-            self.blobs[flight.train_blob] = flight.member
-        slot = self.fleet.worker(flight.worker)
-        cfg = self.config
+        slot, cfg = self.fleet.worker(flight.worker), self.config
         self.fleet.train(slot, flight.exp_id, TrainJob(
             exp_id=flight.exp_id, worktree=prepared.worktree, train_file=self.task.train_file,
             env=train_env(cfg, flight.work.seed, dict(os.environ)), timeout_s=cfg.train_timeout_s,
             log_path=prepared.log_path, device=cfg.device, accelerator=slot.accelerator, sandbox=cfg.sandbox,
             task=self.task.name, output_dir=prepared.output_dir))
 
-    def _retraining(self, flight: Flight, prepared: Prepared) -> None:
-        """A lost child's commit trained again: its description and the note that no agent ran."""
-        lost = self.state.experiments[flight.work.retrains]
-        prepared.description = lost.lost_description or self.git.commit_subject(self.repo, flight.commit)
-        prepared.transcript = (f"[driver] e{lost.id:04d} ({lost.member}) was lost after its commit {flight.commit} "
-                               f"reached the driver: that commit, its agent's change, trains again here under a new "
-                               f"id; no agent ran.\n")
-        flight.train_blob = self.git.file_blob(self.repo, flight.commit, self.task.train_file)
+    def _take_in(self, flight: Flight) -> tuple[str, str] | None:
+        """A child's commit into the run's repository (a lost child's is there already), unless its
+        train file was trained before; returns the (status, reason) of a child that may not train."""
+        if flight.work.kind != "child":
+            return None
+        train_file, prepared = self.task.train_file, flight.prepared
+        if flight.work.commit:
+            flight.note_retraining(self.state, lambda: self.git.commit_subject(self.repo, flight.commit))
+            flight.train_blob = self.git.file_blob(self.repo, flight.commit, train_file)
+        else:
+            try:
+                flight.commit = self.git.fetch_bundle(self.repo, prepared.bundle, prepared.bundle_ref,
+                                                      f"refs/heads/{gitops.member_branch(self.tag, flight.member)}")
+            except gitops.GitOpsError as e:  # the worker's bundle is broken, not the driver's repository
+                return "crash", f"the child's bundle could not be imported: {e}"
+            finally:
+                prepared.bundle = None
+            flight.train_blob = self.git.file_blob(self.repo, flight.commit, train_file)
+            duplicate = duplicate_reason(train_file, flight.train_blob, self.git.file_blob(
+                self.repo, flight.parent_commit, train_file), flight.parent, self.blobs.get(flight.train_blob))
+            if duplicate:
+                return "duplicate", duplicate
         self.blobs[flight.train_blob] = flight.member
+        return None
 
     def _row(self, flight: Flight, status: str, reason: str) -> dict:
-        first = self.state.experiments.get(self.state.first_id(flight.member))
-        return flight.row(status, reason, branch=gitops.member_branch(self.tag, flight.member),
-                          budget_s=self.config.budget_s,
-                          first_description=str(first.row.get("description", "") if first else ""))
-
-    def _files(self, flight: Flight, log: str | None, busy_timeline: list | None = None) -> dict:
-        return flight.files(log, lambda: self.git.diff(self.repo, flight.parent_commit, flight.commit), busy_timeline)
+        return flight.row(status, reason, self.state, branch=gitops.member_branch(self.tag, flight.member),
+                          budget_s=self.config.budget_s)
 
     def _finish_untrained(self, flight: Flight, status: str, reason: str, cleanup: bool = True) -> None:
-        row = self._row(flight, status, reason)
-        row["finished_at"] = self.clock()
-        self.store.write_experiment_files(flight.exp_id, self._files(flight, None))
-        self._record_finished(flight, row)
-        if cleanup:
-            self.fleet.cleanup(flight.worker, flight.exp_id)
+        self._record_finished(flight, self._row(flight, status, reason), cleanup=cleanup)
 
     def _trained(self, flight: Flight, result: TrainResult) -> None:
         status, reason, figures = judged(result, self.task, self.config, self.state, flight.member)
         row = self._row(flight, status, drop_leak_report(reason))        # judged on the log as it came
-        row.update(figures, **where_it_trained(result), finished_at=self.clock())
-        self.store.write_experiment_files(flight.exp_id, self._files(flight, experiment_log(result),
-                                                                     result.extra.get("busy_timeline")))
-        self._record_finished(flight, row)
-        self.fleet.cleanup(flight.worker, flight.exp_id)
+        row.update(figures, **where_it_trained(result))
+        self._record_finished(flight, row, result)
 
-    def _record_finished(self, flight: Flight, row: dict) -> None:
+    def _record_finished(self, flight: Flight, row: dict, result: TrainResult | None = None,
+                         cleanup: bool = True) -> None:
+        """Its files and its row journaled, its worktree (a new member's), then the policy's decisions."""
+        row["finished_at"] = self.clock()
+        self.store.write_experiment_files(flight.exp_id, flight.files(
+            experiment_log(result) if result else None,
+            lambda: self.git.diff(self.repo, flight.parent_commit, flight.commit),
+            result.extra.get("busy_timeline") if result else None))
         self.record({"type": "experiment_finished", "id": flight.exp_id, "row": row})
         self.flights.pop(flight.exp_id, None)
         member = self.state.members.get(flight.member)
@@ -486,6 +475,8 @@ class Driver:
         self._note_agent(flight, row)
         self._decide(self.policy.on_result(self.state, flight.exp_id))
         self.refresh_tables()
+        if cleanup:
+            self.fleet.cleanup(flight.worker, flight.exp_id)
 
     def _note_agent(self, flight: Flight, row: dict) -> None:
         if flight.work.kind == "child" and not flight.work.commit:      # an agent ran

@@ -58,9 +58,9 @@ class Flight:
         """A child whose change has reached the driver (before, it stands at its parent's commit)."""
         return self.kind != "child" or (bool(self.commit) and self.commit != self.parent_commit)
 
-    def row(self, status: str, reason: str, *, branch: str, budget_s: float, first_description: str) -> dict:
+    def row(self, status: str, reason: str, state: PopulationState, *, branch: str, budget_s: float) -> dict:
         """The lineage row before the training's figures: a child's agent figures, a baseline's or
-        a re-run's description."""
+        a re-run's description (its member's first)."""
         row = {"commit": self.commit if self.has_own_commit else "", "branch": "", "status": status,
                "reason": reason, "worker": self.worker, "agent": self.agent, "seed": self.work.seed,
                "budget_s": budget_s, "finished_at": None}
@@ -72,8 +72,18 @@ class Flight:
         elif self.kind == "baseline":
             row["description"] = "baseline (the seed, unmodified)"
         elif self.kind == "rerun":
-            row["description"] = f"re-run of {self.member}: " + first_description
+            first = state.experiments.get(state.first_id(self.member))
+            row["description"] = f"re-run of {self.member}: " + str(first.row.get("description", "") if first else "")
         return row
+
+    def note_retraining(self, state: PopulationState, subject: Callable[[], str]) -> None:
+        """A lost child's commit trained again: its description (the lost one's, else the commit's
+        `subject()`) and a transcript that says no agent ran."""
+        lost = state.experiments[self.work.retrains]
+        self.prepared.description = lost.lost_description or subject()
+        self.prepared.transcript = (f"[driver] e{lost.id:04d} ({lost.member}) was lost after its commit {self.commit} "
+                                    "reached the driver: that commit, its agent's change, trains again here under a "
+                                    "new id; no agent ran.\n")
 
     def files(self, log: str | None, diff: Callable[[], str], busy_timeline: list | None = None) -> dict:
         """experiments/<id>/: run.log (when it trained), device_busy.json (its device's busy share
