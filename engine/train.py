@@ -16,7 +16,8 @@ download, environment parsing, device facts, the summary's format) is in prepare
 Environment: AUTORESEARCH_SEED (42), AUTORESEARCH_DEVICE (cuda|cpu), AUTORESEARCH_SMOKE (1: tiny CPU
 configuration), AUTORESEARCH_ATTENTION (fa3|flex|sdpa: force a kernel), AUTORESEARCH_MLP (torch: the MLP
 without its Triton kernels), AUTORESEARCH_CHECKPOINT (path: save the model there and leave the scoring to
-the harness), AUTORESEARCH_FAULT (nan_at_step:N, tests).
+the harness), AUTORESEARCH_WARMUP_CHECKPOINT (an early copy for the evaluator's compile; optional),
+AUTORESEARCH_FAULT (nan_at_step:N, tests).
 """
 
 import time
@@ -42,7 +43,7 @@ import torch.nn.functional as F
 
 from prepare import MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, make_dataloader
 from prepare.runtime import (ConfigError, device_peak_flops, env_int, evaluate_standalone, fault_step,
-                             forced_attention, load_fa3, select_device, summary)
+                             forced_attention, load_fa3, save_warmup_checkpoint, select_device, summary)
 
 
 # ---------------------------------------------------------------------------
@@ -561,6 +562,8 @@ def main():
         if step >= UNTIMED_STEPS:
             total_training_time += dt
             step_times.append(dt)
+        elif step == UNTIMED_STEPS - 1:  # optional: the evaluator compiles on this copy while the rest trains
+            save_warmup_checkpoint({"model": raw_model.state_dict(), "config": asdict(config), "step": step})
 
         smooth_loss = 0.9 * smooth_loss + 0.1 * train_loss_f
         debiased = smooth_loss / (1 - 0.9 ** (step + 1))

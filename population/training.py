@@ -39,6 +39,7 @@ PREPARE_DIR = "prepare"
 MAX_LOG_BYTES = 4_000_000
 KILL_GRACE_S = 10.0
 CHECKPOINT_NAME = "model.pt"
+WARMUP_CHECKPOINT_NAME = "warmup.pt"     # the training's optional early copy, for the evaluator's compile
 EVALUATOR_MODULE = "prepare.trusted_eval"
 EVALUATOR_FILE = "prepare/trusted_eval.py"
 EVAL_HEADER = "=== trusted evaluation (prepare/trusted_eval.py) ==="   # never '---': the summary parser ends there
@@ -208,7 +209,8 @@ def training_command(job: TrainJob, env: dict[str, str]) -> tuple[list[str], dic
     Raises SandboxUnavailable."""
     argv = [sys.executable, str(Path(job.worktree) / job.train_file)]
     if job.output_dir:
-        env = {**env, "AUTORESEARCH_CHECKPOINT": str(Path(job.output_dir) / CHECKPOINT_NAME)}
+        env = {**env, "AUTORESEARCH_CHECKPOINT": str(Path(job.output_dir) / CHECKPOINT_NAME),
+               "AUTORESEARCH_WARMUP_CHECKPOINT": str(Path(job.output_dir) / WARMUP_CHECKPOINT_NAME)}
         return _confined(job, argv, env, job.output_dir, [job.worktree])
     return _confined(job, argv, env, job.worktree, [Path(job.worktree) / PREPARE_DIR])
 
@@ -265,6 +267,7 @@ class Evaluation:
         server, server_env = _confined(job, server, {**env, "PYTHONDONTWRITEBYTECODE": "1"}, job.output_dir, [job.worktree])
         scorer = [sys.executable, "-E", "-s", "-B", "-m", EVALUATOR_MODULE, "--task", job.task, "--wait-for-go",
                   "--train-file", train_file, "--checkpoint", str(self.checkpoint), "--device", job.device,
+                  "--warmup-checkpoint", str(Path(job.output_dir) / WARMUP_CHECKPOINT_NAME),
                   "--server-argv-json", json.dumps(server)]
         with open(self.result_path, "wb") as result, open(self.stderr_path, "wb") as errors:
             self.proc = _start(scorer, server_env, str(self.scorer_root), result, errors, stdin=subprocess.PIPE)

@@ -8,7 +8,13 @@ the file's `load_model(checkpoint, device)` for the trained model, and then answ
 of token ids with the model's logits. It never sees a target, a loss or a
 metric: what it computes is only ever an input to the evaluator's own scoring.
 
-    python -m prepare.model_server TRAIN_FILE CHECKPOINT DEVICE [--share-socket FD]
+With `--warmup` (GPU), it also waits for the early copy of the model that the training may save
+(AUTORESEARCH_WARMUP_CHECKPOINT, prepare/runtime.py) and runs one batch of the evaluation's shape
+through a model built from it, so that torch.compile has traced and compiled the forward before
+the training ends: the model rebuilt from the final checkpoint reuses that code. Only the final
+checkpoint is ever scored; a missing or broken copy only leaves the compile to the scoring.
+
+    python -m prepare.model_server TRAIN_FILE CHECKPOINT DEVICE [--share-socket FD] [--warmup PATH B T V]
 
 The protocol (`prepare/wire.py`) runs on the stdin/stdout that the evaluator gave it; everything
 the child's code prints goes to stderr (into the experiment's run.log). With `--share-socket`
@@ -20,14 +26,28 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import select
 import socket
 import struct
 import sys
 import time
 import traceback
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 from prepare import wire
+
+WARMUP_POLL_S = 0.25
+WARMUP_SPARE_BYTES = 2 << 30     # left free for the training beside the warm-up, besides its own need
+
+
+@dataclass
+class Warmup:
+    """Where the training may save its early copy, and the evaluation's batch shape (rows, length, vocab)."""
+    path: str
+    rows: int
+    length: int
+    vocab: int
 
 
 def load_child(train_file: str):
@@ -56,7 +76,8 @@ def receive_buffer(share_socket: int):
     return cuda_share.open_shared(fds[0], size)
 
 
-def serve(train_file: str, checkpoint: str, device_name: str, requests, replies, share_socket: int | None) -> None:
+def serve(train_file: str, checkpoint: str, device_name: str, requests, replies, share_socket: int | None,
+          warmup: Warmup | None = None) -> None:
     import numpy as np
     import torch
 
@@ -73,6 +94,9 @@ def serve(train_file: str, checkpoint: str, device_name: str, requests, replies,
         child, import_error = None, exc
     early["train file import"] = time.perf_counter() - clock - early["CUDA context"]
     _say_times("before LOAD", early)
+    autocast = torch.amp.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    if warmup is not None and child is not None:
+        warm_up_until_load(child, warmup, device, requests, autocast)
     if not wire.read_load(requests):
         return                                   # called off: the training did not produce a model
     if import_error is not None:
@@ -84,7 +108,6 @@ def serve(train_file: str, checkpoint: str, device_name: str, requests, replies,
         model.eval()
     wire.write_magic(replies, wire.READY)
     _say_times("after LOAD", {"load_model": time.perf_counter() - clock})
-    autocast = torch.amp.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     n = 0
     while (x := wire.read_rows(requests)) is not None:
         clock = time.perf_counter()
@@ -108,6 +131,44 @@ def serve(train_file: str, checkpoint: str, device_name: str, requests, replies,
         n += 1
 
 
+def warm_up_until_load(child, warmup: Warmup, device, requests, autocast) -> None:
+    """Until the evaluator's LOAD is there to read: once the training's early copy appears, one
+    forward of a batch shaped as the evaluation's (token ids int64, no grad, the same autocast), so
+    the compiled code is ready; then wait. Skipped when the GPU lacks room beside the training."""
+    while not select.select([requests], [], [], WARMUP_POLL_S)[0]:
+        if os.path.isfile(warmup.path):
+            clock = time.perf_counter()
+            outcome = _warm_up(child, warmup, device, autocast)
+            _say_times("warm-up", {outcome: time.perf_counter() - clock})
+            return
+
+
+def _warm_up(child, warmup: Warmup, device, autocast) -> str:
+    import torch
+
+    logits_bytes = 4 * warmup.rows * warmup.length * warmup.vocab
+    need = 2 * os.path.getsize(warmup.path) + 3 * logits_bytes + WARMUP_SPARE_BYTES
+    if device.type == "cuda" and torch.cuda.mem_get_info(device)[0] < need:
+        return f"skipped, under {need / 2**30:.1f} GiB free beside the training"
+    model = None
+    try:
+        model = child.load_model(warmup.path, device)
+        if hasattr(model, "eval"):
+            model.eval()
+        with torch.no_grad(), autocast:
+            model(torch.zeros((warmup.rows, warmup.length), dtype=torch.int64, device=device))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return "load and one forward (compiles)"
+    except Exception as exc:       # the final checkpoint is what counts: its load reports the real error
+        print(f"model server, warm-up failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return "failed (the scoring compiles instead)"
+    finally:
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def _say_times(when: str, seconds: dict[str, float]) -> None:
     """Where the evaluation's seconds go, in the experiment's run.log (stderr)."""
     parts = ", ".join(f"{name} {value:.2f} s" for name, value in seconds.items())
@@ -116,18 +177,22 @@ def _say_times(when: str, seconds: dict[str, float]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(argv if argv is not None else sys.argv[1:])
-    share_socket = None
+    share_socket = warmup = None
     if "--share-socket" in args:
         at = args.index("--share-socket")
         share_socket = int(args[at + 1])
         del args[at:at + 2]
+    if "--warmup" in args:
+        at = args.index("--warmup")
+        warmup = Warmup(args[at + 1], *(int(n) for n in args[at + 2:at + 5]))
+        del args[at:at + 5]
     train_file, checkpoint, device = args[:3]
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)                      # the child's prints must not corrupt the protocol
     sys.stdout = sys.stderr
     requests = sys.stdin.buffer
     try:
-        serve(train_file, checkpoint, device, requests, replies, share_socket)
+        serve(train_file, checkpoint, device, requests, replies, share_socket, warmup)
     except Exception as exc:           # the child's error, sent as the reason of the crash
         traceback.print_exc()
         try:

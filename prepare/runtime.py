@@ -3,7 +3,8 @@
 `engine/train.py` imports it (agents edit the train file, never this): the process's cache and
 environment set-up before torch loads, FA3's download from the kernels hub, the parsing of the
 AUTORESEARCH_* variables, the device and its peak FLOP/s for MFU, the evaluation's batch and model
-wrapper for a standalone run, and the summary block the driver parses (`population/summary.py`).
+wrapper for a standalone run, the early copy of the model for the evaluator's warm-up, and the
+summary block the driver parses (`population/summary.py`).
 
 torch is imported only inside functions, so that `setup_environment()` runs before it loads.
 """
@@ -267,6 +268,21 @@ def evaluate_standalone(model, raw_model, tokenizer, wanted_batch_size, autocast
 # ---------------------------------------------------------------------------
 # The summary block
 # ---------------------------------------------------------------------------
+
+def save_warmup_checkpoint(payload):
+    """Under the population (AUTORESEARCH_WARMUP_CHECKPOINT set), an early copy of the model in the
+    checkpoint's format: the model server compiles its forward on it while the training goes on
+    (prepare/model_server.py), so the scoring after the training does not. Written whole or not at
+    all; never scored. Nothing happens in a standalone run."""
+    path = os.environ.get("AUTORESEARCH_WARMUP_CHECKPOINT", "").strip()
+    if not path:
+        return
+    import torch
+
+    partial = f"{path}.partial"
+    torch.save(payload, partial)
+    os.replace(partial, path)
+
 
 def percentile(values, q):
     """Nearest-rank percentile (q in [0, 100]); NaN for no values."""

@@ -18,7 +18,7 @@ logits everywhere (rows of a batch must not affect each other, and the model mus
 deterministic). A stateful model cannot tell a probe from a scored row.
 
     python -m prepare.trusted_eval --task climbmix --train-file F --checkpoint C --device cpu \
-        [--server-argv-json '[...]'] [--holdout-tokens N] [--wait-for-go]
+        [--server-argv-json '[...]'] [--holdout-tokens N] [--warmup-checkpoint W] [--wait-for-go]
 
 With `--wait-for-go` it loads the data, makes its CUDA context and starts the server at once (which
 imports the train file), then waits for a line on stdin before the model is loaded: the worker
@@ -298,9 +298,13 @@ def run(args) -> dict:
     sets = task_sets(args.task, args.holdout_tokens)
     server_argv = json.loads(args.server_argv_json) if args.server_argv_json else \
         [sys.executable, "-m", "prepare.model_server", args.train_file, args.checkpoint, args.device]
+    batch_size = args.batch_size or DEFAULT_BATCH[args.device]
     ours, theirs = socket.socketpair() if args.device == "cuda" else (None, None)
     if theirs is not None:
         server_argv = [*server_argv, "--share-socket", str(theirs.fileno())]
+    if args.warmup_checkpoint and args.device == "cuda":      # compiles during the training (model_server)
+        server_argv += ["--warmup", args.warmup_checkpoint, str(batch_size), str(sets[0].rows.shape[1] - 1),
+                        str(sets[0].vocab_size)]
     server = start_server(server_argv, pass_fds=(theirs.fileno(),) if theirs is not None else ())
     if theirs is not None:
         theirs.close()
@@ -311,7 +315,6 @@ def run(args) -> dict:
         if args.wait_for_go and not wait_for_go():
             return {}
         started = time.perf_counter()
-        batch_size = args.batch_size or DEFAULT_BATCH[args.device]
         wire.write_magic(server.stdin, wire.LOAD)
         if ours is not None:
             buffer = share_buffer(ours, batch_size, sets[0].rows.shape[1] - 1, sets[0].vocab_size)
@@ -358,6 +361,9 @@ def parse_args(argv=None):
                         help=f"scored holdout targets (default: 1/{HOLDOUT_SHARE} of the validation's; 0: none)")
     parser.add_argument("--server-argv-json", default="",
                         help="the model server's command line as a JSON list (the worker wraps it in the sandbox)")
+    parser.add_argument("--warmup-checkpoint", default="",
+                        help="where the training may save an early copy of its model (AUTORESEARCH_WARMUP_CHECKPOINT): "
+                             "on a GPU the server compiles on it before 'go'; never scored")
     parser.add_argument("--wait-for-go", action="store_true",
                         help="start at once, load the model only after a line 'go' on stdin")
     return parser.parse_args(argv)

@@ -127,10 +127,13 @@ def test_the_seed_scores_as_the_in_process_metric_did(prepared_cache, tmp_path):
     checkpoint = tmp_path / "model.pt"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
     env.update(PYTHONPATH=str(REPO), AUTORESEARCH_CACHE=str(prepared_cache), AUTORESEARCH_SMOKE="1",
-               AUTORESEARCH_TIME_BUDGET="1", AUTORESEARCH_CHECKPOINT=str(checkpoint))
+               AUTORESEARCH_TIME_BUDGET="1", AUTORESEARCH_CHECKPOINT=str(checkpoint),
+               AUTORESEARCH_WARMUP_CHECKPOINT=str(tmp_path / "warmup.pt"))
     run = subprocess.run([sys.executable, str(REPO / "engine" / "train.py")], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    early = torch.load(tmp_path / "warmup.pt", weights_only=True)     # the early copy, for the server's compile
+    assert early["step"] == 10 and early["config"] == torch.load(checkpoint, weights_only=True)["config"]
     assert "val_bpb" not in run.stdout.split("\n---\n")[-1]          # the harness scores, not the file
     code, result = trusted_eval(REPO / "engine" / "train.py", checkpoint, prepared_cache)
     assert code == 0, result
@@ -160,8 +163,10 @@ class HostBuffer:
         return self.memory[offset:offset + count].view(dtype).view(shape)
 
 
-def score_through_the_server(train_file: Path, sets, batch_size: int, buffer=None) -> dict:
-    """The real server loop (a thread) and the real evaluator over pipes, with a shared buffer or without."""
+def score_through_the_server(train_file: Path, sets, batch_size: int, buffer=None, checkpoint: str = "none",
+                             warmup=None, before_load=lambda: None) -> dict:
+    """The real server loop (a thread) and the real evaluator over pipes, with a shared buffer or
+    without; `before_load` runs while the server waits for LOAD (with `warmup`: warms up)."""
     import random
     import threading
 
@@ -173,10 +178,11 @@ def score_through_the_server(train_file: Path, sets, batch_size: int, buffer=Non
     server = types.SimpleNamespace(stdin=os.fdopen(from_evaluator, "wb"), stdout=os.fdopen(to_evaluator, "rb"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(model_server, "receive_buffer", lambda fd: buffer)
-        thread = threading.Thread(target=model_server.serve, args=(str(train_file), "none", "cpu", requests, replies,
-                                                                   0 if buffer is not None else None))
+        thread = threading.Thread(target=model_server.serve, args=(str(train_file), checkpoint, "cpu", requests, replies,
+                                                                   0 if buffer is not None else None, warmup))
         thread.start()
         try:
+            before_load()
             wire.write_magic(server.stdin, wire.LOAD)
             wire.read_ready(server.stdout)
             logits = trusted_eval.SharedLogits(server, buffer) if buffer is not None else trusted_eval.PipeLogits(server)
@@ -203,3 +209,69 @@ def test_the_shared_buffer_path_scores_what_the_pipe_path_scores(tmp_path):
     piped = score_through_the_server(train_file, sets, batch)
     shared = score_through_the_server(train_file, sets, batch, HostBuffer(2 * 4 * batch * T * vocab))
     assert shared == piped and piped["probes"] > 0
+
+
+# load_model reads its table from the checkpoint, so a model built from the early copy scores differently
+WARMUP_TRAIN_FILE = '''
+import torch
+LOADED, SHAPES = [], []
+
+class Table(torch.nn.Module):
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.nn.Parameter(table)
+
+    def forward(self, idx):
+        SHAPES.append((tuple(idx.shape), idx.dtype))
+        return self.table[idx].clone()
+
+def load_model(path, device):
+    LOADED.append(path)
+    return Table(torch.load(path)["model"]).to(device)
+'''
+
+
+def wait_for(condition, timeout: float = 20.0) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("early_copy", ["whole", "garbage"])
+def test_the_server_warms_up_on_the_early_copy_and_scores_only_the_final_checkpoint(tmp_path, early_copy):
+    """While the training runs, the server builds a model from the training's early copy and runs
+    one batch shaped as the evaluation's through it (on a GPU: the compile, done before "go"); what
+    it scores is the final checkpoint's model all the same, and a broken copy changes nothing."""
+    from prepare import model_server
+    from prepare.runtime import save_warmup_checkpoint
+    from prepare.trusted_eval import EvalSet
+
+    vocab, T, batch = 64, 16, 4
+    rows = np.random.default_rng(1).integers(0, vocab, size=(40, T + 1))
+    sets = [EvalSet("val", rows[:32], np.ones((32, T)), 32.0 * T, vocab),
+            EvalSet("holdout", rows[32:], np.ones((8, T)), 8.0 * T, vocab)]
+    train_file, final, warm = tmp_path / "train.py", tmp_path / "model.pt", tmp_path / "warmup.pt"
+    train_file.write_text(WARMUP_TRAIN_FILE)
+    torch.save({"model": torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(0))}, final)
+    plain = score_through_the_server(train_file, sets, batch, checkpoint=str(final))
+
+    def training_saves_its_early_copy():
+        if early_copy == "whole":
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("AUTORESEARCH_WARMUP_CHECKPOINT", str(warm))
+                save_warmup_checkpoint({"model": torch.zeros(vocab, vocab)})
+        else:
+            warm.write_bytes(b"not a checkpoint")
+        child = lambda: sys.modules["train_under_eval"]        # noqa: E731 (this run's, once imported)
+        wait_for(lambda: getattr(child(), "LOADED", None) == [str(warm)] and
+                 (early_copy == "garbage" or child().SHAPES))
+        assert early_copy == "garbage" or child().SHAPES == [((batch, T), torch.int64)]
+
+    warmed = score_through_the_server(train_file, sets, batch, checkpoint=str(final),
+                                      warmup=model_server.Warmup(str(warm), batch, T, vocab),
+                                      before_load=training_saves_its_early_copy)
+    assert sys.modules["train_under_eval"].LOADED == [str(warm), str(final)]
+    assert warmed == plain and plain["probes"] > 0
+    assert not (tmp_path / "warmup.pt.partial").exists()
