@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --resume: change one of the run's settings from now on (journaled, printed, "
                           "shown in run.json), repeatable; KEY is a flag's name: workers, population-size, "
                           "tournament-size, cull, selection, promotion-confidence, promotion-z, confirm-runs, "
-                          "promotion-runs, max-runs, noise-runs, seed, agent, agent-base-url, train-timeout, "
+                          "promotion-runs, max-runs, endgame, noise-runs, seed, agent, agent-base-url, train-timeout, "
                           "overhead-allowance, accelerator. A smaller population shrinks by one member per result")
     run.add_argument("--task", choices=sorted(TASKS), default=None,
                      help=f"what to search over (default: {DEFAULT_TASK}; a resumed run keeps its task)")
@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "promote on fewer is first trained again on another seed, and promoted only if it is "
                           "still probably better with that run counted (a lucky run of a noisy code rarely "
                           "repeats); 1 promotes without re-runs (default: %(default)s)")
+    pop.add_argument("--endgame", type=_number, default=C.DEFAULT_ENDGAME, metavar="SHARE",
+                     help="posterior, with --max-experiments: in the last SHARE of the experiments, when the "
+                          "run's edits hide in the noise, re-run the best members instead of making children, "
+                          "then promote the probable best (0: off; default: %(default)s)")
     pop.add_argument("--max-runs", type=_integer, default=C.DEFAULT_MAX_RUNS, metavar="N",
                      help="margin: trainings of one commit at most: a gain inside the margin is re-run while its "
                           "mean could still clear it (default: %(default)s)")
@@ -246,6 +250,7 @@ def config_from_args(args: argparse.Namespace, given: frozenset[str] | None = No
         cull=args.cull, selection=args.selection, promotion_confidence=args.promotion_confidence,
         promotion_z=args.promotion_z, confirm_runs=args.confirm_runs, promotion_runs=args.promotion_runs,
         max_runs_per_member=args.max_runs, max_experiments=args.max_experiments, noise_runs=args.noise_runs,
+        endgame=args.endgame,
         max_cost_usd=args.max_cost_usd, max_gpu_hours=args.max_gpu_hours, stall_minutes=args.stall_minutes,
         train_timeout_s=args.train_timeout, overhead_allowance_s=args.overhead_allowance, device=args.device,
         resume=args.resume, address=args.address,

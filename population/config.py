@@ -49,6 +49,7 @@ DEFAULT_PROMOTION_Z = 1.0
 DEFAULT_CONFIRM_RUNS = 2
 DEFAULT_MAX_RUNS = 2
 DEFAULT_PROMOTION_RUNS = 2        # posterior: own runs before a promotion; fewer: re-run first (1: never)
+DEFAULT_ENDGAME = 0.1             # posterior: the last share of --max-experiments re-runs the best (policy.py)
 RERUN_OPTIMISM = 0.0
 DEFAULT_SEED = 42
 DEFAULT_NOISE_RUNS = 3            # also with one worker: the noise is measured in every run
@@ -63,13 +64,13 @@ RUN_SETTINGS = {
     "workers": "--workers", "population_size": "--population-size", "tournament_size": "--tournament-size",
     "cull": "--cull", "selection": "--selection", "promotion_confidence": "--promotion-confidence",
     "promotion_z": "--promotion-z", "confirm_runs": "--confirm-runs", "promotion_runs": "--promotion-runs",
-    "max_runs_per_member": "--max-runs",
+    "max_runs_per_member": "--max-runs", "endgame": "--endgame",
     "noise_runs": "--noise-runs", "seed": "--seed", "agents": "--agent", "agent_base_url": "--agent-base-url",
     "train_timeout_s": "--train-timeout", "overhead_allowance_s": "--overhead-allowance",
     "accelerator": "--accelerator",
 }
 # Settings added since runs were first stored: the value a resumed run from before one ran with
-ADDED_SETTINGS = {"promotion_runs": 1}
+ADDED_SETTINGS = {"promotion_runs": 1, "endgame": 0.0}
 # Flags that bound one invocation only (never stored, never --set)
 PER_INVOCATION = ("--max-experiments", "--max-cost", "--max-gpu-hours", "--stall-minutes", "--agent-timeout")
 
@@ -114,6 +115,7 @@ class RunConfig:
     confirm_runs: int = DEFAULT_CONFIRM_RUNS       # trainings behind a child before it can be promoted
     promotion_runs: int = DEFAULT_PROMOTION_RUNS   # posterior: the member's own runs before it is promoted
     max_runs_per_member: int = DEFAULT_MAX_RUNS    # promotion: at most this many runs before "keep"
+    endgame: float = DEFAULT_ENDGAME               # posterior: share of --max-experiments spent telling the best apart
     sandbox: bool = True                    # trainings, model servers and subprocess agents in bubblewrap (sandbox.py)
     explicit: frozenset[str] | None = None  # fields the user gave (the CLI knows); None: those unlike their default
     set_values: dict = field(default_factory=dict)   # --resume --set: field -> new value, from now on
@@ -199,6 +201,7 @@ def validate(config: RunConfig) -> None:
     need(config.confirm_runs >= 1, f"--confirm-runs must be >= 1, got {config.confirm_runs}")
     need(config.promotion_runs >= 1, f"--promotion-runs must be >= 1, got {config.promotion_runs}")
     need(config.max_runs_per_member >= 1, f"--max-runs must be >= 1, got {config.max_runs_per_member}")
+    need(0 <= config.endgame <= 0.5, f"--endgame must be between 0 and 0.5, got {config.endgame:g}")
     need(config.selection != "margin" or config.confirm_runs <= config.max_runs_per_member,
          f"--confirm-runs ({config.confirm_runs}) must be <= --max-runs ({config.max_runs_per_member}) "
          "with --selection margin")

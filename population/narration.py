@@ -5,7 +5,7 @@ from __future__ import annotations
 from population.config import RUN_SETTINGS, shown
 from population.console import champion_line, experiment_line, holdout_warning, noise_line
 from population.flight import Flight
-from population.policy import SEED_MEMBER, Cull, Drop, NoiseMeasured, Promote, Queue
+from population.policy import ENDGAME_GATE, SEED_MEMBER, Cull, Drop, Endgame, NoiseMeasured, Promote, Queue
 from population.selection import holdout_lags
 from population.state import PopulationState
 
@@ -26,7 +26,17 @@ def decision_lines(decision, event: dict, state: PopulationState, metric: str, l
         return [f"noise: {decision.reason}"]
     if isinstance(decision, Drop):
         return [f"e{decision.exp_id:04d} {decision.reason}"]
+    if isinstance(decision, Endgame):
+        return [endgame_line(decision)]
     return []
+
+
+def endgame_line(decision: Endgame) -> str:
+    spread = "too few edits to tell" if decision.spread is None else f"{decision.spread:.1f} noise std"
+    if decision.on:
+        return (f"endgame: the edits spread {spread} (under {ENDGAME_GATE:g}), so the last {decision.window} of "
+                f"{decision.max_experiments} experiments re-run the best members, then the probable best is champion")
+    return f"endgame off: the edits spread {spread}, the best stand out; children to the end"
 
 
 def promotion_lines(decision: Promote, event: dict, state: PopulationState, metric: str, lower_is_better: bool,

@@ -21,6 +21,8 @@ that each one sees those before it (the cull protects the champion just promoted
                 queue a re-run, or keep the member of the result), then
                 cull past the population size, protecting the champion, members awaiting a re-run
                 and (posterior) promising members whose child is in flight
+             -> the endgame (posterior, a known --max-experiments): in its last --endgame share, when
+                the edits hide in the noise, the best members are re-run, then the probable best promoted
              -> `Decided`: the marker that closes the decisions of a result
     lost     -> the work queued again at the front, given up after MAX_ATTEMPTS losses: a child
                 whose commit had reached the driver trains again as that commit (its own change)
@@ -36,13 +38,13 @@ import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 
-from population.config import (DEFAULT_CONFIRM_RUNS, DEFAULT_MAX_RUNS, DEFAULT_POPULATION_SIZE, DEFAULT_PROMOTION_RUNS,
-                               DEFAULT_PROMOTION_Z,
+from population.config import (DEFAULT_CONFIRM_RUNS, DEFAULT_ENDGAME, DEFAULT_MAX_RUNS, DEFAULT_POPULATION_SIZE,
+                               DEFAULT_PROMOTION_RUNS, DEFAULT_PROMOTION_Z,
                                DEFAULT_SEED, DEFAULT_SELECTION, RERUN_OPTIMISM, RunConfig,
                                default_noise_runs, default_promotion_confidence)
 from population import ledger
 from population.selection import (choose_culls, clears_margin, estimate_noise, posterior_choice, promotion_decision,
-                                  tournament_select)
+                                  step_spread, tournament_select)
 from population.state import PopulationState
 
 SEED_MEMBER = "m0000"          # the seed's member: its runs are the baselines
@@ -50,6 +52,9 @@ MAX_ATTEMPTS = 3               # a piece of work lost this often (node loss...) 
 MIN_NOISE_RUNS = 2             # ok runs of the seed before the noise phase can end: one run has no spread
 AGENT_FAILURES_TO_STOP = 5     # a worker whose agent fails the same way this often in a row stops
 AGENT_BACKOFF_S = 15.0         # its pause before the next proposal after the 2nd such failure, doubled after each
+ENDGAME_GATE = 3.0             # the endgame runs when the edits' spread is under this many noise stds
+FINAL_CONFIDENCE = 0.7         # the endgame's last promotion (0.5, the Bayes choice, doubled lucky promotions
+                               # for 0.01 noise std on development seeds; BENCHMARKS.md)
 
 
 # ---------------------------------------------------------------- settings
@@ -72,6 +77,7 @@ class Settings:
     noise_runs: int | None = None                 # None: default_noise_runs(workers)
     seed: int = DEFAULT_SEED
     max_experiments: int | None = None
+    endgame: float = DEFAULT_ENDGAME              # posterior: share of max_experiments that re-runs the best (0: off)
     max_cost_usd: float | None = None             # agents' dollars, then no new work (population/ledger.py)
     max_gpu_hours: float | None = None            # GPU-hours of trainings and evaluations, likewise
     lower_is_better: bool = True
@@ -84,6 +90,7 @@ class Settings:
                    confirm_runs=config.confirm_runs, promotion_runs=config.promotion_runs,
                    max_runs=config.max_runs_per_member,
                    noise_runs=config.noise_runs, seed=config.seed, max_experiments=config.max_experiments,
+                   endgame=config.endgame,
                    max_cost_usd=config.max_cost_usd, max_gpu_hours=config.max_gpu_hours,
                    lower_is_better=lower_is_better).resolved()
 
@@ -217,6 +224,20 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Endgame:
+    """The endgame's gate for a --max-experiments, decided once as its window opens: `spread`, the
+    edits' spread in noise stds (None: too few edits to tell)."""
+    on: bool
+    max_experiments: int
+    window: int
+    spread: float | None = None
+
+    def event(self) -> dict:
+        return {"type": "endgame", "on": self.on, "max_experiments": self.max_experiments, "window": self.window,
+                "spread": self.spread}
+
+
+@dataclass(frozen=True)
 class Decided:
     """Every decision of this result is journaled (what `--resume` looks for)."""
     exp_id: int
@@ -225,7 +246,7 @@ class Decided:
         return {"type": "decided", "id": self.exp_id}
 
 
-Decision = Queue | Promote | Cull | NoiseMeasured | Lose | Drop | Stop | Decided
+Decision = Queue | Promote | Cull | NoiseMeasured | Lose | Drop | Stop | Endgame | Decided
 
 
 def agent_backoff(streak: int) -> float | None:
@@ -339,6 +360,7 @@ class Policy:
                 if member.alive and member.name != state.champion:
                     yield from self._judge(state, member.name)
             yield from self._cull(state)
+        yield from self._endgame(state)
         yield Decided(exp_id)
 
     def _noise_phase(self, state: PopulationState) -> Iterator[Decision]:
@@ -444,6 +466,42 @@ class Policy:
         for name in choose_culls(self._candidates(state), size, s.cull, s.tournament_size, self.rng,
                                  frozenset(protect)):
             yield Cull(name, s.cull)
+
+    # ---- the endgame ------------------------------------------------------------------------
+
+    def _endgame(self, state: PopulationState) -> Iterator[Decision]:
+        """The last --endgame share of a known --max-experiments (posterior selection). As its window
+        opens the gate is decided once and journaled: on when the run's edits land within
+        ENDGAME_GATE noise stds of each other (selection.step_spread), where the best members are
+        hard to tell apart on one or two runs; off where they stand out, and every training is
+        better spent on a new child. While on, each result with nothing queued queues a re-run
+        of the best living member not already re-running; once no training is left and nothing
+        is in flight, the member the posterior rates better with FINAL_CONFIDENCE is promoted
+        without the usual confidence (nothing is gained by waiting any longer)."""
+        s = self.settings
+        limit = s.max_experiments
+        if not (s.posterior and s.endgame and limit) or state.champion is None or state.noise_std is None:
+            return
+        window = max(1, round(s.endgame * limit))
+        if limit - state.counted() > window:
+            return
+        if state.endgame is None or state.endgame["max_experiments"] != limit:
+            spread = step_spread(state.first_run_steps(), state.noise_std)
+            yield Endgame(spread is None or spread < ENDGAME_GATE, limit, window, spread)
+        if not state.endgame["on"]:
+            return
+        if self.can_hand_out(state):
+            if not state.pending:
+                rerunning = self._rerunning(state)
+                best = min((c for c in self._candidates(state) if c.member not in rerunning),
+                           key=lambda c: (c.score, c.born), default=None)
+                if best is not None:
+                    yield self._rerun(state, best.member, "is among the best members in the endgame")
+        elif not state.in_flight():
+            best = posterior_choice(self._candidates(state), state.champion, state.posterior,
+                                    confidence=FINAL_CONFIDENCE, min_evidence=s.confirm_runs)
+            if best is not None:
+                yield Promote(best, state.champion)
 
     # ---- lost work and resuming ------------------------------------------------------------
 

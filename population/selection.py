@@ -184,3 +184,17 @@ def holdout_lags(val_gain: float, holdout_gain: float, noise_std: float | None) 
     (more than two noise std over the seed) and less than half of that on the hidden holdout, which
     selection never sees. Gains are oriented: positive is better."""
     return noise_std is not None and val_gain > 2 * noise_std and holdout_gain < val_gain / 2
+
+
+MIN_STEPS = 5          # first-run steps before their spread says anything; fewer: the endgame is on
+
+
+def step_spread(steps: Sequence[float], noise_std: float) -> float | None:
+    """How far apart the run's edits land, in noise standard deviations: 1.4826 x the median absolute
+    deviation of each child's first run from its parent's mean (robust to the few large edits);
+    None with fewer than MIN_STEPS. Near 1-2 most edits hide in the noise (the members are hard to
+    tell apart); large, they stand out on one run."""
+    if len(steps) < MIN_STEPS or not noise_std > 0:
+        return None
+    middle = statistics.median(steps)
+    return 1.4826 * statistics.median(abs(step - middle) for step in steps) / noise_std

@@ -160,6 +160,7 @@ class PopulationState:
         # --resume --set: each change of the run's settings, and a smaller population shrinking
         self.settings_changes: list[dict] = []          # {"time", "changes": {field: [old, new]}, "experiments"}
         self._shrink: tuple[int, int] | None = None     # (population size, living members it may still hold)
+        self.endgame: dict | None = None                # the endgame's gate: {"on", "max_experiments"} (policy.py)
 
     @classmethod
     def replay(cls, events: Iterable[dict], metric: str, lower_is_better: bool = True) -> "PopulationState":
@@ -344,6 +345,9 @@ class PopulationState:
         self.noise_std = float(event["std"])
         self.posterior.set_noise(self.noise_std)
 
+    def _on_endgame(self, event: dict) -> None:
+        self.endgame = {"on": bool(event["on"]), "max_experiments": int(event["max_experiments"])}
+
     def _on_run_state(self, event: dict) -> None:
         self.run_state = event["state"]
 
@@ -422,6 +426,12 @@ class PopulationState:
         """(sum of squared deviations from each commit's own mean, degrees of freedom) over every
         commit trained ok more than once: the pooled variance of the noise is their ratio."""
         return self._spread_total, self._spread_dof
+
+    def first_run_steps(self) -> list[float]:
+        """Each child's first ok run minus its parent's mean, culled members too: what its edit did,
+        seen through the noise."""
+        return [member.runs[0] - self.members[member.parent].mean for member in self.members.values()
+                if member.runs and member.parent in self.members]
 
     def repeated(self) -> int:
         """Commits (members) trained ok more than once."""

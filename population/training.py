@@ -203,6 +203,11 @@ def _confined(job: TrainJob, argv: list[str], env: dict[str, str], writable: str
     return wrapped.argv, wrapped.env
 
 
+def warmup_path(job: TrainJob) -> str:
+    """Where the training may save the early copy of its model for the model server's compile."""
+    return str(Path(job.output_dir) / WARMUP_CHECKPOINT_NAME)
+
+
 def training_command(job: TrainJob, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """argv and environment of the training subprocess; with `job.sandbox` wrapped in bubblewrap
     (no network; writable: its output directory, or the export's files when nothing is scored).
@@ -210,7 +215,7 @@ def training_command(job: TrainJob, env: dict[str, str]) -> tuple[list[str], dic
     argv = [sys.executable, str(Path(job.worktree) / job.train_file)]
     if job.output_dir:
         env = {**env, "AUTORESEARCH_CHECKPOINT": str(Path(job.output_dir) / CHECKPOINT_NAME),
-               "AUTORESEARCH_WARMUP_CHECKPOINT": str(Path(job.output_dir) / WARMUP_CHECKPOINT_NAME)}
+               "AUTORESEARCH_WARMUP_CHECKPOINT": warmup_path(job)}
         return _confined(job, argv, env, job.output_dir, [job.worktree])
     return _confined(job, argv, env, job.worktree, [Path(job.worktree) / PREPARE_DIR])
 
@@ -264,10 +269,12 @@ class Evaluation:
         train_file = str(Path(job.worktree) / job.train_file)
         self.checkpoint = Path(job.output_dir) / CHECKPOINT_NAME
         server = [sys.executable, "-s", "-B", "-m", "prepare.model_server", train_file, str(self.checkpoint), job.device]
-        server, server_env = _confined(job, server, {**env, "PYTHONDONTWRITEBYTECODE": "1"}, job.output_dir, [job.worktree])
+        # the early copy's path reaches the evaluator as a variable, which a seed's older evaluator ignores
+        server, server_env = _confined(job, server, {**env, "PYTHONDONTWRITEBYTECODE": "1",
+                                                     "AUTORESEARCH_WARMUP_CHECKPOINT": warmup_path(job)},
+                                       job.output_dir, [job.worktree])
         scorer = [sys.executable, "-E", "-s", "-B", "-m", EVALUATOR_MODULE, "--task", job.task, "--wait-for-go",
                   "--train-file", train_file, "--checkpoint", str(self.checkpoint), "--device", job.device,
-                  "--warmup-checkpoint", str(Path(job.output_dir) / WARMUP_CHECKPOINT_NAME),
                   "--server-argv-json", json.dumps(server)]
         with open(self.result_path, "wb") as result, open(self.stderr_path, "wb") as errors:
             self.proc = _start(scorer, server_env, str(self.scorer_root), result, errors, stdin=subprocess.PIPE)

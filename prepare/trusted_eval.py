@@ -361,9 +361,10 @@ def parse_args(argv=None):
                         help=f"scored holdout targets (default: 1/{HOLDOUT_SHARE} of the validation's; 0: none)")
     parser.add_argument("--server-argv-json", default="",
                         help="the model server's command line as a JSON list (the worker wraps it in the sandbox)")
-    parser.add_argument("--warmup-checkpoint", default="",
-                        help="where the training may save an early copy of its model (AUTORESEARCH_WARMUP_CHECKPOINT): "
-                             "on a GPU the server compiles on it before 'go'; never scored")
+    parser.add_argument("--warmup-checkpoint", default=os.environ.get("AUTORESEARCH_WARMUP_CHECKPOINT", ""),
+                        help="where the training may save an early copy of its model (default: "
+                             "$AUTORESEARCH_WARMUP_CHECKPOINT): on a GPU the server compiles on it before 'go'; "
+                             "never scored")
     parser.add_argument("--wait-for-go", action="store_true",
                         help="start at once, load the model only after a line 'go' on stdin")
     return parser.parse_args(argv)

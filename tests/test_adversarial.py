@@ -75,7 +75,7 @@ def attacked(cluster, prepared_cache, tmp_path_factory):
                        workers=2, noise_runs=adversary.FIRST_CHILD_ID, max_experiments=adversary.FIRST_CHILD_ID + len(steps),
                        population_size=64, agents=[f"command:{sys.executable} {Path(adversary.__file__).resolve()}"],
                        workdir=str(root / "workers"), agent_timeout_s=60.0, status_every_s=3600.0,
-                       overhead_allowance_s=10.0)
+                       overhead_allowance_s=10.0, endgame=0.0)     # every step an attack, to the end
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as patch:        # what the attacks aim at reaches them as AUTORESEARCH_*
         patch.setenv("AUTORESEARCH_ATTACK_STORE", str(run_dir))

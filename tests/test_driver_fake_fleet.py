@@ -45,7 +45,7 @@ def test_every_result_gets_its_decisions_closed_by_one_marker(tmp_path):
         closing = next(i for i, e in enumerate(events) if e["type"] == "decided" and e["id"] == exp_id)
         between = [e["type"] for e in events[at + 1:closing]]
         assert "experiment_finished" not in between
-        assert set(between) <= {"noise", "champion", "member_culled", "work_queued", "stop"}
+        assert set(between) <= {"noise", "champion", "member_culled", "work_queued", "stop", "endgame"}
     queued = [e for e in events if e["type"] == "work_queued"]
     assert [e["kind"] for e in queued[:3]] == ["baseline"] * 3 and all(e["front"] for e in queued[:3])
     baselines = [e["seed"] for e in events if e["type"] == "experiment_started" and e["kind"] == "baseline"]

@@ -47,7 +47,8 @@ def cluster():
 def _config(repo: Path, tag: str, **kw) -> RunConfig:
     defaults = dict(tag=tag, repo=str(repo), runs_dir=str(repo / "runs"), budget_s=5.0, device="cpu",
                     workers=1, noise_runs=2, workdir=str(repo.parent / "workers"),
-                    agent_timeout_s=AGENT_TIMEOUT_S, status_every_s=3600.0, sandbox=False)   # records to the host
+                    agent_timeout_s=AGENT_TIMEOUT_S, status_every_s=3600.0, sandbox=False,   # records to the host
+                    endgame=0.0)       # each plan's steps are its trainings: no re-runs of the best at the end
     return RunConfig(**(defaults | kw))
 
 

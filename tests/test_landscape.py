@@ -183,9 +183,11 @@ def test_equal_trainings_beats_greedy(equal_trainings):
 
 def test_posterior_beats_the_margin_rule_at_equal_trainings(equal_trainings):
     assert mean(equal_trainings["ours, 1 worker"]) < mean(equal_trainings["margin, 1 worker"])
-    # its re-runs confirm only the member it is about to promote: fewer than the margin rule's
+    # its re-runs confirm the member it is about to promote and, in the endgame's window (when the
+    # edits hide in the noise), the best members: at most the margin rule's plus the window's
     ours = sum(o.reruns for o in equal_trainings["ours, 1 worker"])
-    assert 0 < ours < sum(o.reruns for o in equal_trainings["margin, 1 worker"])
+    window = round(landscape.Settings().endgame * TRAININGS) * len(equal_trainings["ours, 1 worker"])
+    assert 0 < ours <= sum(o.reruns for o in equal_trainings["margin, 1 worker"]) + window
     assert all(o.confirming == 2 + o.reruns for o in equal_trainings["ours, 1 worker"])
 
 

@@ -213,7 +213,7 @@ def test_posterior_keeps_the_champion_when_the_confirming_rerun_falls_back_and_q
 
 
 def test_posterior_promotes_without_a_rerun_once_no_training_is_left():
-    run = Run(noise_runs=3, workers=1, max_experiments=5)
+    run = Run(noise_runs=3, workers=1, max_experiments=5, endgame=0)      # the endgame would re-run the child
     noise_done(run)
     child = run.hand_out()
     run.finish(child, 0.990)
@@ -245,6 +245,78 @@ def test_margin_keeps_a_worse_child_without_a_rerun_and_queues_each_rerun_once()
     child = run.hand_out()
     run.finish(child, 0.990)
     assert list(run.policy._judge(run.state, run.state.experiments[child].member)) == []   # queued already
+
+
+# ---------------------------------------------------------------- the endgame
+
+def run_into_the_endgame(step: float, limit: int = 20, endgame: float = 0.25) -> tuple[Run, list]:
+    """One worker, the noise 0.0004, children whose first runs land `step` apart (alternating up
+    and down around the seed, so none is promoted) until the endgame's window opens; the
+    decisions of the result that opened it."""
+    run = Run(noise_runs=3, workers=1, max_experiments=limit, endgame=endgame)
+    noise_done(run)
+    window = round(endgame * limit)
+    sign = 1
+    while True:
+        decisions = run.finish(run.hand_out(), 1.0 + sign * step * (1 + run.state.counted() % 3) / 2)
+        sign = -sign
+        if limit - run.state.counted() <= window:
+            return run, decisions
+
+
+def test_the_endgame_re_runs_the_best_members_where_the_edits_hide_in_the_noise():
+    """Edits inside the noise: as the last quarter opens the gate is on, and every training left
+    re-runs the best living member instead of making a child; at the end the likelier best is
+    champion."""
+    run, decisions = run_into_the_endgame(step=0.0003)
+    gate = next(d for d in decisions if type(d).__name__ == "Endgame")
+    assert gate.on and gate.window == 5 and gate.spread < 3
+    assert run.state.endgame == {"on": True, "max_experiments": 20}
+    window = []
+    while run.policy.next_work(run.state) is not None:
+        exp_id = run.hand_out()
+        window.append(run.state.experiments[exp_id].kind)
+        decisions = run.finish(exp_id, 1.0 - 0.0001 * len(window))
+    assert window == ["rerun"] * 5
+    assert "Endgame" not in kinds(decisions)                       # decided once
+    likeliest = min(run.state.living(), key=lambda m: run.state.estimate(m.name)).name
+    assert run.state.champion == likeliest
+
+
+def test_the_endgame_stays_off_where_the_edits_stand_out():
+    """Edits of many noise stds: the best stand out on one run, so the window's trainings stay
+    children, and the champion is left as the promotion rule made it."""
+    run, decisions = run_into_the_endgame(step=0.01)
+    gate = next(d for d in decisions if type(d).__name__ == "Endgame")
+    assert not gate.on and gate.spread > 3
+    kinds_in_window = []
+    while run.policy.next_work(run.state) is not None:
+        exp_id = run.hand_out()
+        kinds_in_window.append(run.state.experiments[exp_id].kind)
+        decisions = run.finish(exp_id, 1.02)
+    assert kinds_in_window == ["child"] * 5 and "Promote" not in kinds(decisions)
+
+
+def test_the_endgame_is_off_without_a_known_end_or_with_share_0():
+    for settings in ({"max_experiments": None}, {"max_experiments": 20, "endgame": 0}):
+        run = Run(noise_runs=3, workers=1, **settings)
+        noise_done(run)
+        made = []
+        for _ in range(16):
+            made += run.finish(run.hand_out(), 1.0003)
+        assert "Endgame" not in kinds(made) and run.state.endgame is None
+
+
+def test_a_resumed_run_keeps_the_journaled_gate_and_decides_again_for_a_new_limit():
+    run, _ = run_into_the_endgame(step=0.0003)
+    again = run.resumed(noise_runs=3, workers=1, max_experiments=20, endgame=0.25)
+    assert again.state.endgame == {"on": True, "max_experiments": 20}
+    assert "Endgame" not in kinds(again.finish(again.hand_out(), 1.0))
+    longer = run.resumed(noise_runs=3, workers=1, max_experiments=40, endgame=0.25)
+    made = []
+    while longer.state.counted() < 30:               # the window of 40 opens at 30
+        made += longer.finish(longer.hand_out(), 1.0002)
+    assert kinds(made).count("Endgame") == 1 and longer.state.endgame["max_experiments"] == 40
 
 
 # ---------------------------------------------------------------- culling
