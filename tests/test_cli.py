@@ -19,7 +19,8 @@ PROJECT = Path(__file__).resolve().parent.parent
 FLAGS = ["--workers", "--budget", "--agent", "--agent-base-url", "--agent-timeout", "--task", "--run",
          "--runs-dir", "--population-size", "--tournament-size", "--cull", "--max-experiments", "--noise-runs",
          "--train-timeout", "--device", "--resume", "--address", "--accelerator", "--repo", "--seed",
-         "--selection", "--promotion-confidence", "--promotion-z", "--confirm-runs", "--promotion-runs", "--max-runs"]
+         "--selection", "--promotion-confidence", "--promotion-z", "--confirm-runs", "--promotion-runs", "--max-runs",
+         "--endgame"]
 
 
 def test_help_explains_every_flag_with_its_default(capsys):
@@ -44,6 +45,7 @@ def test_help_explains_every_flag_with_its_default(capsys):
     (["--confirm-runs", "0"], "--confirm-runs must be >= 1"),
     (["--promotion-runs", "0"], "--promotion-runs must be >= 1"),
     (["--max-runs", "0"], "--max-runs must be >= 1"),
+    (["--endgame", "0.6"], "--endgame must be between 0 and 0.5, got 0.6"),
     (["--confirm-runs", "3", "--selection", "margin"], "--confirm-runs (3) must be <= --max-runs (2) with"),
     (["--promotion-confidence", "1"], "--promotion-confidence must be >= 0.5 and < 1, got 1"),
     (["--promotion-confidence", "0.3"], "--promotion-confidence must be >= 0.5 and < 1"),
@@ -110,6 +112,7 @@ def test_set_values_are_parsed_as_their_flags_and_only_given_flags_count_on_resu
     kept = with_run_settings(cfg, meta)
     assert (kept.workers, kept.population_size, kept.selection, kept.agents) == (2, 16, "margin", ["mutate"])
     assert kept.promotion_runs == 1          # a run from before --promotion-runs keeps promoting without re-runs
+    assert kept.endgame == 0.0               # ... and from before --endgame, making children to the end
     changed, changes = changed_settings(kept)
     assert changes == {"population_size": [16, 4], "promotion_z": [1.0, 1.5], "agents": [["mutate"], ["claude", "mutate"]],
                        "accelerator": [None, "H100"], "tournament_size": [16, 4]}

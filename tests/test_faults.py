@@ -244,7 +244,7 @@ def test_a_worker_actor_killed_while_its_agent_works_is_lost_retired_and_its_wor
 def _start_driver(repo: Path, address: str, tag: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
     args = [sys.executable, "-m", "population", "--address", address, "--repo", str(repo), "--runs-dir",
             str(repo / "runs"), "--run", tag, "--budget", "5", "--device", "cpu", "--workers", "1",
-            "--noise-runs", "2", "--workdir", str(repo.parent / "workers"), "--no-sandbox", *extra]
+            "--noise-runs", "2", "--workdir", str(repo.parent / "workers"), "--no-sandbox", "--endgame", "0", *extra]
     return subprocess.Popen(args, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=os.environ | (env or {}), start_new_session=True)
 

@@ -142,7 +142,8 @@ def population_run(tmp_path, spec: str, server, *, sandboxed: bool, experiments:
     config = RunConfig(tag="real", repo=str(repo), runs_dir=str(repo / "runs"), budget_s=5.0, device="cpu",
                        workers=1, noise_runs=1, max_experiments=experiments, agents=[spec], agent_base_url=base_url,
                        agent_env=["CLAUDE_CODE_MAX_RETRIES"], agent_timeout_s=AGENT_TIMEOUT_S,
-                       workdir=str(tmp_path / "workers"), status_every_s=3600.0, sandbox=sandboxed)
+                       workdir=str(tmp_path / "workers"), status_every_s=3600.0, sandbox=sandboxed,
+                       endgame=0.0)           # every training after the baseline a scripted proposal
     out = io.StringIO()
     code = run_population(config, ray_init_kwargs={"num_cpus": 2}, out=out)
     run_dir = repo / "runs" / "real"
