@@ -53,8 +53,8 @@ MIN_NOISE_RUNS = 2             # ok runs of the seed before the noise phase can 
 AGENT_FAILURES_TO_STOP = 5     # a worker whose agent fails the same way this often in a row stops
 AGENT_BACKOFF_S = 15.0         # its pause before the next proposal after the 2nd such failure, doubled after each
 ENDGAME_GATE = 3.0             # the endgame runs when the edits' spread is under this many noise stds
-FINAL_CONFIDENCE = 0.7         # the endgame's last promotion (0.5, the Bayes choice, doubled lucky promotions
-                               # for 0.01 noise std on development seeds; BENCHMARKS.md)
+FINAL_CONFIDENCE = 0.7         # the endgame's last promotion: 0.5, the Bayes choice, put lucky promotions past
+                               # half of greedy's for 0.01 noise std (development seeds; BENCHMARKS.md)
 
 
 # ---------------------------------------------------------------- settings
