@@ -147,14 +147,18 @@ def wait_until_near(page, ring, where, tolerance: float, failure: str, seconds: 
 
 def isolated_point(points, others) -> tuple[int, tuple[float, float]]:
     """The index and centre of the point in `points` farthest from any other drawn point, so a click
-    at its centre cannot hit a neighbour."""
+    at its centre cannot hit a neighbour; only points inside the viewport (the mouse cannot hover
+    one below the fold)."""
     all_centres = [centre(others.nth(i).bounding_box()) for i in range(others.count())]
     best = None
     for k in range(points.count()):
         here = centre(points.nth(k).bounding_box())
+        if not (0 < here[0] < VIEWPORT["width"] and 0 < here[1] < VIEWPORT["height"]):
+            continue
         gap = sorted(math.dist(here, other) for other in all_centres)[1]
         if best is None or gap > best[0]:
             best = (gap, k, here)
+    assert best is not None, "no point of this trace is inside the viewport"
     return best[1], best[2]
 
 
