@@ -103,16 +103,13 @@ def serve(train_file: str, checkpoint: str, device_name: str, requests, replies,
         raise import_error
     clock = time.perf_counter()
     shared = receive_buffer(share_socket) if share_socket is not None else None
-    model = child.load_model(checkpoint, device)
-    if hasattr(model, "eval"):
-        model.eval()
+    model = build_model(child, checkpoint, device)
     wire.write_magic(replies, wire.READY)
     _say_times("after LOAD", {"load_model": time.perf_counter() - clock})
     n = 0
     while (x := wire.read_rows(requests)) is not None:
         clock = time.perf_counter()
-        with torch.no_grad(), autocast:
-            logits = model(torch.from_numpy(x.copy()).to(device))
+        logits = forward(model, torch.from_numpy(x.copy()).to(device), autocast)
         if not isinstance(logits, torch.Tensor):
             raise TypeError(f"the model returned {type(logits).__name__}, not a tensor of logits")
         if logits.dim() != 3 or tuple(logits.shape[:2]) != x.shape:
@@ -129,6 +126,23 @@ def serve(train_file: str, checkpoint: str, device_name: str, requests, replies,
         if n == 0:
             _say_times("first batch", {"forward (compiles)": time.perf_counter() - clock})
         n += 1
+
+
+def build_model(child, checkpoint: str, device):
+    """The child's model from a checkpoint, in eval mode: the warm-up and the scoring build it alike."""
+    model = child.load_model(checkpoint, device)
+    if hasattr(model, "eval"):
+        model.eval()
+    return model
+
+
+def forward(model, x, autocast):
+    """The model's output for token ids `x` as the scoring asks for it (no grad, the evaluation's
+    autocast): the warm-up runs this same call, so its compiled code is the scoring's."""
+    import torch
+
+    with torch.no_grad(), autocast:
+        return model(x)
 
 
 def warm_up_until_load(child, warmup: Warmup, device, requests, autocast) -> None:
@@ -152,11 +166,8 @@ def _warm_up(child, warmup: Warmup, device, autocast) -> str:
         return f"skipped, under {need / 2**30:.1f} GiB free beside the training"
     model = None
     try:
-        model = child.load_model(warmup.path, device)
-        if hasattr(model, "eval"):
-            model.eval()
-        with torch.no_grad(), autocast:
-            model(torch.zeros((warmup.rows, warmup.length), dtype=torch.int64, device=device))
+        model = build_model(child, warmup.path, device)
+        forward(model, torch.zeros((warmup.rows, warmup.length), dtype=torch.int64, device=device), autocast)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return "load and one forward (compiles)"

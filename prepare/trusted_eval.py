@@ -299,12 +299,12 @@ def run(args) -> dict:
     server_argv = json.loads(args.server_argv_json) if args.server_argv_json else \
         [sys.executable, "-m", "prepare.model_server", args.train_file, args.checkpoint, args.device]
     batch_size = args.batch_size or DEFAULT_BATCH[args.device]
+    length, vocab = sets[0].rows.shape[1] - 1, sets[0].vocab_size      # of every batch's logits
     ours, theirs = socket.socketpair() if args.device == "cuda" else (None, None)
     if theirs is not None:
         server_argv = [*server_argv, "--share-socket", str(theirs.fileno())]
     if args.warmup_checkpoint and args.device == "cuda":      # compiles during the training (model_server)
-        server_argv += ["--warmup", args.warmup_checkpoint, str(batch_size), str(sets[0].rows.shape[1] - 1),
-                        str(sets[0].vocab_size)]
+        server_argv += ["--warmup", args.warmup_checkpoint, str(batch_size), str(length), str(vocab)]
     server = start_server(server_argv, pass_fds=(theirs.fileno(),) if theirs is not None else ())
     if theirs is not None:
         theirs.close()
@@ -317,7 +317,7 @@ def run(args) -> dict:
         started = time.perf_counter()
         wire.write_magic(server.stdin, wire.LOAD)
         if ours is not None:
-            buffer = share_buffer(ours, batch_size, sets[0].rows.shape[1] - 1, sets[0].vocab_size)
+            buffer = share_buffer(ours, batch_size, length, vocab)
         wire.read_ready(server.stdout)
         loaded = time.perf_counter()
         logits_of = SharedLogits(server, buffer) if buffer is not None else PipeLogits(server)
