@@ -461,10 +461,9 @@ class Driver:
                          cleanup: bool = True) -> None:
         """Its files and its row journaled, its worktree (a new member's), then the policy's decisions."""
         row["finished_at"] = self.clock()
+        log, busy = (experiment_log(result), result.extra.get("busy_timeline")) if result else (None, None)
         self.store.write_experiment_files(flight.exp_id, flight.files(
-            experiment_log(result) if result else None,
-            lambda: self.git.diff(self.repo, flight.parent_commit, flight.commit),
-            result.extra.get("busy_timeline") if result else None))
+            log, lambda: self.git.diff(self.repo, flight.parent_commit, flight.commit), busy))
         self.record({"type": "experiment_finished", "id": flight.exp_id, "row": row})
         self.flights.pop(flight.exp_id, None)
         member = self.state.members.get(flight.member)
