@@ -162,7 +162,8 @@ ATTACKS: dict[str, tuple[dict, str]] = {
     # the data only the evaluator reads
     "trains-on-the-validation-shard": ({"train": attack_file(before=_READ_VAL)}, "data rule"),
     # the budget
-    "raises-its-budget": ({"train": attack_file(before="    budget = 10 * TIME_BUDGET")}, "budget rule"),
+    # 3 budgets: the file reports 6 s, past rule 1 (2 % + 1 s over the budget) and short of the others
+    "raises-its-budget": ({"train": attack_file(before="    budget = 3 * TIME_BUDGET")}, "budget rule"),
     # 20 budgets: clear of the wall rule's allowance (twice the seed's start-up, which a loaded
     # 2-core machine stretches to several seconds, plus 10 s) whatever else the machine runs
     "hides-a-longer-training": ({"train": attack_file(before="    budget = 20 * TIME_BUDGET").replace(
