@@ -24,7 +24,7 @@ from population.console import Console, drop_leak_report, run_line, status_line
 from population.context import IN_FLIGHT_SHOWN, build_prompt
 from population.fleet import DriverError
 from population.flight import Flight, in_flight_records
-from population.narration import decision_lines, result_line, settings_lines
+from population.narration import decision_lines, limit_reached_line, lost_line, result_line, settings_lines
 from population.outcome import (duplicate_reason, experiment_log, gains_over_seed, judged, last_baseline_error,
                                 train_env, where_it_trained)
 from population.policy import SEED_MEMBER, Cull, Policy, Promote, Queue, Settings, Stop, Train
@@ -184,9 +184,7 @@ class Driver:
             self._recover()
             self.refresh_tables(force=True)
             if cfg.resume and cfg.max_experiments is not None and self.state.counted() >= cfg.max_experiments:
-                self.console.line(f"--max-experiments {cfg.max_experiments} is reached already: the run counts "
-                                  f"{self.state.counted()} experiments, so nothing new starts; pass a larger "
-                                  "--max-experiments to go on")
+                self.console.line(limit_reached_line(cfg.max_experiments, self.state.counted()))
             self._loop()
         except BaseException:
             self.failed = True
@@ -401,10 +399,7 @@ class Driver:
         self.record(flight.lost_event(reason))
         self.flights.pop(flight.exp_id, None)
         queued = [d for d in self._decide(self.policy.on_lost(self.state, flight.exp_id)) if isinstance(d, Queue)]
-        plan = queued[0].reason.removeprefix(f"e{flight.exp_id:04d} lost ") if queued else ""
-        self.console.line(f"e{flight.exp_id:04d} lost ({first_sentence(reason)})" +
-                          (f"; queued again {plan}" if flight.work.kind == "child" and queued else
-                           "; queued again" if queued else ""))
+        self.console.line(lost_line(flight, first_sentence(reason), queued[0] if queued else None))
 
     def _prepared(self, flight: Flight, prepared: Prepared) -> None:
         flight.prepared = prepared
@@ -487,13 +482,12 @@ class Driver:
     # ---------------------------------------------------------------- status
 
     def _status(self) -> str:
-        champion = self.state.champion_member()
+        """The status line; only a started run prints one, so its fleet is up."""
+        champion, waiting = self.state.champion_member(), self.fleet.waiting_for_gpu()
         return status_line(
-            finished=self.state.finished_count(), ok=self.state.ok_count(),
-            in_flight=len(self.flights),
-            training=self.fleet.training() - self.fleet.waiting_for_gpu() if self.fleet else 0,
-            waiting_for_gpu=self.fleet.waiting_for_gpu() if self.fleet else None,
-            workers=len(self.agents.usable(self.fleet.slots)) if self.fleet else 0, alive=len(self.state.living()),
+            finished=self.state.finished_count(), ok=self.state.ok_count(), in_flight=len(self.flights),
+            training=self.fleet.training() - waiting, waiting_for_gpu=waiting,
+            workers=len(self.agents.usable(self.fleet.slots)), alive=len(self.state.living()),
             champion=self.state.champion,
             metric=self.task.metric, best=champion.mean if champion else None,
             elapsed_s=self.clock() - self.started_at, max_experiments=self.config.max_experiments,

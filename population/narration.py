@@ -69,6 +69,21 @@ def result_line(flight: Flight, row: dict, state: PopulationState, metric: str) 
                            description=description, reason=row.get("reason", ""))
 
 
+def lost_line(flight: Flight, why: str, queued: Queue | None) -> str:
+    """A lost experiment, and what becomes of its work (a child's: its own commit again, or a new proposal)."""
+    plan = ""
+    if queued is not None:
+        plan = "; queued again" + (" " + queued.reason.removeprefix(f"e{flight.exp_id:04d} lost ")
+                                   if flight.work.kind == "child" else "")
+    return f"e{flight.exp_id:04d} lost ({why}){plan}"
+
+
+def limit_reached_line(max_experiments: int, counted: int) -> str:
+    """A resumed run that is at its --max-experiments already."""
+    return (f"--max-experiments {max_experiments} is reached already: the run counts {counted} experiments, "
+            "so nothing new starts; pass a larger --max-experiments to go on")
+
+
 def settings_lines(changes: dict[str, list], state: PopulationState, population_size: int) -> list[str]:
     """--resume --set: what changed from now on, and how a smaller population shrinks."""
     said = [f"{RUN_SETTINGS[name]} {shown(old)} -> {shown(new)}" for name, (old, new) in changes.items()]
