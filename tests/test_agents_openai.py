@@ -1,7 +1,6 @@
 """The built-in `openai:MODEL` agent against a real chat-completions server on loopback."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
