@@ -563,7 +563,7 @@ def main():
             total_training_time += dt
             step_times.append(dt)
         elif step == UNTIMED_STEPS - 1:  # optional: the evaluator compiles on this copy while the rest trains
-            save_warmup_checkpoint({"model": raw_model.state_dict(), "config": asdict(config), "step": step})
+            save_warmup_checkpoint(checkpoint_state(raw_model, config, step))
 
         smooth_loss = 0.9 * smooth_loss + 0.1 * train_loss_f
         debiased = smooth_loss / (1 - 0.9 ** (step + 1))
@@ -589,7 +589,7 @@ def main():
     checkpoint = os.environ.get("AUTORESEARCH_CHECKPOINT", "").strip()
     val_bpb, eval_seconds = None, 0.0
     if checkpoint:
-        torch.save({"model": raw_model.state_dict(), "config": asdict(config), "step": step}, checkpoint)
+        torch.save(checkpoint_state(raw_model, config, step), checkpoint)
         print(f"checkpoint: {checkpoint}")
     else:
         val_bpb, eval_seconds = evaluate_standalone(model, raw_model, tokenizer, EVAL_BATCH_SIZE, autocast)
@@ -599,6 +599,11 @@ def main():
                   peak_flops=peak, num_params=num_params, depth=DEPTH, attention=attention.backend,
                   device_type=device_type, process_start=T_PROCESS_START, loop_start=t_loop_start,
                   compile_seconds=compile_seconds, eval_seconds=eval_seconds), flush=True)
+
+
+def checkpoint_state(raw_model, config, step):
+    """What load_model() reads back: saved at the end for the evaluator, and as the early copy."""
+    return {"model": raw_model.state_dict(), "config": asdict(config), "step": step}
 
 
 def load_model(checkpoint_path, device):

@@ -203,6 +203,11 @@ def _confined(job: TrainJob, argv: list[str], env: dict[str, str], writable: str
     return wrapped.argv, wrapped.env
 
 
+def checkpoint_path(job: TrainJob) -> Path:
+    """Where the training saves its model for the evaluator (the only model scored)."""
+    return Path(job.output_dir) / CHECKPOINT_NAME
+
+
 def warmup_path(job: TrainJob) -> str:
     """Where the training may save the early copy of its model for the model server's compile."""
     return str(Path(job.output_dir) / WARMUP_CHECKPOINT_NAME)
@@ -214,7 +219,7 @@ def training_command(job: TrainJob, env: dict[str, str]) -> tuple[list[str], dic
     Raises SandboxUnavailable."""
     argv = [sys.executable, str(Path(job.worktree) / job.train_file)]
     if job.output_dir:
-        env = {**env, "AUTORESEARCH_CHECKPOINT": str(Path(job.output_dir) / CHECKPOINT_NAME),
+        env = {**env, "AUTORESEARCH_CHECKPOINT": str(checkpoint_path(job)),
                "AUTORESEARCH_WARMUP_CHECKPOINT": warmup_path(job)}
         return _confined(job, argv, env, job.output_dir, [job.worktree])
     return _confined(job, argv, env, job.worktree, [Path(job.worktree) / PREPARE_DIR])
@@ -267,7 +272,7 @@ class Evaluation:
         shutil.rmtree(self.scorer_root, ignore_errors=True)
         shutil.copytree(Path(job.worktree) / PREPARE_DIR, self.scorer_root / PREPARE_DIR, symlinks=True)
         train_file = str(Path(job.worktree) / job.train_file)
-        self.checkpoint = Path(job.output_dir) / CHECKPOINT_NAME
+        self.checkpoint = checkpoint_path(job)
         server = [sys.executable, "-s", "-B", "-m", "prepare.model_server", train_file, str(self.checkpoint), job.device]
         # the early copy's path reaches the evaluator as a variable, which a seed's older evaluator ignores
         server, server_env = _confined(job, server, {**env, "PYTHONDONTWRITEBYTECODE": "1",
