@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,11 @@ def branches(repo: Path, tag: str) -> dict[str, str]:
 def worktrees(repo: Path) -> set[str]:
     out = git(repo, "worktree", "list", "--porcelain")
     return {line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("worktree ")}
+
+
+def wait_for(what: str, condition, timeout_s: float, details=lambda: "") -> None:
+    """Poll `condition` until it holds; fail naming `what` (and `details()`) after `timeout_s`."""
+    deadline = time.time() + timeout_s
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}\n{details()}"
+        time.sleep(0.2)

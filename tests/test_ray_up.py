@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from loopback_nodes import LoopbackNodes, NodesUnavailable, unavailable
-from test_driver_support import FAKE_TRAIN, branches, make_seed_repo
+from test_driver_support import FAKE_TRAIN, branches, make_seed_repo, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOUD_FILE, LOCAL_FILE = ROOT / "ray_cluster.yaml", ROOT / "ray_cluster_local.yaml"
@@ -174,13 +174,6 @@ class Output:
 
     def text(self) -> str:
         return "".join(self.lines).replace("\r", "")
-
-
-def wait_for(what: str, condition, timeout_s: float, details=lambda: "") -> None:
-    deadline = time.time() + timeout_s
-    while not condition():
-        assert time.time() < deadline, f"timed out waiting for {what}\n{details()}"
-        time.sleep(0.2)
 
 
 def journal(run_dir: Path) -> list[dict]:

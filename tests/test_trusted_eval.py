@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from test_driver_support import wait_for
+
 REPO = Path(__file__).resolve().parents[1]
 
 # A causal bigram model: logits at t depend on the token at t only. VARIANT switches in one attack.
@@ -231,14 +233,6 @@ def load_model(path, device):
 '''
 
 
-def wait_for(condition, timeout: float = 20.0) -> None:
-    import time
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("early_copy", ["whole", "garbage"])
 def test_the_server_warms_up_on_the_early_copy_and_scores_only_the_final_checkpoint(tmp_path, early_copy):
     """While the training runs, the server builds a model from the training's early copy and runs
@@ -265,8 +259,8 @@ def test_the_server_warms_up_on_the_early_copy_and_scores_only_the_final_checkpo
         else:
             warm.write_bytes(b"not a checkpoint")
         child = lambda: sys.modules["train_under_eval"]        # noqa: E731 (this run's, once imported)
-        wait_for(lambda: getattr(child(), "LOADED", None) == [str(warm)] and
-                 (early_copy == "garbage" or child().SHAPES))
+        wait_for("the server's warm-up on the early copy", lambda: getattr(child(), "LOADED", None) == [str(warm)]
+                 and (early_copy == "garbage" or child().SHAPES), 20)
         assert early_copy == "garbage" or child().SHAPES == [((batch, T), torch.int64)]
 
     warmed = score_through_the_server(train_file, sets, batch, checkpoint=str(final),
